@@ -1,0 +1,259 @@
+"""Llama-2 in Flax NNX: RMSNorm, HF-convention RoPE, grouped-query attention, SwiGLU, LM head,
+an optional scalar value head, and a KV cache for prefill and per-row decode.
+
+Parameters are stored head-split ([D, N, H] rather than [D, N*H]) so every projection is a
+named einsum; `hf.py` reshapes HF tensors on the way in and out. Rotate-half RoPE is the HF
+convention, so HF weights load without permuting q/k rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from glore_jax.model.config import LlamaConfig
+from glore_jax.model.sharding import RULES, constrain
+
+_INIT_STD = 0.02
+
+
+def _param(rngs: nnx.Rngs, shape, dtype, spec: P, *, std: float = _INIT_STD) -> nnx.Param:
+  value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+  return nnx.Param(value.astype(dtype), partition=tuple(spec))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  """Keys/values per layer, [B, S, K, H] each, plus per-row slot bookkeeping.
+
+  Row b holds real tokens in slots [start[b], length[b]); slots before `start` are left
+  padding. The next token of row b is written at slot length[b] with position
+  length[b] - start[b]. Because validity is derived from (start, length), a rollout from a
+  shorter prefix of a row only needs a smaller `length`: stale slots beyond it are masked
+  and then overwritten.
+  """
+
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  start: jax.Array  # [B] int32
+  length: jax.Array  # [B] int32
+
+  @property
+  def size(self) -> int:
+    return self.k[0].shape[1]
+
+  @property
+  def batch(self) -> int:
+    return self.k[0].shape[0]
+
+  def map_rows(self, fn) -> "KVCache":
+    """Applies `fn` to every per-row array (e.g. a gather that replicates rows K ways)."""
+    return KVCache(tuple(fn(x) for x in self.k), tuple(fn(x) for x in self.v),
+                   fn(self.start), fn(self.length))
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  # fp32 statistics whatever the compute dtype, as HF does
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return scale.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+  """Rotate-half rotary embedding (HF convention), computed in fp32."""
+  head_dim = x_btnh.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+  angles_bth = jnp.concatenate([angles_bth, angles_bth], axis=-1)
+  cos, sin = jnp.cos(angles_bth)[:, :, None, :], jnp.sin(angles_bth)[:, :, None, :]
+  x = x_btnh.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x * cos + rotated * sin).astype(x_btnh.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    d, n, k, h, pd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.weight_dtype
+    self.cfg = cfg
+    self.q = _param(rngs, (d, n, h), pd, RULES.q_proj)
+    self.k = _param(rngs, (d, k, h), pd, RULES.kv_proj)
+    self.v = _param(rngs, (d, k, h), pd, RULES.kv_proj)
+    self.o = _param(rngs, (n, h, d), pd, RULES.o_proj)
+
+  def __call__(self, x_btd, positions_bt, mask_bts, kv_layer=None, write_slot_b=None):
+    """Attends from T queries to S keys. Without a cache S == T (keys are this call's tokens);
+    with one, this call's keys/values are written at per-row slots and S is the cache size."""
+    cfg, dt = self.cfg, x_btd.dtype
+    q_btnh = jnp.einsum("BTD,DNH->BTNH", x_btd, self.q[...].astype(dt))
+    k_btkh = jnp.einsum("BTD,DKH->BTKH", x_btd, self.k[...].astype(dt))
+    v_btkh = jnp.einsum("BTD,DKH->BTKH", x_btd, self.v[...].astype(dt))
+    q_btnh = constrain(rope(q_btnh, positions_bt, cfg.rope_theta), RULES.act_btnh)
+    k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta)
+
+    if kv_layer is not None:
+      cache_k, cache_v = kv_layer
+      write = jax.vmap(lambda c, new, at: jax.lax.dynamic_update_slice_in_dim(c, new, at, axis=0))
+      k_bskh = constrain(write(cache_k, k_btkh.astype(cache_k.dtype), write_slot_b), RULES.cache_kv)
+      v_bskh = constrain(write(cache_v, v_btkh.astype(cache_v.dtype), write_slot_b), RULES.cache_kv)
+      new_kv = (k_bskh, v_bskh)
+    else:
+      k_bskh, v_bskh, new_kv = k_btkh, v_btkh, None
+
+    groups = cfg.num_heads // cfg.num_kv_heads
+    b, t, _, h = q_btnh.shape
+    q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, groups, h)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh.astype(dt)).astype(jnp.float32)
+    scores = scores / math.sqrt(h)
+    # finite fill: a fully masked (padding) query gets uniform weights instead of NaN
+    scores = jnp.where(mask_bts[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out_btkgh = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_bskh.astype(dt))
+    out_btnh = out_btkgh.reshape(b, t, cfg.num_heads, h)
+    out_btd = jnp.einsum("BTNH,NHD->BTD", out_btnh, self.o[...].astype(dt))
+    return constrain(out_btd, RULES.act_btd), new_kv
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    d, f, pd = cfg.hidden_size, cfg.intermediate_size, cfg.weight_dtype
+    self.gate = _param(rngs, (d, f), pd, RULES.mlp_in)
+    self.up = _param(rngs, (d, f), pd, RULES.mlp_in)
+    self.down = _param(rngs, (f, d), pd, RULES.mlp_out)
+
+  def __call__(self, x_btd):
+    dt = x_btd.dtype
+    gate_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.gate[...].astype(dt))
+    up_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.up[...].astype(dt))
+    hidden_btf = constrain(jax.nn.silu(gate_btf) * up_btf, RULES.act_btf)
+    return constrain(jnp.einsum("BTF,FD->BTD", hidden_btf, self.down[...].astype(dt)), RULES.act_btd)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.eps = cfg.rms_norm_eps
+    self.attn_norm = nnx.Param(jnp.ones((cfg.hidden_size,), cfg.weight_dtype), partition=tuple(RULES.norm))
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = nnx.Param(jnp.ones((cfg.hidden_size,), cfg.weight_dtype), partition=tuple(RULES.norm))
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x_btd, positions_bt, mask_bts, kv_layer=None, write_slot_b=None):
+    attn_out, new_kv = self.attn(rms_norm(x_btd, self.attn_norm[...], self.eps), positions_bt,
+                                 mask_bts, kv_layer, write_slot_b)
+    x_btd = x_btd + attn_out
+    x_btd = x_btd + self.mlp(rms_norm(x_btd, self.mlp_norm[...], self.eps))
+    return x_btd, new_kv
+
+
+class Llama(nnx.Module):
+  """Decoder-only Llama. `model(tokens)` gives logits; `forward` gives hidden states (and an
+  updated cache), from which `logits` and `values` read only the positions a caller needs."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embedding = _param(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.weight_dtype, RULES.embedding)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), cfg.weight_dtype), partition=tuple(RULES.norm))
+    if not cfg.tie_word_embeddings:
+      self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), cfg.weight_dtype, RULES.lm_head)
+    if cfg.value_head:
+      self.value_head = _param(rngs, (cfg.hidden_size, 1), cfg.weight_dtype, RULES.value_head)
+      self.value_bias = nnx.Param(jnp.zeros((1,), cfg.weight_dtype), partition=tuple(RULES.value_bias))
+
+  def __call__(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None):
+    hidden_btd, _ = self.forward(tokens_bt, positions_bt=positions_bt, attention_mask_bt=attention_mask_bt)
+    return self.logits(hidden_btd)
+
+  def forward(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None, cache: KVCache | None = None):
+    """Final hidden states [B, T, D] (after the last RMSNorm) and the updated cache.
+
+    Without a cache: a causal pass over `tokens_bt`; `attention_mask_bt` (1 = real token)
+    hides padding keys; positions default to 0..T-1.
+    With a cache: the T tokens of row b go to slots length[b]..length[b]+T-1 at positions
+    slot - start[b]; keys are every valid slot up to the query's own.
+    """
+    cfg = self.cfg
+    b, t = tokens_bt.shape
+    tokens_bt = constrain(tokens_bt, RULES.act_bt)
+    if cache is None:
+      if positions_bt is None:
+        positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+      causal_tt = jnp.tril(jnp.ones((t, t), bool))
+      mask_bts = jnp.broadcast_to(causal_tt, (b, t, t))
+      if attention_mask_bt is not None:
+        mask_bts = mask_bts & attention_mask_bt.astype(bool)[:, None, :]
+      write_slot_b = None
+    else:
+      write_slot_b = cache.length
+      query_slot_bt = cache.length[:, None] + jnp.arange(t, dtype=jnp.int32)
+      positions_bt = query_slot_bt - cache.start[:, None]
+      key_slot_s = jnp.arange(cache.size, dtype=jnp.int32)
+      mask_bts = ((key_slot_s[None, None, :] <= query_slot_bt[:, :, None])
+                  & (key_slot_s[None, None, :] >= cache.start[:, None, None]))
+    x_btd = jnp.take(self.embedding[...], tokens_bt, axis=0).astype(cfg.compute_dtype)
+    x_btd = constrain(x_btd, RULES.act_btd)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      kv_layer = None if cache is None else (cache.k[i], cache.v[i])
+      if cfg.remat and cache is None:
+        x_btd, kv = nnx.remat(Block.__call__)(layer, x_btd, positions_bt, mask_bts)
+      else:
+        x_btd, kv = layer(x_btd, positions_bt, mask_bts, kv_layer, write_slot_b)
+      if kv is not None:
+        new_k.append(kv[0])
+        new_v.append(kv[1])
+    hidden_btd = rms_norm(x_btd, self.final_norm[...], cfg.rms_norm_eps)
+    if cache is not None:
+      cache = KVCache(tuple(new_k), tuple(new_v), cache.start, cache.length + t)
+    return hidden_btd, cache
+
+  def logits(self, hidden_xd: jax.Array) -> jax.Array:
+    """LM logits in fp32 for any leading shape [..., D] -> [..., V]."""
+    dt = hidden_xd.dtype
+    if self.cfg.tie_word_embeddings:
+      logits = jnp.einsum("...D,VD->...V", hidden_xd, self.embedding[...].astype(dt))
+    else:
+      logits = jnp.einsum("...D,DV->...V", hidden_xd, self.lm_head[...].astype(dt))
+    return logits.astype(jnp.float32)
+
+  def values(self, hidden_xd: jax.Array) -> jax.Array:
+    """Scalar value-head logits (pre-sigmoid) per position, [..., D] -> [...]."""
+    if not self.cfg.value_head:
+      raise ValueError("this model has no value head; build it with LlamaConfig(value_head=True)")
+    dt = hidden_xd.dtype
+    v = jnp.einsum("...D,DO->...O", hidden_xd, self.value_head[...].astype(dt))
+    return (v + self.value_bias[...].astype(dt))[..., 0].astype(jnp.float32)
+
+  def init_cache(self, batch: int, size: int, *, start_b: jax.Array | None = None,
+                 dtype=None) -> KVCache:
+    """An empty cache of `size` slots. `start_b` is each row's left-padding count: a left-padded
+    prompt batch is prefilled from slot 0 and its padding slots stay masked."""
+    cfg = self.cfg
+    dtype = dtype or cfg.compute_dtype
+    shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
+    zeros = lambda: constrain(jnp.zeros(shape, dtype), RULES.cache_kv)
+    start = jnp.zeros((batch,), jnp.int32) if start_b is None else start_b.astype(jnp.int32)
+    return KVCache(tuple(zeros() for _ in range(cfg.num_layers)),
+                   tuple(zeros() for _ in range(cfg.num_layers)),
+                   start, jnp.zeros((batch,), jnp.int32))
+
+
+def create_model(cfg: LlamaConfig, *, seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> Llama:
+  """A randomly initialised model; with a mesh, every parameter is created already sharded
+  (abstract init, then a jitted init with out_shardings), so no host holds the whole model."""
+  if mesh is None:
+    return Llama(cfg, rngs=nnx.Rngs(seed))
+  from glore_jax.model.sharding import tree_shardings
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(seed))))
+  shardings = tree_shardings(abstract_state, mesh)
+  init_state = jax.jit(lambda: nnx.state(Llama(cfg, rngs=nnx.Rngs(seed))), out_shardings=shardings)
+  return nnx.merge(graphdef, init_state())
