@@ -1,0 +1,76 @@
+"""Shared defaults for every stage (`configs/base.py` re-exports them). A stage config starts
+from `get_config()`, sets `stages` and overrides what it needs; the command line overrides any
+key:
+
+  python -m glore_jax.main --config=configs/sorm.py --workdir=DIR --config.sorm.num_rollouts=16
+"""
+
+import ml_collections
+
+from glore_jax.config_check import STAGES
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Comma-separated, run in this order; each skips work already finished in the workdir.
+  c.stages = ",".join(STAGES)
+  c.seed = 0
+
+  # Devices: sizes of the ('data', 'fsdp', 'tensor') mesh; -1 takes the remaining devices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Multi-host: left empty, TPU VM workers are detected; set all three for explicit clusters.
+  c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0,
+                                                 process_id=-1))
+
+  # The policy model: a preset trained from scratch, or an HF Llama folder to fine-tune.
+  c.model = ml_collections.ConfigDict(dict(
+      checkpoint="",  # HF folder (config.json + safetensors); empty: `preset` from scratch
+      preset="tiny",
+      hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
+      max_position_embeddings=512,
+      dtype="float32", param_dtype="float32", remat=False,
+  ))
+  c.tokenizer = "embedded"  # "embedded" (character-level, offline) or a tokenizer folder
+
+  # Problems: the embedded synthetic task, GSM8K JSONL files, GSM8K from TFDS, or SVAMP.
+  c.data = ml_collections.ConfigDict(dict(
+      source="synthetic",  # synthetic | gsm8k | gsm8k_tfds | svamp
+      path="",  # folder with train.jsonl/test.jsonl (gsm8k) or SVAMP.json (svamp)
+      train_size=2000, test_size=200, on_error="raise",  # or "skip" (counted, logged)
+      synthetic=ml_collections.ConfigDict(dict(min_steps=2, max_steps=4, max_operand=30,
+                                               max_multiplier=9, max_value=999)),
+      max_length=256,  # tokens of prompt + solution; longer examples drop whole trailing steps
+  ))
+  c.prompts = ml_collections.ConfigDict(dict(
+      policy="Question: {question}\nAnswer:\n",
+      reward="Question: {question}\nAnswer:\n",
+      global_refine="Question: {question}\nDraft:\n{draft}\nImproved answer:\n",
+      local_refine="Question: {question}\nDraft:\n{draft}\nImproved answer from {marker}:\n",
+      marker="[BAD]",
+      marker_as_token=True,  # add the marker to the tokenizer as one token (grows the embedding)
+  ))
+
+  def train(**kw):
+    t = ml_collections.ConfigDict(dict(
+        steps=600, batch_size=32, learning_rate=3e-3, warmup_steps=50, weight_decay=0.01,
+        grad_clip=1.0, grad_accum=1, checkpoint_every=200, keep_last=2, eval_every=200,
+    ))
+    t.update(kw)
+    return t
+
+  c.policy = ml_collections.ConfigDict(dict(train=train()))
+  c.sample = ml_collections.ConfigDict(dict(
+      num_samples=4, temperature=0.8, top_k=0, top_p=1.0, max_new_tokens=160, batch_size=256,
+      num_questions=500, shard_size=100))
+  c.sorm = ml_collections.ConfigDict(dict(
+      num_rollouts=4, temperature=0.8, max_new_tokens=160, batch_size=256, shard_size=25,
+      consistency=True, propagate_positive=True, balance=True))
+  c.reward = ml_collections.ConfigDict(dict(
+      train=train(steps=300, learning_rate=1e-3, warmup_steps=30), train_backbone=True,
+      targets="hard"))  # hard | soft (fraction of rollouts that succeeded)
+  c.refine = ml_collections.ConfigDict(dict(
+      train=train(steps=300, learning_rate=1e-3, warmup_steps=30), max_pairs_per_question=2))
+  c.evaluate = ml_collections.ConfigDict(dict(
+      num_questions=200, threshold=0.5, best_of=3, temperature=0.8, max_new_tokens=160,
+      batch_size=256, bootstrap_resamples=1000, heldout_fraction=0.2))
+  return c

@@ -1,0 +1,61 @@
+"""The GLoRe pipeline, one module per stage; each stage is a function of (config, workdir)."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+from etils import epath
+
+from glore_jax.config_check import stage_list
+from glore_jax.stages.common import Context, MissingInputError
+
+log = logging.getLogger("glore_jax.stages")
+
+
+def _runner(stage: str):
+  # Imported lazily: a stage's heavy imports load only when it runs.
+  if stage == "policy":
+    from glore_jax.stages import policy
+    return policy.run
+  if stage == "sample":
+    from glore_jax.stages import sample
+    return sample.run
+  if stage == "label":
+    from glore_jax.stages import label
+    return label.run
+  if stage in ("train_orm", "train_sorm"):
+    from glore_jax.stages import train_reward
+    return lambda ctx: train_reward.run(ctx, stage.removeprefix("train_"))
+  if stage == "refine_data":
+    from glore_jax.stages import refine_data
+    return refine_data.run
+  if stage in ("train_global", "train_local"):
+    from glore_jax.stages import train_refiner
+    return lambda ctx: train_refiner.run(ctx, stage.removeprefix("train_"))
+  if stage == "evaluate":
+    from glore_jax.stages import evaluate
+    return evaluate.run
+  raise ValueError(f"unknown stage {stage!r}")
+
+
+def make_context(config, workdir: str) -> Context:
+  from glore_jax.distributed import initialize
+  from glore_jax.model import make_mesh
+  initialize(config.distributed)
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  path = epath.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  return Context(config=config, workdir=path, mesh=mesh)
+
+
+def run_stages(config, workdir: str) -> Context:
+  ctx = make_context(config, workdir)
+  log.info("devices: %d x %s, %d process(es); mesh %s; workdir %s", jax.device_count(),
+           jax.devices()[0].device_kind, jax.process_count(), dict(ctx.mesh.shape), workdir)
+  for stage in stage_list(config):
+    _runner(stage)(ctx)
+  return ctx
+
+
+__all__ = ["Context", "MissingInputError", "run_stages", "make_context"]

@@ -1,0 +1,127 @@
+"""What every stage shares: the work-directory layout, problems, tokenizer, models, prompts."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+from typing import Any, Iterator
+
+import jax
+from etils import epath
+
+from glore_jax.data.prompts import PromptFormat
+from glore_jax.data.records import Problem
+from glore_jax.data.sources import load_problems
+from glore_jax.data.tokenizer import add_special_token, load_tokenizer
+from glore_jax.workdir import read_json, write_json_atomic
+
+log = logging.getLogger("glore_jax.stages")
+
+# Where each stage writes, relative to the work directory. A model folder is an HF folder
+# (config.json + model.safetensors [+ value_head.safetensors] + the tokenizer).
+LAYOUT = {
+    "policy": "policy/model",
+    "sample": "sample",
+    "label": "label",
+    "orm": "orm/model",
+    "sorm": "sorm/model",
+    "refine_data": "refine_data",
+    "global": "refiner_global/model",
+    "local": "refiner_local/model",
+    "evaluate": "evaluate",
+}
+# Which stage produces each output, for "run stage X first" messages.
+PRODUCER = {"policy": "policy", "sample": "sample", "label": "label", "orm": "train_orm",
+            "sorm": "train_sorm", "refine_data": "refine_data", "global": "train_global",
+            "local": "train_local", "evaluate": "evaluate"}
+
+
+class MissingInputError(RuntimeError):
+  """A stage's inputs are not in the work directory yet."""
+
+
+@dataclasses.dataclass
+class Context:
+  """One run: the validated config, the work directory and the device mesh."""
+  config: Any
+  workdir: epath.Path
+  mesh: jax.sharding.Mesh
+
+  def path(self, output: str) -> epath.Path:
+    return self.workdir / LAYOUT[output]
+
+  def require(self, output: str, stage: str) -> epath.Path:
+    """The folder of `output`; a clear error naming the stage to run when it is not finished."""
+    path = self.path(output)
+    from glore_jax import workdir
+    model = output in ("policy", "orm", "sorm", "global", "local")
+    if not ((path / "config.json").exists() if model else workdir.stage_done(path)):
+      raise MissingInputError(
+          f"stage {stage!r} needs the output of stage {PRODUCER[output]!r} ({path}), which is "
+          f"missing or unfinished: run it first, e.g. --config.stages={PRODUCER[output]},{stage}")
+    return path
+
+  @property
+  def prompts(self) -> PromptFormat:
+    return PromptFormat.from_config({k: v for k, v in self.config.prompts.to_dict().items()
+                                     if k != "marker_as_token"})
+
+  @property
+  def is_leader(self) -> bool:
+    return jax.process_index() == 0
+
+
+def problems(config, split: str) -> list[Problem]:
+  """The problems of `split` ('train' or 'test') from the configured source."""
+  data = config.data
+  n = data.train_size if split == "train" else data.test_size
+  if data.source == "synthetic":
+    found = load_problems("synthetic", split, seed=config.seed, n=n, **data.synthetic.to_dict())
+  elif data.source == "gsm8k":
+    found = load_problems("gsm8k", split, data_dir=data.path, on_error=data.on_error)
+  elif data.source == "gsm8k_tfds":
+    found = load_problems("gsm8k_tfds", split, data_dir=data.path or None)
+  else:  # svamp: a test set only
+    found = load_problems("svamp", "test", data_dir=data.path, on_error=data.on_error)
+  return list(found)[:n]
+
+
+def tokenizer_for(config, folder: epath.Path | None = None, *, with_marker: bool = False):
+  """The tokenizer saved beside a model folder, else the configured one; the local refiner's
+  marker is added as one token only when the config asks for it."""
+  spec = str(folder) if folder is not None and (folder / "tokenizer_config.json").exists() \
+      else (config.model.checkpoint or config.tokenizer)
+  tokenizer = load_tokenizer(spec)
+  if with_marker and config.prompts.marker_as_token:
+    add_special_token(tokenizer, config.prompts.marker)
+  return tokenizer
+
+
+def stable_fraction(key: str) -> float:
+  """A deterministic number in [0, 1) per key (held-out splits independent of order)."""
+  return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def is_heldout(config, problem_id: str) -> bool:
+  """Training questions kept out of reward-model training for the step-level evaluation."""
+  return stable_fraction(f"heldout/{config.seed}/{problem_id}") < config.evaluate.heldout_fraction
+
+
+@contextlib.contextmanager
+def timed(ctx: Context, stage: str) -> Iterator[dict]:
+  """Times a stage and records its summary in <workdir>/timings.json (read by evaluate)."""
+  summary: dict = {}
+  start = time.perf_counter()
+  yield summary
+  seconds = time.perf_counter() - start
+  if ctx.is_leader:
+    path = ctx.workdir / "timings.json"
+    timings = read_json(path) if path.exists() else {}
+    timings[stage] = round(seconds, 2)
+    write_json_atomic(path, timings)
+  details = " ".join(f"{k}={v}" for k, v in summary.items())
+  log.info("stage %s done in %.1f s %s", stage, seconds, details)
+  print(f"[{stage}] {seconds:.1f} s  {details}", flush=True)

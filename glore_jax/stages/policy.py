@@ -1,0 +1,38 @@
+"""Stage `policy`: supervised fine-tuning of the student on reference solutions."""
+
+from __future__ import annotations
+
+from glore_jax.data.steps import encode_steps, split_steps
+from glore_jax.stages import models
+from glore_jax.stages.common import Context, problems, timed, tokenizer_for
+from glore_jax.training import SFTExample
+
+
+def sft_examples(ctx: Context, tokenizer, items) -> list[SFTExample]:
+  prompts = ctx.prompts
+  out = []
+  for p in items:
+    enc = encode_steps(tokenizer, prompts.policy_prompt(p.question), split_steps(p.reference),
+                       max_length=ctx.config.data.max_length)
+    if enc.step_ends:
+      out.append(SFTExample(enc.ids, enc.prompt_length))
+  return out
+
+
+def run(ctx: Context) -> None:
+  folder = ctx.path("policy")
+  if (folder / "config.json").exists():
+    print(f"[policy] already trained: {folder}")
+    return
+  with timed(ctx, "policy") as summary:
+    tokenizer = tokenizer_for(ctx.config)
+    train = problems(ctx.config, "train")
+    cut = max(1, len(train) // 20)  # 5% of the reference solutions for the eval loss
+    examples = sft_examples(ctx, tokenizer, train[cut:])
+    eval_examples = sft_examples(ctx, tokenizer, train[:cut])
+    model = models.new_policy(ctx, tokenizer)
+    model, metrics = models.fit(ctx, model, examples, eval_examples, ctx.config.policy, loss="lm",
+                                run_dir=folder.parent / "train", pad_id=tokenizer.pad_token_id)
+    models.save(ctx, model, tokenizer, folder)
+    summary.update(examples=len(examples), **{k: round(v, 4) for k, v in metrics.items()
+                                               if isinstance(v, float)})

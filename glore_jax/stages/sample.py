@@ -1,0 +1,62 @@
+"""Stage `sample`: N policy samples per training question, graded (the ORM's data)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from glore_jax.data.grading import answers_match, extract_answer
+from glore_jax.data.records import Problem
+from glore_jax.sampling import generate
+from glore_jax.stages import models, sharded
+from glore_jax.stages.common import Context, problems, timed, tokenizer_for
+
+
+def decode_solution(tokenizer, tokens: Sequence[int], gold: str) -> dict[str, Any]:
+  """Text, steps, answer and correctness of generated solution tokens."""
+  from glore_jax.data.steps import split_steps
+  text = tokenizer.decode(list(tokens), skip_special_tokens=True)
+  answer = extract_answer(text)
+  return {"text": text, "steps": split_steps(text), "answer": answer,
+          "correct": bool(answer is not None and answers_match(answer, gold))}
+
+
+def sample_problems(ctx: Context, model, tokenizer, items: Sequence[tuple[int, Problem]], *,
+                    num_samples: int, temperature: float, section) -> list[dict]:
+  """One record per (question, sample); randomness keyed by the question's index, so the
+  records do not depend on sharding or batching."""
+  prompts = [tokenizer(ctx.prompts.policy_prompt(p.question))["input_ids"] for _, p in items]
+  results = generate(model, prompts, max_new_tokens=section.max_new_tokens,
+                     temperature=temperature, top_k=getattr(section, "top_k", 0),
+                     top_p=getattr(section, "top_p", 1.0), num_samples=num_samples,
+                     seed=ctx.config.seed, example_ids=[(i,) for i, _ in items], mesh=ctx.mesh,
+                     batch_size=section.batch_size)
+  records = []
+  for (i, p), samples in zip(items, results):
+    for j, s in enumerate(samples):
+      records.append({"problem_id": p.id, "question_index": i, "sample_index": j,
+                      "tokens": list(map(int, s.tokens)), "finish_reason": s.finish_reason,
+                      **decode_solution(tokenizer, s.tokens, p.answer)})
+  return records
+
+
+def run(ctx: Context) -> None:
+  section = ctx.config.sample
+  policy_dir = ctx.require("policy", "sample")
+  items = list(enumerate(problems(ctx.config, "train")[:section.num_questions]))
+  with timed(ctx, "sample") as summary:
+    tokenizer = tokenizer_for(ctx.config, policy_dir)
+    model = None
+
+    def work(chunk):
+      nonlocal model
+      model = model or models.load(ctx, policy_dir)
+      return sample_problems(ctx, model, tokenizer, chunk, num_samples=section.num_samples,
+                             temperature=section.temperature, section=section)
+
+    records = sharded.run(ctx, "sample", items, work, shard_size=section.shard_size,
+                          fingerprint=sharded.result_keys(ctx, section, "num_samples", "temperature",
+                                                          "top_k", "top_p", "max_new_tokens"))
+    correct = sum(r["correct"] for r in records)
+    summary.update(samples=len(records), questions=len(items),
+                   accuracy=round(correct / max(len(records), 1), 4))
+    sharded.finish(ctx, "sample", dict(summary))

@@ -1,0 +1,48 @@
+"""Value-head scores of solution steps, batched: sigmoid(value) at each step's terminator."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from glore_jax.data.steps import encode_steps
+from glore_jax.model import Llama
+from glore_jax.training import bucket_length
+
+
+def score_steps(model: Llama, tokenizer, prompts: Sequence[str], steps: Sequence[Sequence[str]], *,
+                max_length: int, batch_size: int = 64, mesh=None) -> list[list[float]]:
+  """P(success) per step for each (prompt, steps); [] for a solution with no steps. Steps cut
+  by `max_length` get no score (the list is shorter than the solution)."""
+  encoded = [encode_steps(tokenizer, p, list(s), max_length=max_length) if s else None
+             for p, s in zip(prompts, steps)]
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def values(state, tokens_bt, mask_bt):
+    m = nnx.merge(graphdef, state)
+    hidden_btd, _ = m.forward(tokens_bt, attention_mask_bt=mask_bt)
+    return jax.nn.sigmoid(m.values(hidden_btd))
+
+  out: list[list[float]] = [[] for _ in encoded]
+  order = sorted((i for i, e in enumerate(encoded) if e is not None), key=lambda i: len(encoded[i].ids))
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    for start in range(0, len(order), batch_size):
+      rows = order[start:start + batch_size]
+      width = bucket_length(max(len(encoded[i].ids) for i in rows))
+      tokens = np.full((batch_size, width), tokenizer.pad_token_id or 0, np.int32)
+      mask = np.zeros((batch_size, width), np.int32)
+      for r, i in enumerate(rows):
+        ids = encoded[i].ids
+        tokens[r, :len(ids)] = ids
+        mask[r, :len(ids)] = 1
+      probs = np.asarray(values(state, jnp.asarray(tokens), jnp.asarray(mask)))
+      for r, i in enumerate(rows):
+        out[i] = [float(probs[r, e]) for e in encoded[i].step_ends]
+  return out
+

@@ -1,0 +1,64 @@
+"""Stage outputs as resumable shards (`glore_jax.workdir`), shared by this host's processes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+from tqdm.auto import tqdm
+
+from glore_jax import workdir as wd
+from glore_jax.stages.common import PRODUCER, Context, MissingInputError
+
+
+def barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def run(ctx: Context, name: str, items: Sequence[Any], work: Callable[[Sequence[Any]], list],
+        *, shard_size: int, fingerprint: Mapping[str, Any]) -> list[dict]:
+  """Runs `work` on this process's unfinished shards of `items`, then returns every record of
+  the stage (all processes' shards, in item order). A rerun skips finished shards."""
+  stage = wd.ShardedStage(ctx.path(name), name, config=fingerprint, num_items=len(items),
+                          shard_size=shard_size, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+  pending = stage.pending_shards()
+  if len(pending) < len(stage.my_shards):
+    print(f"[{name}] resuming: {len(stage.my_shards) - len(pending)} of {len(stage.my_shards)} "
+          "shards already done", flush=True)
+  with tqdm(total=len(stage.my_shards), initial=len(stage.my_shards) - len(pending),
+            desc=f"{name} shards", unit="shard") as bar:
+    stage.run(items, work, on_shard=lambda i, n: bar.update(1))
+  barrier(f"{name}-shards")
+  return wd.read_all(stage.dir)
+
+
+def result_keys(ctx: Context, section, *keys: str) -> dict[str, Any]:
+  """The settings that change a stage's records (not batch or shard sizes, which a resumed run
+  on another machine may change freely): the stage's fingerprint."""
+  return {"seed": ctx.config.seed, "model": ctx.config.model.to_dict(),
+          "data": ctx.config.data.to_dict(), "prompts": ctx.config.prompts.to_dict(),
+          **{k: section[k] for k in keys}}
+
+
+def finish(ctx: Context, name: str, summary: Mapping[str, Any] | None = None) -> None:
+  """Marks the stage complete (process 0), with its figures in the manifest."""
+  if ctx.is_leader:
+    wd.mark_done(ctx.path(name), summary)
+  barrier(f"{name}-done")
+
+
+def read(ctx: Context, name: str, needed_by: str) -> list[dict]:
+  """All records of a finished stage, or an error naming the stage to run first."""
+  if not wd.stage_done(ctx.path(name)):
+    raise MissingInputError(
+        f"stage {needed_by!r} needs the output of stage {PRODUCER[name]!r} ({ctx.path(name)}), "
+        f"which is missing or unfinished: run it first, e.g. "
+        f"--config.stages={PRODUCER[name]},{needed_by}")
+  return wd.read_all(ctx.path(name))
+
+
+def is_done(ctx: Context, name: str) -> bool:
+  return wd.stage_done(ctx.path(name))

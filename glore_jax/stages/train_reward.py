@@ -1,0 +1,90 @@
+"""Stages `train_orm` and `train_sorm`: the policy backbone plus a scalar value head.
+
+ORM targets: the sample's outcome at every step (V^pi). SORM targets: whether any of the K
+rollouts from that step's prefix reached the gold answer (V*), hard or soft, optionally
+balanced per step index. Questions held out for the step-level evaluation are not trained on.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from glore_jax.data.steps import encode_steps
+from glore_jax.method.labels import balance_by_step_index
+from glore_jax.stages import models, sharded
+from glore_jax.stages.common import Context, is_heldout, problems, timed, tokenizer_for
+from glore_jax.training import ValueExample
+
+
+def value_example(ctx: Context, tokenizer, question: str, steps: Sequence[str],
+                  hard: Sequence[float], soft: Sequence[float] | None = None,
+                  keep: Sequence[bool] | None = None) -> ValueExample | None:
+  """Encodes (question, steps) for the value head; `keep` drops unbalanced steps' labels."""
+  if not steps:
+    return None
+  enc = encode_steps(tokenizer, ctx.prompts.reward_prompt(question), list(steps),
+                     max_length=ctx.config.data.max_length)
+  n = len(enc.step_ends)
+  keep = [True] * n if keep is None else list(keep[:n])
+  idx = [i for i in range(n) if keep[i]]
+  if not idx:
+    return None
+  return ValueExample(enc.ids, [enc.step_ends[i] for i in idx], [float(hard[i]) for i in idx],
+                      None if soft is None else [float(soft[i]) for i in idx])
+
+
+def reward_examples(ctx: Context, kind: str, tokenizer) -> tuple[list, list]:
+  """(train, held-out) ValueExamples for the ORM or the SORM."""
+  questions = {p.id: p.question for p in problems(ctx.config, "train")}
+  if kind == "orm":
+    records = sharded.read(ctx, "sample", "train_orm")
+    rows = [(r, [float(r["correct"])] * len(r["steps"]), None) for r in records]
+  else:
+    records = sharded.read(ctx, "label", "train_sorm")
+    rows = [(r, r["sorm_hard"], r["sorm_soft"]) for r in records]
+  train, heldout = [], []
+  train_rows = [row for row in rows if not is_heldout(ctx.config, row[0]["problem_id"])]
+  keeps = [None] * len(train_rows)
+  if kind == "sorm" and ctx.config.sorm.balance:
+    keeps = balance_by_step_index([list(map(int, hard)) for _, hard, _ in train_rows],
+                                  seed=ctx.config.seed,
+                                  keys=[(r["problem_id"], r["sample_index"]) for r, _, _ in train_rows])
+  for (r, hard, soft), keep in zip(train_rows, keeps):
+    ex = value_example(ctx, tokenizer, questions[r["problem_id"]], r["steps"], hard, soft, keep)
+    if ex is not None:
+      train.append(ex)
+  for r, hard, soft in rows:
+    if is_heldout(ctx.config, r["problem_id"]):
+      ex = value_example(ctx, tokenizer, questions[r["problem_id"]], r["steps"], hard, soft)
+      if ex is not None:
+        heldout.append(ex)
+  return train, heldout
+
+
+def run(ctx: Context, kind: str) -> None:
+  stage = f"train_{kind}"
+  folder = ctx.path(kind)
+  if (folder / "config.json").exists():
+    print(f"[{stage}] already trained: {folder}")
+    return
+  policy_dir = ctx.require("policy", stage)
+  with timed(ctx, stage) as summary:
+    tokenizer = tokenizer_for(ctx.config, policy_dir)
+    train, heldout = reward_examples(ctx, kind, tokenizer)
+    if not train:
+      hint = (" Balancing keeps equal positives and negatives per step index, so one-class labels "
+              "leave nothing: train the policy longer or set --config.sorm.balance=False."
+              if kind == "sorm" and ctx.config.sorm.balance else "")
+      raise ValueError(f"stage {stage!r}: no labelled steps to train on.{hint}")
+    model = models.load(ctx, policy_dir, value_head=True)
+    section = ctx.config.reward
+    model, metrics = models.fit(
+        ctx, model, train, heldout, section, loss="value", run_dir=folder.parent / "train",
+        pad_id=tokenizer.pad_token_id, value_targets=section.targets,
+        train_backbone=section.train_backbone)
+    models.save(ctx, model, tokenizer, folder)
+    positives = sum(sum(ex.labels) for ex in train)
+    steps = sum(len(ex.labels) for ex in train)
+    summary.update(examples=len(train), labelled_steps=steps,
+                   positive_fraction=round(positives / max(steps, 1), 4),
+                   **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
