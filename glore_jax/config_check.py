@@ -81,8 +81,7 @@ def validate(config) -> None:
     raise ConfigError(f"config.data.synthetic: {e}") from None
   try:
     from glore_jax.data.prompts import PromptFormat
-    PromptFormat.from_config({k: v for k, v in config.prompts.to_dict().items()
-                              if k != "marker_as_token"})
+    PromptFormat.from_config(config.prompts)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.prompts: {e}") from None
 

@@ -15,7 +15,7 @@ from etils import epath
 from glore_jax.data.prompts import PromptFormat
 from glore_jax.data.records import Problem
 from glore_jax.data.sources import load_problems
-from glore_jax.data.tokenizer import add_special_token, load_tokenizer
+from glore_jax.data.tokenizer import load_tokenizer
 from glore_jax.workdir import read_json, write_json_atomic
 
 log = logging.getLogger("glore_jax.stages")
@@ -66,8 +66,7 @@ class Context:
 
   @property
   def prompts(self) -> PromptFormat:
-    return PromptFormat.from_config({k: v for k, v in self.config.prompts.to_dict().items()
-                                     if k != "marker_as_token"})
+    return PromptFormat.from_config(self.config.prompts)
 
   @property
   def is_leader(self) -> bool:
@@ -95,8 +94,8 @@ def tokenizer_for(config, folder: epath.Path | None = None, *, with_marker: bool
   spec = str(folder) if folder is not None and (folder / "tokenizer_config.json").exists() \
       else (config.model.checkpoint or config.tokenizer)
   tokenizer = load_tokenizer(spec)
-  if with_marker and config.prompts.marker_as_token:
-    add_special_token(tokenizer, config.prompts.marker)
+  if with_marker:
+    PromptFormat.from_config(config.prompts).prepare_tokenizer(tokenizer)
   return tokenizer
 
 
