@@ -30,7 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
       max_position_embeddings=512,
       dtype="float32", param_dtype="float32", remat=False,
   ))
-  c.tokenizer = "embedded"  # "embedded" (character-level, offline) or a tokenizer folder
+  # "embedded-bpe" (byte-level BPE trained on the synthetic task, offline), "embedded"
+  # (characters), or a tokenizer folder / tokenizer.json; ignored with model.checkpoint.
+  c.tokenizer = "embedded-bpe"
 
   # Problems: the embedded synthetic task, GSM8K JSONL files, GSM8K from TFDS, or SVAMP.
   c.data = ml_collections.ConfigDict(dict(
@@ -69,7 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
       train=train(steps=300, learning_rate=1e-3, warmup_steps=30), train_backbone=True,
       targets="hard"))  # hard | soft (fraction of rollouts that succeeded)
   c.refine = ml_collections.ConfigDict(dict(
-      train=train(steps=300, learning_rate=1e-3, warmup_steps=30), max_pairs_per_question=2))
+      train=train(steps=300, learning_rate=1e-3, warmup_steps=30), max_pairs_per_question=2,
+      max_length=384))  # question + draft + target: longer than a policy example
   c.evaluate = ml_collections.ConfigDict(dict(
       num_questions=200, threshold=0.5, best_of=3, temperature=0.8, max_new_tokens=160,
       batch_size=256, bootstrap_resamples=1000, heldout_fraction=0.2))

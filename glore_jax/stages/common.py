@@ -15,6 +15,7 @@ from etils import epath
 from glore_jax.data.prompts import PromptFormat
 from glore_jax.data.records import Problem
 from glore_jax.data.sources import load_problems
+from glore_jax.data.steps import PromptTooLongError, encode_steps
 from glore_jax.data.tokenizer import load_tokenizer
 from glore_jax.workdir import read_json, write_json_atomic
 
@@ -97,6 +98,17 @@ def tokenizer_for(config, folder: epath.Path | None = None, *, with_marker: bool
   if with_marker:
     PromptFormat.from_config(config.prompts).prepare_tokenizer(tokenizer)
   return tokenizer
+
+
+def try_encode(tokenizer, prompt: str, steps, max_length: int):
+  """`encode_steps`, or None for an empty solution or a prompt that alone is too long (such
+  examples are skipped and counted by the caller rather than crashing a long stage)."""
+  if not steps:
+    return None
+  try:
+    return encode_steps(tokenizer, prompt, list(steps), max_length=max_length)
+  except PromptTooLongError:
+    return None
 
 
 def stable_fraction(key: str) -> float:

@@ -171,6 +171,11 @@ def step_level(ctx: Context) -> tuple[dict, dict]:
 def run(ctx: Context) -> None:
   section = ctx.config.evaluate
   out_dir = ctx.path("evaluate")
+  if (out_dir / "results.json").exists() and (out_dir / "candidates.json").exists():
+    print(f"[evaluate] already done: {out_dir / 'results.json'}", flush=True)
+    if ctx.is_leader:
+      print(ev.markdown_table(read_json(out_dir / "results.json")), flush=True)
+    return
   with timed(ctx, "evaluate") as summary:
     tests = problems(ctx.config, "test")[:section.num_questions]
     c = candidates(ctx, tests)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
+import tempfile
 from typing import Any, Sequence
 
 from etils import epath
@@ -20,8 +23,9 @@ def new_policy(ctx: Context, tokenizer) -> Llama:
   the tokenizer (the embedded default)."""
   m = ctx.config.model
   if m.checkpoint:
-    return load_hf(m.checkpoint, mesh=ctx.mesh, dtype=m.dtype, param_dtype=m.param_dtype,
-                   vocab_size=max(len(tokenizer), LlamaConfig.from_hf(m.checkpoint).vocab_size))
+    checkpoint = local_copy(m.checkpoint)
+    return load_hf(checkpoint, mesh=ctx.mesh, dtype=m.dtype, param_dtype=m.param_dtype,
+                   vocab_size=max(len(tokenizer), LlamaConfig.from_hf(checkpoint).vocab_size))
   cfg = preset(m.preset).replace(
       vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
       num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
@@ -31,29 +35,89 @@ def new_policy(ctx: Context, tokenizer) -> Llama:
   return create_model(cfg, seed=ctx.config.seed, mesh=ctx.mesh)
 
 
+def is_local(path) -> bool:
+  """False for gs://, s3:// and other URIs that only etils.epath can open."""
+  return "://" not in os.fspath(path)
+
+
+def local_copy(folder) -> epath.Path:
+  """`folder` itself when it is on the local disk; else a copy of it in a local cache folder
+  ($GLORE_CACHE, default ~/.cache/glore_jax/models), for readers that need local files
+  (safetensors, tokenizers). The copy is refreshed when the remote config.json changes."""
+  src = epath.Path(folder)
+  if is_local(src):
+    return src
+  marker = (src / "config.json").read_text() if (src / "config.json").exists() else ""
+  key = hashlib.sha256(f"{src}\n{marker}".encode()).hexdigest()[:16]
+  root = epath.Path(os.environ.get("GLORE_CACHE", os.path.expanduser("~/.cache/glore_jax")))
+  dst = root / "models" / f"{src.name}-{key}"
+  if (dst / ".complete").exists():
+    return dst
+  tmp = epath.Path(tempfile.mkdtemp(prefix=f".{src.name}-", dir=_mkdir(root / "models")))
+  for path in src.rglob("*"):
+    if path.is_file():
+      target = tmp / os.path.relpath(os.fspath(path), os.fspath(src))
+      target.parent.mkdir(parents=True, exist_ok=True)
+      path.copy(target, overwrite=True)
+  (tmp / ".complete").write_text(str(src))
+  if dst.exists():
+    shutil.rmtree(dst)
+  tmp.rename(dst)
+  log.info("copied %s to %s", src, dst)
+  return dst
+
+
+def _mkdir(path: epath.Path) -> str:
+  path.mkdir(parents=True, exist_ok=True)
+  return os.fspath(path)
+
+
 def load(ctx: Context, folder: epath.Path, *, value_head: bool = False,
-         vocab_size: int | None = None) -> Llama:
+         vocab_size: int | None = None, mesh=None) -> Llama:
+  """Loads a model folder (local or gs://) onto `mesh` (default: the run's global mesh)."""
   m = ctx.config.model
+  folder = local_copy(folder)
   if vocab_size is not None and vocab_size <= LlamaConfig.from_hf(folder).vocab_size:
     vocab_size = None  # the checkpoint already has a row for every token
-  return load_hf(folder, mesh=ctx.mesh, dtype=m.dtype, param_dtype=m.param_dtype,
-                 value_head=value_head, vocab_size=vocab_size, seed=ctx.config.seed)
+  return load_hf(folder, mesh=ctx.mesh if mesh is None else mesh, dtype=m.dtype,
+                 param_dtype=m.param_dtype, value_head=value_head, vocab_size=vocab_size,
+                 seed=ctx.config.seed)
 
 
 def save(ctx: Context, model: Llama, tokenizer, folder: epath.Path) -> None:
-  """Tokenizer first, then weights, config.json last: config.json marks a finished model."""
+  """Tokenizer first, then weights, config.json last: config.json marks a finished model.
+
+  Written into a local temporary folder, then moved (local work directory: one rename) or
+  copied file by file with config.json last (gs:// and other object stores, which have no
+  folder rename). Every process returns once the folder is complete."""
+  from glore_jax.stages.sharded import barrier
+  folder = epath.Path(folder)
   if not ctx.is_leader:
     save_hf(model, folder)  # takes part in the gather; only process 0 writes
+    barrier(f"save-{folder.name}")
     return
-  tmp = folder.parent / (folder.name + ".partial")
-  if tmp.exists():
-    shutil.rmtree(tmp)
-  tmp.mkdir(parents=True)
-  tokenizer.save_pretrained(str(tmp))
-  save_hf(model, tmp)
-  if folder.exists():
-    shutil.rmtree(folder)
-  tmp.rename(folder)
+  local_parent = folder.parent if is_local(folder) else None
+  if local_parent is not None:
+    local_parent.mkdir(parents=True, exist_ok=True)
+  tmp = epath.Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-",
+                                    dir=None if local_parent is None else os.fspath(local_parent)))
+  try:
+    tokenizer.save_pretrained(os.fspath(tmp))
+    save_hf(model, tmp)
+    if folder.exists():
+      folder.rmtree()
+    if local_parent is not None:
+      tmp.rename(folder)
+    else:
+      files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.name == "config.json")
+      for path in files:
+        target = folder / os.path.relpath(os.fspath(path), os.fspath(tmp))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.copy(target, overwrite=True)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp)
+  barrier(f"save-{folder.name}")
 
 
 def train_config(section, *, loss: str, seed: int, **overrides: Any) -> TrainConfig:
@@ -67,18 +131,20 @@ def train_config(section, *, loss: str, seed: int, **overrides: Any) -> TrainCon
 
 
 def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequence[Any],
-        section, *, loss: str, run_dir: epath.Path, pad_id: int, **overrides: Any):
+        section, *, loss: str, run_dir: epath.Path, pad_id: int, max_length: int | None = None,
+        **overrides: Any):
   """Trains on examples (SFTExample / ValueExample) with checkpoints under `run_dir`; resumes."""
   cfg = train_config(section, loss=loss, seed=ctx.config.seed, **overrides)
+  max_length = max_length or ctx.config.data.max_length
   kind = "lm" if loss == "lm" else "value"
   batches = make_batches(examples, batch_size=section.train.batch_size, kind=kind,
                          value_targets=cfg.value_targets, pad_id=pad_id,
-                         max_length=ctx.config.data.max_length, seed=ctx.config.seed)
+                         max_length=max_length, seed=ctx.config.seed)
   eval_batches = None
   if eval_examples:
     eval_batches = make_batches(eval_examples, batch_size=section.train.batch_size, kind=kind,
                                 value_targets=cfg.value_targets, pad_id=pad_id,
-                                max_length=ctx.config.data.max_length, shuffle=False)
+                                max_length=max_length, shuffle=False)
   if not batches:
     raise ValueError(f"no training examples for {run_dir}: the previous stage produced none")
   log.info("training %s: %d examples in %d batches, %d steps", run_dir.name, len(examples),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from glore_jax.data.steps import encode_steps, split_steps
+from glore_jax.data.steps import split_steps
 from glore_jax.stages import models
-from glore_jax.stages.common import Context, problems, timed, tokenizer_for
+from glore_jax.stages.common import Context, problems, timed, tokenizer_for, try_encode
 from glore_jax.training import SFTExample
 
 
@@ -12,9 +12,9 @@ def sft_examples(ctx: Context, tokenizer, items) -> list[SFTExample]:
   prompts = ctx.prompts
   out = []
   for p in items:
-    enc = encode_steps(tokenizer, prompts.policy_prompt(p.question), split_steps(p.reference),
-                       max_length=ctx.config.data.max_length)
-    if enc.step_ends:
+    enc = try_encode(tokenizer, prompts.policy_prompt(p.question), split_steps(p.reference),
+                     ctx.config.data.max_length)
+    if enc is not None and enc.step_ends:
       out.append(SFTExample(enc.ids, enc.prompt_length))
   return out
 

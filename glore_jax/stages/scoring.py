@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glore_jax.data.steps import PromptTooLongError, encode_steps
 from glore_jax.model import Llama
+from glore_jax.stages.common import try_encode
 from glore_jax.training import bucket_length
 
 
@@ -19,7 +19,7 @@ def score_steps(model: Llama, tokenizer, prompts: Sequence[str], steps: Sequence
                 max_length: int, batch_size: int = 64, mesh=None) -> list[list[float]]:
   """P(success) per step for each (prompt, steps); [] for a solution with no steps. Steps cut
   by `max_length` get no score (the list is shorter than the solution)."""
-  encoded = [_encode(tokenizer, p, s, max_length) for p, s in zip(prompts, steps)]
+  encoded = [try_encode(tokenizer, p, s, max_length) for p, s in zip(prompts, steps)]
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -44,14 +44,4 @@ def score_steps(model: Llama, tokenizer, prompts: Sequence[str], steps: Sequence
       for r, i in enumerate(rows):
         out[i] = [float(probs[r, e]) for e in encoded[i].step_ends]
   return out
-
-
-def _encode(tokenizer, prompt: str, steps: Sequence[str], max_length: int):
-  """None (no scores) for an empty solution or a prompt that alone exceeds `max_length`."""
-  if not steps:
-    return None
-  try:
-    return encode_steps(tokenizer, prompt, list(steps), max_length=max_length)
-  except PromptTooLongError:
-    return None
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from glore_jax.data.steps import encode_steps
 from glore_jax.stages import models
-from glore_jax.stages.common import Context, problems, timed, tokenizer_for
+from glore_jax.stages.common import Context, problems, timed, tokenizer_for, try_encode
 from glore_jax.stages.refine_data import read_examples
 from glore_jax.training import SFTExample
 
@@ -29,8 +28,8 @@ def refiner_examples(ctx: Context, kind: str, tokenizer, rows: list[dict]) -> li
     else:
       prompt = fmt.local_refine_input(q, r["draft_steps"], r["bad_index"])
       target = fmt.local_refine_target(r["target_steps"], r["bad_index"])
-    enc = encode_steps(tokenizer, prompt, target, max_length=ctx.config.data.max_length)
-    if enc.step_ends:
+    enc = try_encode(tokenizer, prompt, target, ctx.config.refine.max_length)
+    if enc is not None and enc.step_ends:
       out.append(SFTExample(enc.ids, enc.prompt_length))
   return out
 
@@ -52,7 +51,8 @@ def run(ctx: Context, kind: str) -> None:
     if examples:
       model, metrics = models.fit(ctx, model, examples[cut:], examples[:cut], ctx.config.refine,
                                   loss="lm", run_dir=folder.parent / "train",
-                                  pad_id=tokenizer.pad_token_id)
+                                  pad_id=tokenizer.pad_token_id,
+                                  max_length=ctx.config.refine.max_length)
     else:
       # A policy that never (or always) succeeds gives no pairs; the pipeline still completes
       # and the evaluation shows the untrained refiner for what it is.

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from glore_jax.data.steps import encode_steps
 from glore_jax.method.labels import balance_by_step_index
 from glore_jax.stages import models, sharded
-from glore_jax.stages.common import Context, is_heldout, problems, timed, tokenizer_for
+from glore_jax.stages.common import (Context, is_heldout, problems, timed, tokenizer_for,
+                                     try_encode)
 from glore_jax.training import ValueExample
 
 
@@ -20,10 +20,10 @@ def value_example(ctx: Context, tokenizer, question: str, steps: Sequence[str],
                   hard: Sequence[float], soft: Sequence[float] | None = None,
                   keep: Sequence[bool] | None = None) -> ValueExample | None:
   """Encodes (question, steps) for the value head; `keep` drops unbalanced steps' labels."""
-  if not steps:
+  enc = try_encode(tokenizer, ctx.prompts.reward_prompt(question), steps,
+                   ctx.config.data.max_length)
+  if enc is None:
     return None
-  enc = encode_steps(tokenizer, ctx.prompts.reward_prompt(question), list(steps),
-                     max_length=ctx.config.data.max_length)
   n = len(enc.step_ends)
   keep = [True] * n if keep is None else list(keep[:n])
   idx = [i for i in range(n) if keep[i]]
