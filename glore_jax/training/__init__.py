@@ -1,0 +1,17 @@
+"""One trainer for SFT (policy, global and local refiners) and value-head (ORM, SORM) training.
+
+Batches are plain numpy dicts (format in `batch.py`); `train` runs the jitted, sharded, resumable
+loop (`trainer.py`); `losses.py` holds the loss functions and eval metrics.
+"""
+
+from glore_jax.training.batch import (SFTExample, ValueExample, bucket_length, collate_lm,
+                                      collate_value, make_batches, padding_fraction)
+from glore_jax.training.losses import auroc, lm_loss, value_loss
+from glore_jax.training.trainer import (TrainConfig, TrainingDivergedError, TrainState, evaluate,
+                                        make_optimizer, train)
+
+__all__ = [
+    "SFTExample", "ValueExample", "bucket_length", "collate_lm", "collate_value", "make_batches",
+    "padding_fraction", "auroc", "lm_loss", "value_loss", "TrainConfig", "TrainingDivergedError",
+    "TrainState", "evaluate", "make_optimizer", "train",
+]

@@ -1,0 +1,70 @@
+"""Orbax checkpoints of the train state: keep the last N and the best by an eval metric.
+
+Layout: `<workdir>/checkpoints/<step>/{state,meta}`. Orbax writes each step into a temporary
+folder and renames it only when complete, so an interrupted save leaves no broken "latest":
+`latest_step()` only sees finalised steps, and leftovers are cleaned up on the next start.
+`state` is the pytree (trainable params, optimizer state, step, RNG key); `meta` is JSON with
+the data position, the config and the metrics at that step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoints:
+
+  def __init__(self, directory: str | Path, *, keep_last: int = 3, best_metric: str | None = None,
+               best_mode: str = "min", keep_best: int = 1, async_save: bool = True):
+    self.directory = Path(directory).absolute()
+    self.best_metric = best_metric
+    keep = [policies.LatestN(n=max(keep_last, 1))]
+    if best_metric:
+      sign = -1.0 if best_mode == "min" else 1.0
+      keep.append(policies.BestN(get_metric_fn=lambda m: sign * float(m[best_metric]), n=keep_best,
+                                 keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(keep),
+        enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.manager.best_step() if self.best_metric else None
+
+  def path(self, step: int | None) -> str:
+    return "none (no checkpoint written yet)" if step is None else str(self.directory / str(step))
+
+  def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
+    if metrics is not None and self.best_metric and self.best_metric not in metrics:
+      metrics = None
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)),
+                      metrics=metrics)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores `step` into the shapes, dtypes and shardings of `abstract_state`."""
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        abstract_state)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
