@@ -7,6 +7,7 @@ skips work it already finished there, so rerunning after a crash resumes.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 
@@ -43,8 +44,38 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def _unknown_overrides(argv: list[str]) -> list[str]:
+  """The KEYs of --config.KEY=VALUE arguments that the default config does not have."""
+  from glore_jax.defaults import get_config
+  defaults, unknown = get_config(), []
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    path, node = arg[len("--config."):].split("=", 1)[0], defaults
+    for part in path.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        close = difflib.get_close_matches(part, list(node.keys()) if hasattr(node, "keys") else [],
+                                          n=1)
+        unknown.append(path + (f" (did you mean {close[0]!r}?)" if close else ""))
+        break
+      node = node[part]
+  return unknown
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; an override of a key the config lacks (ml_collections raises a bare
+  AttributeError from inside the parser) becomes a message naming the key, exit code 2."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    keys = ", ".join(f"config.{k}" for k in _unknown_overrides(argv)) or str(e)
+    print(f"config error: unknown key {keys}: the config has no such key (every key and its "
+          "default is in glore_jax/defaults.py)", file=sys.stderr)
+    sys.exit(2)
+
+
 def run() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -122,13 +122,14 @@ def is_heldout(config, problem_id: str) -> bool:
 
 
 @contextlib.contextmanager
-def timed(ctx: Context, stage: str) -> Iterator[dict]:
-  """Times a stage and records its summary in <workdir>/timings.json (read by evaluate)."""
+def timed(ctx: Context, stage: str, *, record: bool = True) -> Iterator[dict]:
+  """Times a stage and records its summary in <workdir>/timings.json (read by evaluate);
+  `record=False` for a rerun of a finished stage, whose first timing stands."""
   summary: dict = {}
   start = time.perf_counter()
   yield summary
   seconds = time.perf_counter() - start
-  if ctx.is_leader:
+  if ctx.is_leader and record:
     path = ctx.workdir / "timings.json"
     timings = read_json(path) if path.exists() else {}
     timings[stage] = round(seconds, 2)

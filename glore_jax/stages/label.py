@@ -79,7 +79,7 @@ def run(ctx: Context) -> None:
   train = problems(ctx.config, "train")
   gold = {p.id: p.answer for p in train}
   questions = {p.id: p.question for p in train}
-  with timed(ctx, "label") as summary:
+  with timed(ctx, "label", record=not sharded.is_done(ctx, "label")) as summary:
     tokenizer = tokenizer_for(ctx.config, policy_dir)
     model = None
 

@@ -54,17 +54,25 @@ def local_copy(folder) -> epath.Path:
   if (dst / ".complete").exists():
     return dst
   tmp = epath.Path(tempfile.mkdtemp(prefix=f".{src.name}-", dir=_mkdir(root / "models")))
-  for path in src.rglob("*"):
-    if path.is_file():
-      target = tmp / os.path.relpath(os.fspath(path), os.fspath(src))
-      target.parent.mkdir(parents=True, exist_ok=True)
-      path.copy(target, overwrite=True)
+  for relative, path in _files(src):
+    (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+    path.copy(tmp / relative, overwrite=True)
   (tmp / ".complete").write_text(str(src))
   if dst.exists():
     shutil.rmtree(dst)
   tmp.rename(dst)
   log.info("copied %s to %s", src, dst)
   return dst
+
+
+def _files(root: epath.Path) -> list[tuple[str, epath.Path]]:
+  """(path relative to root, path) of every file below root (object stores allow no '**')."""
+  out = []
+  for dirpath, _, files in root.walk():
+    for name in files:
+      path = epath.Path(dirpath) / name
+      out.append((os.path.relpath(os.fspath(path), os.fspath(root)), path))
+  return sorted(out)
 
 
 def _mkdir(path: epath.Path) -> str:
@@ -109,11 +117,9 @@ def save(ctx: Context, model: Llama, tokenizer, folder: epath.Path) -> None:
     if local_parent is not None:
       tmp.rename(folder)
     else:
-      files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.name == "config.json")
-      for path in files:
-        target = folder / os.path.relpath(os.fspath(path), os.fspath(tmp))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        path.copy(target, overwrite=True)
+      for relative, path in sorted(_files(tmp), key=lambda f: f[0] == "config.json"):
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        path.copy(folder / relative, overwrite=True)
   finally:
     if tmp.exists():
       shutil.rmtree(tmp)
@@ -139,12 +145,14 @@ def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequ
   kind = "lm" if loss == "lm" else "value"
   batches = make_batches(examples, batch_size=section.train.batch_size, kind=kind,
                          value_targets=cfg.value_targets, pad_id=pad_id,
-                         max_length=max_length, seed=ctx.config.seed)
+                         max_length=max_length, seed=ctx.config.seed,
+                         bucket_multiple=ctx.config.data.bucket_multiple or None)
   eval_batches = None
   if eval_examples:
     eval_batches = make_batches(eval_examples, batch_size=section.train.batch_size, kind=kind,
                                 value_targets=cfg.value_targets, pad_id=pad_id,
-                                max_length=max_length, shuffle=False)
+                                max_length=max_length, shuffle=False,
+                                bucket_multiple=ctx.config.data.bucket_multiple or None)
   if not batches:
     raise ValueError(f"no training examples for {run_dir}: the previous stage produced none")
   log.info("training %s: %d examples in %d batches, %d steps", run_dir.name, len(examples),

@@ -43,7 +43,7 @@ def run(ctx: Context) -> None:
   section = ctx.config.sample
   policy_dir = ctx.require("policy", "sample")
   items = list(enumerate(problems(ctx.config, "train")[:section.num_questions]))
-  with timed(ctx, "sample") as summary:
+  with timed(ctx, "sample", record=not sharded.is_done(ctx, "sample")) as summary:
     tokenizer = tokenizer_for(ctx.config, policy_dir)
     model = None
 

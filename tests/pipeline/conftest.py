@@ -1,0 +1,95 @@
+"""Pipeline-level fixtures: the micro config, in-process stage contexts, and ONE real micro run.
+
+Compile time dominates everything here, so the end-to-end micro pipeline runs once per session
+(`micro_run`, configs/micro.py exactly as a user runs it) and the other subprocess tests reuse its
+work directory (its policy, and its sample and label shards as the uninterrupted reference for
+the resume test). Subprocesses
+share a persistent JAX compilation cache, so only the first run pays for most compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from etils import epath
+
+REPO = Path(__file__).resolve().parents[2]
+MICRO = REPO / "configs" / "micro.py"
+
+
+def micro_config(**overrides):
+  """configs/micro.py's config, with dotted overrides ({"sorm.num_rollouts": 4})."""
+  spec = importlib.util.spec_from_file_location("_micro_config", MICRO)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  from glore_jax.config_check import validate
+  validate(config)
+  return config
+
+
+def make_ctx(workdir, config):
+  """A stage Context without devices: for stages whose model calls the test replaces."""
+  from glore_jax.stages.common import Context
+  path = epath.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  return Context(config=config, workdir=path, mesh=None)
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(tmp_path_factory) -> dict[str, str]:
+  env = dict(os.environ)  # tests/conftest.py's 8 simulated CPU devices carry over
+  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+def main_command(workdir, *overrides: str, config: Path = MICRO) -> list[str]:
+  return [sys.executable, "-m", "glore_jax.main", f"--config={config}", f"--workdir={workdir}",
+          *overrides]
+
+
+@dataclasses.dataclass
+class Run:
+  returncode: int
+  stdout: str
+  stderr: str
+  seconds: float
+
+
+def run_main(env, workdir, *overrides: str, timeout: float = 600) -> Run:
+  start = time.perf_counter()
+  p = subprocess.run(main_command(workdir, *overrides), cwd=REPO, env=env, capture_output=True,
+                     text=True, timeout=timeout)
+  return Run(p.returncode, p.stdout, p.stderr, time.perf_counter() - start)
+
+
+@dataclasses.dataclass
+class MicroRun:
+  workdir: Path
+  first: Run
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory, subprocess_env) -> MicroRun:
+  """The whole micro pipeline, once, as a real `python -m glore_jax.main` subprocess."""
+  workdir = tmp_path_factory.mktemp("micro") / "run"
+  first = run_main(subprocess_env, workdir)
+  if first.returncode != 0:
+    pytest.fail(f"micro pipeline failed (exit {first.returncode}):\n{first.stdout[-4000:]}\n"
+                f"{first.stderr[-8000:]}")
+  return MicroRun(workdir, first)

@@ -1,0 +1,67 @@
+"""Bad command lines fail before any compute, with a message naming the key or the stage."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from .conftest import REPO, main_command
+
+CASES = {
+    "unknown_key": (["--config.sorm.bogus=1"], ["config.sorm.bogus"]),
+    "unknown_section": (["--config.bogus.x=1"], ["config.bogus.x"]),
+    "typo_key": (["--config.sorm.num_rolouts=3"], ["config.sorm.num_rolouts", "'num_rollouts'"]),
+    "negative_k": (["--config.sorm.num_rollouts=-1"], ["config.sorm.num_rollouts", "-1"]),
+    "zero_k": (["--config.sorm.num_rollouts=0"], ["config.sorm.num_rollouts"]),
+    "unknown_stage": (["--config.stages=policy,lable"], ["config.stages", "'lable'"]),
+    "missing_policy": (["--config.stages=label"], ["stage 'label'", "stage 'policy'"]),
+    "missing_sample": (["--config.stages=label"], ["stage 'label'", "stage 'sample'"]),
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, subprocess_env):
+  """Every case at once (each is a fresh interpreter; starting them together saves wall time)."""
+  procs = {}
+  for name, (args, _) in CASES.items():
+    workdir = tmp_path_factory.mktemp(name) / "w"
+    if name == "missing_sample":  # a finished policy, but no sample stage
+      (workdir / "policy" / "model").mkdir(parents=True)
+      (workdir / "policy" / "model" / "config.json").write_text("{}")
+    procs[name] = (workdir, subprocess.Popen(main_command(workdir, *args), cwd=REPO,
+                                             env=subprocess_env, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True))
+  out = {}
+  for name, (workdir, p) in procs.items():
+    stdout, stderr = p.communicate(timeout=300)
+    out[name] = (workdir, p.returncode, stdout, stderr)
+  return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_clear_error_and_nonzero_exit(results, name):
+  workdir, rc, stdout, stderr = results[name]
+  assert rc != 0, f"{name}: exit code 0\n{stdout}\n{stderr}"
+  _, needles = CASES[name]
+  last = stderr.strip().splitlines()[-1]  # the message is the last word, not buried in a trace
+  for needle in needles:
+    assert needle in last, f"{name}: {needle!r} not in the final stderr line {last!r}"
+  assert "Traceback" not in stderr, f"{name}: a traceback instead of a message:\n{stderr}"
+
+
+@pytest.mark.parametrize("name", ["unknown_key", "unknown_section", "typo_key", "negative_k",
+                                  "zero_k", "unknown_stage"])
+def test_config_errors_fail_before_any_work(results, name):
+  workdir, rc, _, _ = results[name]
+  assert rc == 2
+  assert not workdir.exists(), "the work directory was touched before validation"
+
+
+@pytest.mark.parametrize("name", ["missing_policy", "missing_sample"])
+def test_missing_input_names_the_stage_to_run(results, name):
+  workdir, rc, _, stderr = results[name]
+  assert rc == 3
+  producer = "policy" if name == "missing_policy" else "sample"
+  assert f"--config.stages={producer},label" in stderr  # the command that fixes it
+  assert not (workdir / "label").exists()
