@@ -72,7 +72,7 @@ def validate(config) -> None:
     _check(config, "data.path", lambda v: bool(v) and epath.Path(v).exists(),
            "an existing folder (GSM8K: train.jsonl/test.jsonl; SVAMP: SVAMP.json)")
   _check(config, "data.on_error", lambda v: v in ("raise", "skip"), "'raise' or 'skip'")
-  for key in ("data.train_size", "data.test_size", "data.max_length"):
+  for key in ("data.train_size", "data.test_size", "data.max_length", "refine.max_length"):
     _check(config, key, positive, "a positive integer")
   try:
     from glore_jax.data.synthetic import SyntheticConfig

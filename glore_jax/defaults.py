@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
       synthetic=ml_collections.ConfigDict(dict(min_steps=2, max_steps=4, max_operand=30,
                                                max_multiplier=9, max_value=999)),
       max_length=256,  # tokens of prompt + solution; longer examples drop whole trailing steps
+      bucket_multiple=0,  # pad training batches to a multiple of this; 0 = powers of two
   ))
   c.prompts = ml_collections.ConfigDict(dict(
       policy="Question: {question}\nAnswer:\n",
