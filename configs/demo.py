@@ -15,8 +15,8 @@ def get_config():
   c.data.update(train_size=3000, test_size=200, bucket_multiple=32)
   c.data.synthetic.update(min_steps=2, max_steps=3, max_operand=20, max_multiplier=5,
                           max_value=199)
-  c.policy.train.update(steps=700, batch_size=32, learning_rate=3e-3, warmup_steps=70,
-                        checkpoint_every=350, eval_every=350)
+  c.policy.train.update(steps=1000, batch_size=32, learning_rate=3e-3, warmup_steps=100,
+                        checkpoint_every=500, eval_every=500)
   c.sample.update(num_samples=4, temperature=0.8, num_questions=400, shard_size=100,
                   max_new_tokens=64)
   c.sorm.update(num_rollouts=4, temperature=0.8, shard_size=100, max_new_tokens=64)

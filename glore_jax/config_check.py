@@ -104,6 +104,7 @@ def validate(config) -> None:
       _check(config, f"{section}.train.{key}", positive, "a positive integer")
     _check(config, f"{section}.train.learning_rate", lambda v: v > 0, "a positive learning rate")
     _check(config, f"{section}.train.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    _check(config, f"{section}.train.max_epochs", lambda v: v >= 0, "a number of epochs >= 0 (0 = off)")
     _check(config, f"{section}.train.batch_size",
            lambda v, s=section: v % _get(config, f"{s}.train.grad_accum") == 0,
            f"a multiple of {section}.train.grad_accum")

@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict(dict(
         steps=600, batch_size=32, learning_rate=3e-3, warmup_steps=50, weight_decay=0.01,
         grad_clip=1.0, grad_accum=1, checkpoint_every=200, keep_last=2, eval_every=200,
+        max_epochs=0.0,  # > 0: stop after this many passes over the data, if before `steps`
     ))
     t.update(kw)
     return t
@@ -69,10 +70,12 @@ def get_config() -> ml_collections.ConfigDict:
       num_rollouts=4, temperature=0.8, max_new_tokens=160, batch_size=256, shard_size=25,
       consistency=True, propagate_positive=True, balance=True))
   c.reward = ml_collections.ConfigDict(dict(
-      train=train(steps=300, learning_rate=1e-3, warmup_steps=30), train_backbone=True,
+      train=train(steps=300, learning_rate=1e-3, warmup_steps=30, max_epochs=3.0),
+      train_backbone=True,
       targets="hard"))  # hard | soft (fraction of rollouts that succeeded)
   c.refine = ml_collections.ConfigDict(dict(
-      train=train(steps=300, learning_rate=1e-3, warmup_steps=30), max_pairs_per_question=2,
+      train=train(steps=300, learning_rate=1e-3, warmup_steps=30, max_epochs=4.0),
+      max_pairs_per_question=2,
       max_length=384))  # question + draft + target: longer than a policy example
   c.evaluate = ml_collections.ConfigDict(dict(
       num_questions=200, threshold=0.5, best_of=3, temperature=0.8, max_new_tokens=160,

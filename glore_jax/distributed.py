@@ -1,8 +1,23 @@
-"""Multi-host start-up: one process per host, joined through `jax.distributed`."""
+"""Multi-host start-up: one process per host, joined through `jax.distributed`.
+
+Three ways a run becomes one of several processes:
+  * explicit settings (`config.distributed.coordinator_address/num_processes/process_id`), e.g.
+    several CPU processes on one machine, or a cluster without auto-detection;
+  * `GLORE_MULTIHOST=1` in the environment (set by launch/tpu.sh on every worker of a multi-host
+    TPU slice): `jax.distributed.initialize()` detects the slice from the TPU VM metadata;
+  * GKE-style TPU environments that export `TPU_WORKER_HOSTNAMES` / `TPU_PROCESS_ADDRESSES`.
+A single host needs none of them.
+
+After start-up every process sees the global device list: `main` builds one global mesh from it
+for training (the parameters and batches are sharded across hosts), while work that each process
+does on its own shard of items (sampling, labeling) runs on `local_mesh`, the mesh of this
+process's own devices, so processes never wait on each other between shards.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import jax
@@ -12,8 +27,10 @@ _initialized = False
 
 
 def _on_tpu_pod() -> bool:
-  # TPU VM workers of a multi-host slice export these; a single-host VM has one worker.
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if os.environ.get("GLORE_MULTIHOST", "").strip().lower() in ("1", "true", "yes"):
+    return True
+  # GKE TPU workers of a multi-host slice export these; a single-host VM has one worker.
+  hosts = os.environ.get("TPU_PROCESS_ADDRESSES") or os.environ.get("TPU_WORKER_HOSTNAMES", "")
   return "," in hosts
 
 
@@ -29,6 +46,9 @@ def initialize(settings) -> None:
     if settings.num_processes < 1 or settings.process_id < 0:
       raise ValueError("config.distributed.coordinator_address is set: also set "
                        "config.distributed.num_processes and config.distributed.process_id")
+    if settings.process_id >= settings.num_processes:
+      raise ValueError(f"config.distributed.process_id={settings.process_id} must be < "
+                       f"num_processes={settings.num_processes}")
     jax.distributed.initialize(coordinator_address=settings.coordinator_address,
                                num_processes=settings.num_processes,
                                process_id=settings.process_id)
@@ -39,3 +59,17 @@ def initialize(settings) -> None:
   _initialized = True
   log.info("process %d of %d; %d local / %d global devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def local_mesh(mesh):
+  """The ('data', 'fsdp', 'tensor') mesh of this process's own devices, shaped like `mesh`
+  (tensor and fsdp sizes as in `mesh` where the host has room for them, the rest data): for work a
+  process does alone, such as sampling its own shards. One process: `mesh` itself."""
+  if jax.process_count() == 1:
+    return mesh
+  from glore_jax.model.sharding import make_mesh
+  devices = jax.local_devices()
+  n = len(devices)
+  tensor = math.gcd(mesh.shape["tensor"], n)
+  fsdp = math.gcd(mesh.shape["fsdp"], n // tensor)
+  return make_mesh(n // (tensor * fsdp), fsdp, tensor, devices=devices)

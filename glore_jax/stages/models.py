@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -155,6 +157,13 @@ def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequ
                                 bucket_multiple=ctx.config.data.bucket_multiple or None)
   if not batches:
     raise ValueError(f"no training examples for {run_dir}: the previous stage produced none")
+  epochs = section.train.max_epochs
+  if epochs and cfg.total_steps > epochs * len(batches):
+    # small data sets (a few hundred refinement pairs) would otherwise be seen 50+ times
+    steps = max(1, math.ceil(epochs * len(batches)))
+    log.info("%s: %d steps cover max_epochs=%s of %d batches (config asked %d)", run_dir.name,
+             steps, epochs, len(batches), cfg.total_steps)
+    cfg = dataclasses.replace(cfg, total_steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10))
   log.info("training %s: %d examples in %d batches, %d steps", run_dir.name, len(examples),
            len(batches), cfg.total_steps)
   return train(model, batches, cfg, run_dir, eval_batches=eval_batches, mesh=ctx.mesh)

@@ -1,0 +1,633 @@
+"""Memory and mesh plan: compile the training step and the decode step for a model and mesh on
+simulated CPU devices, without allocating a single weight, and read XLA's own memory analysis.
+
+  python -m glore_jax.plan --model=llama2-7b --devices=8 --mesh=1,8,1 --batch=8 --seq=512
+  python -m glore_jax.plan --model=llama2-70b --devices=256 --mesh=1,256,1 --batch=256 \
+      --layers=1,2 --recommend   # compile 1- and 2-layer models, extrapolate linearly to 80
+
+Everything is abstract: `nnx.eval_shape` builds the model as ShapeDtypeStructs, the shardings
+come from the model's PartitionSpec table (`glore_jax.model.sharding`), and
+`jax.jit(step).lower(...).compile().memory_analysis()` gives per-device sizes of the arguments
+(parameters, optimizer state, batch or KV cache), outputs, temporaries (activations, gradients,
+gathered weights) and generated code. The programs are the ones the trainer and the sampler run
+(`trainer.make_train_step`, `sampling._decode`), with the same shardings.
+
+Two sets of numbers come out:
+  * XLA:CPU's memory analysis of the SPMD program on the simulated mesh, as compiled. XLA:CPU has
+    no reduce-scatter and upcasts bf16 collectives, so for FSDP it is a loose upper bound.
+  * A TPU estimate (see `fit_train`): the same step compiled on ONE device for the per-device
+    batch (no collectives), its parameter-shaped parts divided by the shard count, plus the FSDP
+    working set computed from the shapes. `--recommend` sizes v4-8 / v4-32 / v5p-64 / v5e-256
+    with it: the largest power-of-two rows per chip that fill at most 90% of HBM.
+`--layers=L1,L2` compiles two shallow models and extrapolates every number linearly in depth
+(the plan says so when it does); the full depth is compiled otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Sequence
+
+GiB = 1024 ** 3
+
+# JAX devices (chips; v4 and v5p are megacore: one device per chip) and HBM per device.
+TPU_SLICES = {
+    "v4-8": (4, 32 * GiB),
+    "v4-32": (16, 32 * GiB),
+    "v5p-64": (32, 95 * GiB),
+    "v5e-256": (256, 16 * GiB),
+}
+HEADROOM = 0.9  # plan to fill at most this fraction of HBM (fragmentation, runtime, XLA scratch)
+
+
+@dataclasses.dataclass
+class Memory:
+  """Per-device bytes of one compiled program (XLA memory analysis)."""
+  argument: float
+  output: float
+  alias: float
+  temp: float
+  code: float
+  compile_s: float = 0.0
+  extrapolated: str = ""  # how the numbers were obtained when not compiled as is
+
+  @property
+  def peak(self) -> float:
+    """Live bytes at the program's high-water mark: inputs + outputs not aliased to inputs +
+    temporaries (+ code, which TPUs also keep in HBM)."""
+    return self.argument + self.output - self.alias + self.temp + self.code
+
+  def as_dict(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out["peak"] = self.peak
+    return out
+
+  @staticmethod
+  def from_compiled(compiled, compile_s: float = 0.0) -> "Memory":
+    ma = compiled.memory_analysis()
+    if ma is None:
+      raise RuntimeError("this backend gives no memory analysis for compiled programs")
+    return Memory(argument=float(ma.argument_size_in_bytes), output=float(ma.output_size_in_bytes),
+                  alias=float(ma.alias_size_in_bytes), temp=float(ma.temp_size_in_bytes),
+                  code=float(ma.generated_code_size_in_bytes), compile_s=compile_s)
+
+  @staticmethod
+  def combine(a: "Memory", b: "Memory", fa: float, fb: float, note: str) -> "Memory":
+    f = lambda name: fa * getattr(a, name) + fb * getattr(b, name)
+    return Memory(argument=f("argument"), output=f("output"), alias=f("alias"), temp=f("temp"),
+                  code=f("code"), compile_s=a.compile_s + b.compile_s, extrapolated=note)
+
+
+# ---- model and mesh -----------------------------------------------------------------------
+
+
+def model_config(name: str, *, layers: int | None = None, dtype: str = "bfloat16",
+                 param_dtype: str = "float32", remat: bool = True, value_head: bool = False):
+  from glore_jax.model.config import preset
+  cfg = preset(name, dtype=dtype, param_dtype=param_dtype, remat=remat, value_head=value_head)
+  return cfg.replace(num_layers=layers) if layers else cfg
+
+
+def parse_mesh(text: str) -> tuple[int, int, int]:
+  """'1,8,1', 'data=1,fsdp=8,tensor=1' or 'data,fsdp,tensor=1,8,1' -> (data, fsdp, tensor)."""
+  text = text.strip()
+  if "=" in text and text.split("=")[0] in ("data,fsdp,tensor", "data,fsdp,tensor "):
+    text = text.split("=", 1)[1]
+  if "=" in text:
+    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
+    for part in text.split(","):
+      key, _, value = part.partition("=")
+      if key.strip() not in sizes:
+        raise ValueError(f"--mesh: unknown axis {key!r}; axes are data, fsdp, tensor")
+      sizes[key.strip()] = int(value)
+    return sizes["data"], sizes["fsdp"], sizes["tensor"]
+  parts = [int(x) for x in text.split(",")]
+  if len(parts) != 3:
+    raise ValueError(f"--mesh={text!r}: give three sizes data,fsdp,tensor (one may be -1)")
+  return tuple(parts)  # type: ignore[return-value]
+
+
+def _abstract(cfg):
+  from flax import nnx
+  from glore_jax.model.llama import Llama
+  return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+
+
+def _with_shardings(abstract_tree, shardings):
+  import jax
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract_tree, shardings)
+
+
+# ---- the two programs ---------------------------------------------------------------------
+
+
+def train_memory(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1,
+                 loss: str = "lm") -> Memory:
+  """Compiles the trainer's step (AdamW, clipping, fp32 master weights, `cfg.dtype` compute,
+  `cfg.remat`) for a global batch of `batch` rows of `seq` tokens."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from glore_jax.model.sharding import BATCH, fit_spec
+  from glore_jax.training import trainer
+
+  if loss == "value" and not cfg.value_head:
+    cfg = cfg.replace(value_head=True)
+  tc = trainer.TrainConfig(loss=loss, grad_accum=grad_accum, total_steps=1000, progress=False)
+  model = _abstract(cfg)
+  graphdef, params, frozen, _ = nnx.split(model, trainer.trainable_filter(tc), nnx.Param, ...)
+  tx, schedule = trainer.make_optimizer(tc)
+  replicated = NamedSharding(mesh, P())
+  param_sh, frozen_sh = trainer._shardings(params, mesh), trainer._shardings(frozen, mesh)
+  opt_abstract = jax.eval_shape(tx.init, params)
+  opt_sh = trainer._shardings(opt_abstract, mesh)
+  state_sh = trainer.TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
+                                rng=replicated)
+  state = trainer.TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+      params=_with_shardings(params, param_sh), opt_state=_with_shardings(opt_abstract, opt_sh),
+      rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
+  frozen = _with_shardings(frozen, frozen_sh)
+  shape = (grad_accum, batch // grad_accum, seq)
+  row_sh = NamedSharding(mesh, fit_spec(P(None, BATCH), shape, mesh))
+  if loss == "lm":
+    keys = {"tokens": jnp.int32, "attention_mask": jnp.int32, "target_mask": jnp.int32}
+    data = {k: jax.ShapeDtypeStruct(shape, d, sharding=row_sh) for k, d in keys.items()}
+  else:
+    steps = 16  # labelled steps per row
+    sshape = shape[:2] + (steps,)
+    step_sh = NamedSharding(mesh, fit_spec(P(None, BATCH), sshape, mesh))
+    data = {"tokens": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=row_sh),
+            "attention_mask": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=row_sh),
+            "value_index": jax.ShapeDtypeStruct(sshape, jnp.int32, sharding=step_sh),
+            "value_target": jax.ShapeDtypeStruct(sshape, jnp.float32, sharding=step_sh),
+            "value_label": jax.ShapeDtypeStruct(sshape, jnp.float32, sharding=step_sh)}
+  step = trainer.make_train_step(graphdef, tc, tx, schedule)
+  fn = jax.jit(step, donate_argnums=(0,), out_shardings=(state_sh, replicated))
+  start = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled = fn.lower(state, frozen, data).compile()
+  return Memory.from_compiled(compiled, time.perf_counter() - start)
+
+
+def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 256) -> Memory:
+  """Compiles the sampler's decode loop (`sampling._decode`: a while_loop of one-token steps
+  over a donated KV cache of `cache` slots) for `batch` rows, weights stored as `param_dtype`."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from glore_jax import sampling
+  from glore_jax.model.llama import KVCache
+  import numpy as np
+  from glore_jax.model.sharding import BATCH, RULES, named, tree_shardings
+
+  graphdef, state = nnx.split(_abstract(cfg))
+  state = _with_shardings(state, tree_shardings(state, mesh))
+  kv_shape = (batch, cache, cfg.num_kv_heads, cfg.head_dim)
+  kv = jax.ShapeDtypeStruct(kv_shape, cfg.compute_dtype, sharding=named(RULES.cache_kv, kv_shape, mesh))
+  rows = lambda shape, dtype, spec=RULES.cache_b: jax.ShapeDtypeStruct(
+      shape, dtype, sharding=named(spec, shape, mesh))
+  kv_cache = KVCache(tuple(kv for _ in range(cfg.num_layers)), tuple(kv for _ in range(cfg.num_layers)),
+                     rows((batch,), jnp.int32), rows((batch,), jnp.int32))
+  carry = dict(tokens=rows((batch, max_new_tokens), jnp.int32, RULES.act_bt),
+               logprobs=rows((batch, max_new_tokens), jnp.float32, RULES.act_bt),
+               finish=rows((batch,), jnp.int32), last=rows((batch,), jnp.int32),
+               step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())))
+  # the per-row keys exactly as the sampler makes them (typed keys or raw key data)
+  one_row = sampling.row_keys(0, np.zeros((1, 1), np.uint32))
+  key_shape = (batch,) + tuple(one_row.shape[1:])
+  keys = jax.ShapeDtypeStruct(key_shape, one_row.dtype, sharding=named(
+      P(BATCH, *(None,) * (len(key_shape) - 1)), key_shape, mesh))
+  ids = jax.ShapeDtypeStruct((1,), jnp.int32, sharding=NamedSharding(mesh, P()))
+  limit = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))
+  start = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled = sampling._decode.lower(graphdef, state, kv_cache, carry, keys, ids, ids, limit,
+                                      params=sampling.SamplingParams(temperature=1.0)).compile()
+  return Memory.from_compiled(compiled, time.perf_counter() - start)
+
+
+def scaled(measure, name: str, num_layers: int, layers: Sequence[int] | None) -> Memory:
+  """`measure(layers)` at the full depth, or at two depths extrapolated linearly to it."""
+  if not layers:
+    return measure(num_layers)
+  l1, l2 = sorted(layers)[:2]
+  if l1 == l2 or l2 > num_layers:
+    raise ValueError(f"--layers needs two different depths <= {num_layers}, got {layers}")
+  a, b = measure(l1), measure(l2)
+  # value(L) = a + (b - a) * (L - l1) / (l2 - l1): a linear fit per field through both points
+  t = (num_layers - l1) / (l2 - l1)
+  return Memory.combine(a, b, 1 - t, t,
+                        f"{name}: compiled at {l1} and {l2} layers, linear to {num_layers}")
+
+
+# ---- the TPU estimate ---------------------------------------------------------------------
+#
+# XLA:CPU partitions the same program differently from XLA:TPU in two ways that matter here: it
+# has no reduce-scatter (a gradient's reduction is an all-reduce of the *full* f32 tensor, sliced
+# late, so every layer's full gradient stays live until the optimizer) and it runs bf16
+# collectives in f32. Its SPMD numbers above are therefore a loose upper bound for FSDP. The
+# estimate below keeps the compiler's numbers for everything that does not depend on those
+# lowerings: it compiles the programs on ONE device (no collectives at all) and divides what is
+# parameter-shaped by the number of parameter shards (fsdp x tensor):
+#
+#   bytes/device = state / shards + gathered
+#                  + max(optimizer_phase / shards,                      # the update
+#                        grads / shards + per_row * rows_per_device)    # the backward pass
+#
+#   state            parameters + optimizer state: the one-device train step's arguments
+#   optimizer_phase  the one-device train step's temp at 1 row: gradients, clipped gradients,
+#                    updates and new moments live together while AdamW runs
+#   grads            f32 gradients of the trained parameters (from the shapes)
+#   per_row          activations per row of the batch: the forward+backward of the loss with
+#                    only the embedding trained (so the backward runs through every layer but
+#                    makes no other parameter gradient), temp at 16 rows minus 8 rows, / 8
+#   gathered         the FSDP working set, from the shapes: two layers' weights all-gathered in
+#                    the compute dtype (the next layer is prefetched), the embedding and LM head,
+#                    and one layer's full f32 gradient before its reduce-scatter.
+#
+# The decode loop: weights and everything else that does not grow with rows, / shards, plus the
+# KV cache, output buffers and temporaries per row (one-device compiles at 8 and 16 rows).
+
+
+@dataclasses.dataclass
+class Fit:
+  """bytes/device = state / shards + max(param_phase / shards,
+                                         grads / shards + per_row * rows_per_device) + fixed.
+
+  Two phases peak separately: the backward pass (gradients accumulating while activations
+  live) and the optimizer update (gradients, updates and new moments, all parameter-shaped)."""
+  state: float
+  param_phase: float
+  grads: float
+  per_row: float
+  fixed: float
+  per_row_remat: float = 0.0  # activations per row when remat is realized (0: same as per_row)
+  parts: dict = dataclasses.field(default_factory=dict)
+
+  def predict(self, shards: int, rows_per_device: float, tensor: int = 1, *,
+              remat_realized: bool = False) -> float:
+    per_row = self.per_row_remat if remat_realized and self.per_row_remat else self.per_row
+    return (self.state / (shards * tensor) + self.fixed / tensor
+            + max(self.param_phase / (shards * tensor),
+                  self.grads / (shards * tensor) + per_row * rows_per_device))
+
+
+def _one_device_mesh():
+  import jax
+  from glore_jax.model.sharding import make_mesh
+  return make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+
+def _param_bytes(cfg, dtype=None) -> dict[str, float]:
+  import numpy as np
+  itemsize = np.dtype(dtype or cfg.compute_dtype).itemsize
+  d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+  layer = d * h * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * f + 2 * d
+  return {"layer": float(layer), "embedding": float(cfg.vocab_size * d),
+          "lm_head": 0.0 if cfg.tie_word_embeddings else float(cfg.vocab_size * d),
+          "itemsize": float(itemsize)}
+
+
+def gathered_bytes(cfg) -> float:
+  """FSDP working set: 2 layers + embedding + LM head all-gathered in the compute dtype, plus
+  one layer's (or the embedding's) f32 gradient before its reduce-scatter."""
+  p = _param_bytes(cfg)
+  weights = (2 * p["layer"] + p["embedding"] + p["lm_head"]) * p["itemsize"]
+  return weights + max(p["layer"], p["embedding"]) * 4
+
+
+def activation_memory(cfg, mesh, *, batch: int, seq: int) -> Memory:
+  """The training loss's forward and backward with only the embedding trainable: the backward
+  still runs through every layer (activation gradients), but no other parameter gradient
+  exists, so differences between batch sizes are the activations' cost per row."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from glore_jax.training import trainer
+
+  tc = trainer.TrainConfig(loss="lm", total_steps=1000, progress=False)
+  graphdef, emb, frozen, _ = nnx.split(_abstract(cfg), nnx.All(nnx.Param, nnx.PathContains("embedding")),
+                                       nnx.Param, ...)
+  fresh = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  emb, frozen = fresh(emb), fresh(frozen)
+  loss = trainer.make_loss_fn(graphdef, tc)
+  # fresh Variables for the frozen part inside the traced function (nnx.remat updates them)
+  grad = jax.grad(lambda e, f, mb: loss(e, jax.tree.map(lambda x: x, f), mb)[0])
+  data = {k: jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+          for k in ("tokens", "attention_mask", "target_mask")}
+  start = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(grad).lower(emb, frozen, data).compile()
+  return Memory.from_compiled(compiled, time.perf_counter() - start)
+
+
+ACT_ROWS = (8, 16)
+
+
+def fit_train(name: str, *, seq: int, layers: Sequence[int] | None = None, dtype="bfloat16",
+              param_dtype="float32", remat=True, grad_accum: int = 1) -> Fit:
+  """The training-step memory model from one-device compiles: the full step at 1 row (state and
+  the optimizer phase) and the activation program at 8 and 16 rows (activations per row); with
+  `layers`, each at two depths extrapolated linearly."""
+  full = model_config(name, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  mesh = _one_device_mesh()
+  cfg_at = lambda l: model_config(name, layers=l, dtype=dtype, param_dtype=param_dtype,
+                                  remat=remat)
+  step = scaled(lambda l: train_memory(cfg_at(l), mesh, batch=grad_accum, seq=seq,
+                                       grad_accum=grad_accum), "one-device train",
+                full.num_layers, layers)
+  # 8 and 16 rows: enough that activations, not row-independent buffers, set the peak
+  shallow = min(layers) if layers else 1
+  one_block = [activation_memory(cfg_at(shallow), mesh, batch=rows, seq=seq) for rows in ACT_ROWS]
+  if layers and shallow == min(layers) and len(set(layers)) == 2:
+    deeper = [activation_memory(cfg_at(max(layers)), mesh, batch=rows, seq=seq)
+              for rows in ACT_ROWS]
+    t = (full.num_layers - shallow) / (max(layers) - shallow)
+    act = [Memory.combine(a, b, 1 - t, t, "") for a, b in zip(one_block, deeper)]
+  else:
+    act = [activation_memory(cfg_at(full.num_layers), mesh, batch=rows, seq=seq)
+           for rows in ACT_ROWS]
+  batch_bytes = 3 * 4 * seq  # tokens, attention_mask, target_mask per row
+  rows_step = ACT_ROWS[1] - ACT_ROWS[0]
+  per_row = max(act[1].temp - act[0].temp, 0.0) / rows_step + batch_bytes
+  # remat realized: the compiled activations of the shallow model (its blocks' working set,
+  # logits, loss) plus each further block's saved input, [seq, hidden] in the compute dtype
+  saved_input = seq * full.hidden_size * full.compute_dtype.itemsize
+  per_row_remat = (max(one_block[1].temp - one_block[0].temp, 0.0) / rows_step + batch_bytes
+                   + (full.num_layers - shallow) * saved_input) if remat else per_row
+  p = _param_bytes(full, "float32")
+  trainable = (full.num_layers * p["layer"] + p["embedding"] + p["lm_head"]
+               + full.hidden_size) * 4  # the LM loss trains everything but a value head
+  state = step.argument - batch_bytes * grad_accum
+  param_phase = max(step.temp - per_row * grad_accum, 0.0)
+  gathered = gathered_bytes(full)
+  return Fit(state=state, param_phase=param_phase, grads=trainable, per_row=per_row,
+             per_row_remat=min(per_row_remat, per_row), fixed=gathered + step.code,
+             parts={"compiled_at_layers": list(layers or []),
+                    "compile_s": step.compile_s + sum(a.compile_s for a in act)})
+
+
+def fit_decode(name: str, *, cache: int, max_new_tokens: int, layers: Sequence[int] | None = None,
+               dtype="bfloat16", param_dtype="bfloat16") -> Fit:
+  """The decode-loop memory model: weights / shards + (KV cache, carry, temp) per row, from two
+  one-device compiles (rows 8 and 16)."""
+  full = model_config(name, dtype=dtype, param_dtype=param_dtype, remat=False)
+  mesh = _one_device_mesh()
+
+  def at(rows):
+    return scaled(lambda l: decode_memory(model_config(
+        name, layers=l, dtype=dtype, param_dtype=param_dtype, remat=False), mesh, batch=rows,
+        cache=cache, max_new_tokens=max_new_tokens), "one-device decode", full.num_layers, layers)
+
+  a, b = at(8), at(16)
+  per_row = ((b.argument + b.temp) - (a.argument + a.temp)) / 8
+  weights = (a.argument + a.temp) - 8 * per_row
+  p = _param_bytes(full)
+  gathered = (2 * p["layer"] + p["lm_head"] + p["embedding"]) * p["itemsize"]
+  return Fit(state=weights, param_phase=0.0, grads=0.0, per_row=per_row, fixed=gathered + a.code,
+             parts={"compiled_at_layers": list(layers or []),
+                    "compile_s": a.compile_s + b.compile_s})
+
+
+# ---- recommendations ----------------------------------------------------------------------
+
+
+def recommend(fit: Fit, *, hbm: float, devices: int, max_rows_per_device: int = 64,
+              tensor_options: Sequence[int] = (1, 2, 4, 8)) -> dict[str, Any] | None:
+  """Largest power-of-two rows per device that fit in HEADROOM of HBM with fsdp over the slice;
+  tensor parallelism (which this estimate treats conservatively: activations not split) only
+  when one row per device does not fit."""
+  for tensor in tensor_options:
+    if devices % tensor:
+      continue
+    shards = devices // tensor
+    best = None
+    rows = 1
+    while rows <= max_rows_per_device:
+      need = fit.predict(shards, rows, tensor, remat_realized=True)
+      if need > HEADROOM * hbm:
+        break
+      best = (rows, need)
+      rows *= 2
+    if best is not None:
+      rows, need = best
+      return {"mesh": {"data": 1, "fsdp": shards, "tensor": tensor},
+              "global_batch": rows * shards, "rows_per_device": rows,
+              "bytes_per_device": need, "hbm": hbm}
+  return None
+
+
+# ---- command line -------------------------------------------------------------------------
+
+
+def _gib(x: float) -> str:
+  return f"{x / GiB:.2f}"
+
+
+def _set_device_count(n: int) -> None:
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  # compile-only: no need for more threads than the machine's cores
+  if "jax" in sys.modules:
+    import jax
+    if jax.device_count() < n:
+      raise RuntimeError(f"JAX already started with {jax.device_count()} devices; run the plan in "
+                         f"a fresh process (python -m glore_jax.plan) to simulate {n}")
+
+
+HOST_DEVICES = 4  # chips per TPU VM host for every slice above: sampling runs per host
+
+
+def make_plan(args) -> dict[str, Any]:
+  import jax
+  from glore_jax.model.sharding import make_mesh
+
+  data, fsdp, tensor = parse_mesh(args.mesh)
+  devices = jax.devices()[:args.devices]
+  mesh = make_mesh(data, fsdp, tensor, devices=devices)
+  sizes = dict(mesh.shape)
+  remat = not args.no_remat
+  full = model_config(args.model, dtype=args.dtype, param_dtype=args.param_dtype, remat=remat)
+  layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+  steps = set(args.steps.split(","))
+  out: dict[str, Any] = {
+      "model": args.model, "params": full.num_params(), "num_layers": full.num_layers,
+      "devices": len(devices), "mesh": sizes, "dtype": args.dtype,
+      "param_dtype": args.param_dtype, "decode_param_dtype": args.decode_param_dtype,
+      "remat": remat, "layers": layers or [],
+      "train": {"batch": args.batch, "seq": args.seq, "grad_accum": args.grad_accum},
+      "decode": {"batch": args.decode_batch, "cache": args.cache,
+                 "max_new_tokens": args.max_new_tokens}}
+  shards = sizes["data"] * sizes["fsdp"]  # batch rows split over data and fsdp
+  if "train" in steps:
+    if not args.no_spmd:
+      mem = scaled(lambda l: train_memory(model_config(
+          args.model, layers=l, dtype=args.dtype, param_dtype=args.param_dtype, remat=remat),
+          mesh, batch=args.batch, seq=args.seq, grad_accum=args.grad_accum), "train",
+          full.num_layers, layers)
+      out["train"]["cpu_spmd"] = mem.as_dict()
+    fit = fit_train(args.model, seq=args.seq, layers=layers, dtype=args.dtype,
+                    param_dtype=args.param_dtype, remat=remat, grad_accum=args.grad_accum)
+    rows = args.batch / args.grad_accum / shards
+    # parameters and optimizer state shard over fsdp and tensor (not data)
+    out["train"]["fit"] = dataclasses.asdict(fit)
+    out["train"]["tpu_estimate"] = fit.predict(sizes["fsdp"], rows, sizes["tensor"],
+                                               remat_realized=True)
+    out["train"]["as_scheduled_estimate"] = fit.predict(sizes["fsdp"], rows, sizes["tensor"])
+  if "decode" in steps:
+    if not args.no_spmd:
+      mem = scaled(lambda l: decode_memory(model_config(
+          args.model, layers=l, dtype=args.dtype, param_dtype=args.decode_param_dtype,
+          remat=False), mesh, batch=args.decode_batch, cache=args.cache,
+          max_new_tokens=args.max_new_tokens), "decode", full.num_layers, layers)
+      out["decode"]["cpu_spmd"] = mem.as_dict()
+    fit = fit_decode(args.model, cache=args.cache, max_new_tokens=args.max_new_tokens,
+                     layers=layers, dtype=args.dtype, param_dtype=args.decode_param_dtype)
+    rows = args.decode_batch / shards
+    est = fit.predict(sizes["fsdp"], rows, sizes["tensor"])
+    out["decode"]["fit"] = dataclasses.asdict(fit)
+    out["decode"]["tpu_estimate"] = est
+  if args.recommend:
+    out["recommend"] = {}
+    if "train" in steps:
+      fit = Fit(**{k: v for k, v in out["train"]["fit"].items()})
+      out["recommend"]["train"] = {name: recommend(fit, hbm=hbm, devices=n)
+                                   for name, (n, hbm) in TPU_SLICES.items()}
+    if "decode" in steps:
+      fit = Fit(**{k: v for k, v in out["decode"]["fit"].items()})
+      out["recommend"]["decode"] = {
+          name: recommend(fit, hbm=hbm, devices=min(n, HOST_DEVICES), max_rows_per_device=256,
+                          tensor_options=(1,))
+          for name, (n, hbm) in TPU_SLICES.items()}
+  return out
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+  m = plan["mesh"]
+  lines = [f"# {plan['model']}: {plan['params'] / 1e9:.2f}B parameters, {plan['num_layers']} layers",
+           f"mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']} ({plan['devices']} "
+           f"simulated devices); training: {plan['dtype']} compute over {plan['param_dtype']} "
+           f"params + AdamW, remat={plan['remat']}; sampling: {plan['decode_param_dtype']} weights",
+           ""]
+  t, d = plan["train"], plan["decode"]
+  shapes = {"train": f"batch {t['batch']} x seq {t['seq']} (accum {t['grad_accum']})",
+            "decode": f"batch {d['batch']}, KV cache {d['cache']} slots"}
+  if any("cpu_spmd" in plan[k] for k in ("train", "decode")):
+    lines += ["XLA:CPU memory analysis of the SPMD program, per device (GiB):", "",
+              "| step | shape | arguments | outputs | aliased | temp | code | peak |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for kind in ("train", "decode"):
+      mem = plan[kind].get("cpu_spmd")
+      if mem:
+        lines.append(f"| {kind} | {shapes[kind]} | {_gib(mem['argument'])} | {_gib(mem['output'])} "
+                     f"| {_gib(mem['alias'])} | {_gib(mem['temp'])} | {_gib(mem['code'])} | "
+                     f"{_gib(mem['peak'])} |")
+        if mem["extrapolated"]:
+          notes.append(mem["extrapolated"])
+    lines += ["", "(XLA:CPU has no reduce-scatter and runs bf16 collectives in f32, so its temp "
+              "holds every layer's full f32 gradient: a loose upper bound on TPU.)"]
+    lines += [f"({n})" for n in notes]
+    lines.append("")
+  if any("tpu_estimate" in plan[k] for k in ("train", "decode")):
+    lines += ["TPU estimate per device (GiB), from one-device compiles (see glore_jax/plan.py):", "",
+              "| step | shape | state / weights | backward: grads + activations (or KV cache) | "
+              "optimizer phase | FSDP gathered | total | total, XLA:CPU schedule |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    shards = m["data"] * m["fsdp"]
+    pshards = m["fsdp"] * m["tensor"]
+    for kind in ("train", "decode"):
+      if "tpu_estimate" not in plan[kind]:
+        continue
+      f = plan[kind]["fit"]
+      rows = (t["batch"] / t["grad_accum"] / shards if kind == "train" else d["batch"] / shards)
+      per_row = f.get("per_row_remat") or f["per_row"]
+      cells = [f["state"] / pshards, f["grads"] / pshards + per_row * rows,
+               f["param_phase"] / pshards, f["fixed"] / m["tensor"]]
+      scheduled = plan[kind].get("as_scheduled_estimate", plan[kind]["tpu_estimate"])
+      lines.append(f"| {kind} | {shapes[kind]} | " + " | ".join(_gib(c) for c in cells)
+                   + f" | **{_gib(plan[kind]['tpu_estimate'])}** | {_gib(scheduled)} |")
+    lines += ["", "(total = state + the larger of the two phases + gathered. Activations count "
+              "remat as realized on TPU: the compiled activations of the shallowest model plus "
+              "each further block's saved input; XLA:CPU's own schedule keeps every block's "
+              "activations (last column).)"]
+    if plan["layers"]:
+      lines += [f"(compiled at {plan['layers'][0]} and {plan['layers'][1]} layers, "
+                f"extrapolated linearly to {plan['num_layers']})"]
+    lines.append("")
+  rec = plan.get("recommend")
+  if rec:
+    lines += [f"Recommended for TPU slices (fsdp over the slice for training at seq {t['seq']}; "
+              f"sampling on each {HOST_DEVICES}-chip host, cache {d['cache']}), "
+              f"filling <= {int(HEADROOM * 100)}% of HBM:", "",
+              "| slice | chips x HBM | train mesh (data, fsdp, tensor) | train global batch | "
+              "train GiB/chip | decode rows per host | decode GiB/chip |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    for name, (n, hbm) in TPU_SLICES.items():
+      r = rec.get("train", {}).get(name)
+      s = rec.get("decode", {}).get(name)
+      train_cells = (["does not fit", "-", "-"] if r is None else [
+          f"{r['mesh']['data']}, {r['mesh']['fsdp']}, {r['mesh']['tensor']}",
+          str(r["global_batch"]), _gib(r["bytes_per_device"])])
+      decode_cells = (["does not fit on one host", "-"] if s is None else [
+          str(s["global_batch"]), _gib(s["bytes_per_device"])])
+      lines.append(f"| {name} | {n} x {hbm // GiB} GiB | " + " | ".join(train_cells + decode_cells)
+                   + " |")
+  return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m glore_jax.plan", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="llama2-7b", help="a preset: llama2-7b, llama2-13b, llama2-70b, ...")
+  p.add_argument("--devices", type=int, default=8, help="simulated CPU devices")
+  p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (one may be -1)")
+  p.add_argument("--batch", type=int, default=0, help="global training batch (rows); 0: one per device")
+  p.add_argument("--seq", type=int, default=512, help="training sequence length")
+  p.add_argument("--grad-accum", type=int, default=1)
+  p.add_argument("--decode-batch", type=int, default=0, help="decode rows; 0: 8 per device")
+  p.add_argument("--cache", type=int, default=1024, help="KV cache slots (prompt + new tokens)")
+  p.add_argument("--max-new-tokens", type=int, default=256)
+  p.add_argument("--dtype", default="bfloat16", help="compute dtype")
+  p.add_argument("--param-dtype", default="float32", help="training master weights")
+  p.add_argument("--decode-param-dtype", default="bfloat16", help="weights when sampling")
+  p.add_argument("--no-remat", action="store_true")
+  p.add_argument("--steps", default="train,decode", help="which programs: train,decode")
+  p.add_argument("--layers", default="", help="two depths 'L1,L2' to compile and extrapolate "
+                 "linearly to the full model (faster for 70B); empty compiles the full depth")
+  p.add_argument("--recommend", action="store_true",
+                 help="also size v4-8 / v4-32 / v5p-64 / v5e-256 from the memory model")
+  p.add_argument("--no-spmd", action="store_true",
+                 help="skip the (slow, CPU-pessimistic) SPMD compile on the simulated mesh")
+  p.add_argument("--json", default="", help="also write the plan as JSON here")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parser().parse_args(argv)
+  _set_device_count(args.devices)
+  args.batch = args.batch or args.devices
+  args.decode_batch = args.decode_batch or 8 * args.devices
+  plan = make_plan(args)
+  text = format_plan(plan)
+  print(text)
+  if args.json:
+    from etils import epath
+    epath.Path(args.json).write_text(json.dumps(plan, indent=2) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,146 @@
+"""Work directories anywhere: the stage outputs and the model folders go through etils.epath, so
+`gs://bucket/run` behaves like a local folder.
+
+There is no GCS here, so `fake_gcs` serves gs:// paths from a local folder through epath's own
+mock backend, with object-store rules: a folder cannot be renamed. Code that bypassed epath
+(open(), pathlib, os.path on the gs:// string) would fail or leave a stray local "gs:" folder in
+the current directory, which the fixture checks for."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+from etils.epath import testing as epath_testing
+from flax import nnx
+
+from glore_jax import workdir as wd
+from glore_jax.data.tokenizer import load_tokenizer
+from glore_jax.defaults import get_config
+from glore_jax.model import create_model, preset
+from glore_jax.stages import models
+from glore_jax.stages.common import Context
+
+
+@contextlib.contextmanager
+def fake_gcs(root):
+  root = os.fspath(root)
+
+  def local(path):
+    path = os.fspath(path)
+    return os.path.join(root, path[len("gs://"):]) if path.startswith("gs://") else path
+
+  def back(path, remote):
+    return "gs://" + os.path.relpath(path, root) if remote else path
+
+  def one(fn, path, *args, **kwargs):
+    return fn(local(path), *args, **kwargs)
+
+  def two(fn, src, dst, **kwargs):
+    return fn(local(src), local(dst), **kwargs)
+
+  def rename(fn, src, dst):
+    if os.fspath(src).startswith("gs://") and os.path.isdir(local(src)):
+      raise OSError(f"{src}: object stores cannot rename a folder")
+    return fn(local(src), local(dst))
+
+  def glob(fn, pattern):
+    remote = os.fspath(pattern).startswith("gs://")
+    return [back(p, remote) for p in fn(local(pattern))]
+
+  def walk(fn, top, **kwargs):
+    remote = os.fspath(top).startswith("gs://")
+    for dirpath, dirs, files in fn(local(top), **kwargs):
+      yield back(dirpath, remote), dirs, files
+
+  with epath_testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one,
+                                mkdir=one, remove=one, rmtree=one, stat=one, copy=two,
+                                replace=two, rename=rename, glob=glob, walk=walk):
+    yield
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+  root = tmp_path / "bucket-root"
+  root.mkdir()
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  monkeypatch.setenv("GLORE_CACHE", str(tmp_path / "cache"))
+  with fake_gcs(root):
+    yield root
+  assert not (cwd / "gs:").exists(), "something wrote gs:// paths to the local disk"
+
+
+def test_fake_gcs_is_an_object_store(bucket):
+  d = epath.Path("gs://b/x")
+  d.mkdir(parents=True)
+  (d / "f.txt").write_text("hi")
+  assert (bucket / "b" / "x" / "f.txt").read_text() == "hi"
+  assert [p.name for p in d.iterdir()] == ["f.txt"]
+  with pytest.raises(OSError, match="cannot rename a folder"):
+    d.rename("gs://b/y")
+
+
+def test_sharded_stage_round_trip_on_gs(bucket):
+  stage_dir = epath.Path("gs://bucket/run") / "sample"
+  items = list(range(10))
+  stage = wd.ShardedStage(stage_dir, "sample", config={"k": 1}, num_items=10, shard_size=4)
+  assert stage.run(items, lambda chunk: [{"x": x, "sq": x * x} for x in chunk]) == [0, 1, 2]
+  rows = wd.read_all(stage_dir)
+  assert [r["sq"] for r in rows] == [x * x for x in items]
+  wd.mark_done(stage_dir, {"n": 10})
+  assert wd.stage_done("gs://bucket/run/sample")
+  assert (bucket / "bucket" / "run" / "sample" / "shard-00002-of-00003.jsonl").exists()
+  assert not [p for p in (bucket / "bucket" / "run" / "sample").iterdir() if ".tmp-" in p.name]
+  # a rerun resumes (nothing left) and a changed config is refused
+  again = wd.ShardedStage(stage_dir, "sample", config={"k": 1}, num_items=10, shard_size=4)
+  assert again.run(items, lambda chunk: pytest.fail("finished shards are skipped")) == []
+  with pytest.raises(wd.FingerprintMismatchError, match="k"):
+    wd.ShardedStage(stage_dir, "sample", config={"k": 2}, num_items=10, shard_size=4)
+
+
+def _ctx(workdir) -> Context:
+  return Context(config=get_config(), workdir=epath.Path(workdir), mesh=None)
+
+
+def _tiny():
+  tokenizer = load_tokenizer("embedded")
+  cfg = preset("tiny").replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                               eos_token_id=tokenizer.eos_token_id)
+  return create_model(cfg, seed=3), tokenizer
+
+
+def _same_weights(a, b):
+  sa, sb = nnx.state(a, nnx.Param), nnx.state(b, nnx.Param)
+  la, lb = jax.tree.leaves(sa), jax.tree.leaves(sb)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("where", ["gs", "local"])
+def test_model_save_and_load_through_epath(bucket, tmp_path, where):
+  workdir = "gs://bucket/run" if where == "gs" else epath.Path(tmp_path / "local-run")
+  ctx = _ctx(workdir)
+  model, tokenizer = _tiny()
+  folder = ctx.path("policy")
+  models.save(ctx, model, tokenizer, folder)
+  assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+  assert (folder / "tokenizer_config.json").exists()
+  # saving again replaces the folder (no rename on gs://: files are copied, config.json last)
+  models.save(ctx, model, tokenizer, folder)
+  leftovers = [p.name for p in folder.parent.iterdir() if p.name != folder.name]
+  assert leftovers == [], leftovers
+  loaded = models.load(ctx, folder)
+  _same_weights(model, loaded)
+  if where == "gs":
+    cached = models.local_copy(folder)
+    assert models.is_local(cached) and (cached / "config.json").exists()
+    assert models.local_copy(folder) == cached  # reused, not copied again
+  else:
+    assert models.local_copy(folder) == folder
