@@ -31,6 +31,13 @@ def matmul_flops(m: int = 1024, k: int = 1536, n: int = 1536, dtype=jnp.float32)
   return 2.0 * m * k * n / seconds
 
 
+def matmul_flops_by_shape(shapes=((1024, 1536, 1536), (32, 576, 1536), (1, 576, 1536)),
+                          dtype=jnp.float32) -> dict[str, float]:
+  """FLOP/s per [m,k]x[k,n] shape: the big prefill-like matmul and the small decode-step ones
+  (at batch 1 a matmul is a matrix-vector product, bandwidth-bound)."""
+  return {f"{m}x{k}x{n}": matmul_flops(m, k, n, dtype) for m, k, n in shapes}
+
+
 def memory_bandwidth(num_bytes: int = 512 * 2**20, dtype=jnp.float32) -> float:
   """Bytes/s read by a jitted sum over a `num_bytes` array (read once per call)."""
   x = jax.random.normal(jax.random.key(0), (num_bytes // jnp.dtype(dtype).itemsize,), dtype)
@@ -47,5 +54,6 @@ def machine_description() -> str:
 
 if __name__ == "__main__":
   print(f"machine: {machine_description()}")
-  print(f"matmul: {matmul_flops() / 1e9:.1f} GFLOP/s")
+  for shape, flops in matmul_flops_by_shape().items():
+    print(f"matmul {shape}: {flops / 1e9:.1f} GFLOP/s")
   print(f"memory: {memory_bandwidth() / 1e9:.1f} GB/s")
