@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -49,13 +50,30 @@ def make_context(config, workdir: str) -> Context:
   return Context(config=config, workdir=path, mesh=mesh)
 
 
+# Stages whose generation each process runs alone, on its own shards of the items (sample,
+# label) or on its own copy of the models (evaluate): with several processes they run on
+# `local_mesh`, since on the global mesh a process cannot address the others' devices and the
+# per-process loops (different shards, different lengths) would deadlock at the collectives.
+LOCAL_STAGES = ("sample", "label", "evaluate")
+
+
+def stage_context(ctx: Context, stage: str) -> Context:
+  """The context `stage` runs in: `ctx` itself, or with several processes and a stage of
+  LOCAL_STAGES, `ctx` on this process's own devices (`glore_jax.distributed.local_mesh`)."""
+  if stage in LOCAL_STAGES and jax.process_count() > 1:
+    from glore_jax.distributed import local_mesh
+    return dataclasses.replace(ctx, mesh=local_mesh(ctx.mesh))
+  return ctx
+
+
 def run_stages(config, workdir: str) -> Context:
   ctx = make_context(config, workdir)
   log.info("devices: %d x %s, %d process(es); mesh %s; workdir %s", jax.device_count(),
            jax.devices()[0].device_kind, jax.process_count(), dict(ctx.mesh.shape), workdir)
   for stage in stage_list(config):
-    _runner(stage)(ctx)
+    _runner(stage)(stage_context(ctx, stage))
   return ctx
 
 
-__all__ = ["Context", "MissingInputError", "run_stages", "make_context"]
+__all__ = ["Context", "MissingInputError", "run_stages", "make_context", "stage_context",
+           "LOCAL_STAGES"]

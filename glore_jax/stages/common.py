@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from typing import Any, Iterator
 
@@ -91,9 +92,15 @@ def problems(config, split: str) -> list[Problem]:
 
 def tokenizer_for(config, folder: epath.Path | None = None, *, with_marker: bool = False):
   """The tokenizer saved beside a model folder, else the configured one; the local refiner's
-  marker is added as one token only when the config asks for it."""
-  spec = str(folder) if folder is not None and (folder / "tokenizer_config.json").exists() \
-      else (config.model.checkpoint or config.tokenizer)
+  marker is added as one token only when the config asks for it. A model folder on gs:// (the
+  folder or config.model.checkpoint) is read from its local copy (`models.local_copy`)."""
+  from glore_jax.stages.models import local_copy  # lazily: models imports this module
+  if folder is not None and (folder / "tokenizer_config.json").exists():
+    spec = os.fspath(local_copy(folder))
+  elif config.model.checkpoint:
+    spec = os.fspath(local_copy(config.model.checkpoint))
+  else:
+    spec = config.tokenizer
   tokenizer = load_tokenizer(spec)
   if with_marker:
     PromptFormat.from_config(config.prompts).prepare_tokenizer(tokenizer)

@@ -3,6 +3,8 @@
 Layout: `<workdir>/checkpoints/<step>/{state,meta}`. Orbax writes each step into a temporary
 folder and renames it only when complete, so an interrupted save leaves no broken "latest":
 `latest_step()` only sees finalised steps, and leftovers are cleaned up on the next start.
+The directory may be local or on an object store (`gs://bucket/run/checkpoints`: etils.epath,
+which orbax reads and writes natively).
 `state` is the pytree (trainable params, optimizer state, step, RNG key); `meta` is JSON with
 the data position, the config and the metrics at that step.
 """
@@ -10,21 +12,30 @@ the data position, the config and the metrics at that step.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 log = logging.getLogger(__name__)
 
 
+def is_local_path(path) -> bool:
+  """False for gs://, s3:// and other URIs that only etils.epath (and orbax) can open."""
+  return "://" not in os.fspath(path)
+
+
 class Checkpoints:
 
-  def __init__(self, directory: str | Path, *, keep_last: int = 3, best_metric: str | None = None,
-               best_mode: str = "min", keep_best: int = 1, async_save: bool = True):
-    self.directory = Path(directory).absolute()
+  def __init__(self, directory: epath.PathLike, *, keep_last: int = 3,
+               best_metric: str | None = None, best_mode: str = "min", keep_best: int = 1,
+               async_save: bool = True):
+    directory = epath.Path(directory)
+    # orbax wants an absolute local path; a gs:// path is absolute already (and must stay a URI)
+    self.directory = directory.absolute() if is_local_path(directory) else directory
     self.best_metric = best_metric
     keep = [policies.LatestN(n=max(keep_last, 1))]
     if best_metric:

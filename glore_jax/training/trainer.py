@@ -23,6 +23,11 @@ value-head training of the ORM and SORM (`loss='value'`).
 * Observability: tqdm bar (loss, tokens/s, ETA), TensorBoard scalars in `<workdir>/tensorboard`,
   `<workdir>/metrics.jsonl`, periodic eval (LM loss and greedy accuracy; value loss, accuracy,
   AUROC).
+* `workdir` may be local or an object store (`gs://bucket/run`, through etils.epath; orbax writes
+  the checkpoints there directly). Object stores cannot append, so there `metrics.jsonl` is
+  rewritten whole at each update, and TensorBoard events are written to a local temporary folder
+  (tensorboardX needs extra packages for gs://) and copied to `<workdir>/tensorboard` when the
+  run ends (a warning names the local folder).
 """
 
 from __future__ import annotations
@@ -33,14 +38,17 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -48,7 +56,7 @@ from glore_jax.model.llama import Llama
 from glore_jax.model.sharding import BATCH, fit_spec, named
 from glore_jax.training import losses
 from glore_jax.training.batch import LM_KEYS, VALUE_KEYS
-from glore_jax.training.checkpoint import Checkpoints
+from glore_jax.training.checkpoint import Checkpoints, is_local_path
 
 log = logging.getLogger(__name__)
 
@@ -311,17 +319,43 @@ def _device_batch(batch: Mapping, keys, accum: int, mesh) -> dict:
 # ---- logging ----------------------------------------------------------------------------------
 
 
-class _Log:
-  """TensorBoard + metrics.jsonl + tqdm, on process 0 only."""
+def _copy_tree(src: str, dst: epath.Path) -> None:
+  """Copies the files below local folder `src` into `dst` (any epath), replacing same names."""
+  for dirpath, _, files in os.walk(src):
+    for name in files:
+      target = dst / os.path.relpath(os.path.join(dirpath, name), src)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      epath.Path(dirpath, name).copy(target, overwrite=True)
 
-  def __init__(self, workdir: Path, config: TrainConfig, start: int):
+
+class _Log:
+  """TensorBoard + metrics.jsonl + tqdm, on process 0 only.
+
+  A local workdir: events go straight to `<workdir>/tensorboard`, metrics.jsonl is appended to.
+  An object store (gs://), which cannot append: metrics.jsonl is rewritten whole at each update,
+  and events go to a local temporary folder copied to `<workdir>/tensorboard` on close."""
+
+  def __init__(self, workdir: epath.Path, config: TrainConfig, start: int):
     self.main = jax.process_index() == 0
     self.writer = self.bar = self.jsonl = None
+    self.local = is_local_path(workdir)
+    self.jsonl_path = workdir / "metrics.jsonl"
+    self.tensorboard = workdir / "tensorboard"
+    self.events = None  # the local folder of the events, when it is not the workdir's
+    self.lines: list[str] = []
     if not self.main:
       return
     from tensorboardX import SummaryWriter
-    self.writer = SummaryWriter(str(workdir / "tensorboard"))
-    self.jsonl = open(workdir / "metrics.jsonl", "a")
+    if self.local:
+      self.writer = SummaryWriter(os.fspath(self.tensorboard))
+      self.jsonl = open(self.jsonl_path, "a")
+    else:
+      self.events = tempfile.mkdtemp(prefix="glore-tensorboard-")
+      log.warning("workdir %s is not local: TensorBoard events are written to %s and copied to "
+                  "%s when training ends", workdir, self.events, self.tensorboard)
+      self.writer = SummaryWriter(self.events)
+      if self.jsonl_path.exists():  # resuming: keep the earlier records
+        self.lines = self.jsonl_path.read_text().splitlines(keepends=True)
     if config.progress:
       from tqdm.auto import tqdm
       self.bar = tqdm(total=config.total_steps, initial=start, desc=f"train[{config.loss}]",
@@ -333,8 +367,13 @@ class _Log:
     for k, v in values.items():
       if isinstance(v, (int, float)) and math.isfinite(v):
         self.writer.add_scalar(k, v, step)
-    self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
-    self.jsonl.flush()
+    line = json.dumps({"step": step, **values}) + "\n"
+    if self.jsonl is not None:
+      self.jsonl.write(line)
+      self.jsonl.flush()
+    else:  # object store: no append, the whole file each time
+      self.lines.append(line)
+      self.jsonl_path.write_text("".join(self.lines))
 
   def progress(self, steps: int, **postfix) -> None:
     if self.bar is not None:
@@ -349,6 +388,10 @@ class _Log:
       self.writer.close()
     if self.jsonl is not None:
       self.jsonl.close()
+    if self.events is not None:
+      _copy_tree(self.events, self.tensorboard)
+      shutil.rmtree(self.events, ignore_errors=True)
+      self.events = None
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -401,12 +444,12 @@ def evaluate(model: Llama, batches: Iterable[Mapping], *, mesh=None,
 
 
 def train(model: Llama, train_batches: Iterable[Mapping[str, np.ndarray]], config: TrainConfig,
-          workdir: str | Path, *, eval_batches: Iterable[Mapping] | None = None,
+          workdir: epath.PathLike, *, eval_batches: Iterable[Mapping] | None = None,
           mesh: jax.sharding.Mesh | None = None) -> tuple[Llama, dict[str, Any]]:
   """Trains `model` (updated in place and returned) on `train_batches` (batch format in
   `glore_jax.training.batch`; one batch per optimizer step), resuming from
   `<workdir>/checkpoints` when it holds a checkpoint. Returns the model and a metrics dict."""
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)  # local or gs:// (see the module docstring)
   workdir.mkdir(parents=True, exist_ok=True)
   keys = _required_keys(config)
   if config.loss == "value" and not model.cfg.value_head:
@@ -572,9 +615,23 @@ def train(model: Llama, train_batches: Iterable[Mapping[str, np.ndarray]], confi
   if ckpt.best_step() is not None:
     metrics["best_checkpoint"] = ckpt.path(ckpt.best_step())
   if config.export_hf and metrics["complete"]:
-    from glore_jax.model.hf import save_hf
-    metrics["hf_dir"] = str(save_hf(model, workdir / "hf"))
+    metrics["hf_dir"] = str(_export_hf(model, workdir / "hf"))
   return model, metrics
+
+
+def _export_hf(model: Llama, folder: epath.Path) -> epath.Path:
+  """save_hf into `folder`; through a local temporary folder when `folder` is not local."""
+  from glore_jax.model.hf import save_hf
+  if is_local_path(folder):
+    return epath.Path(save_hf(model, folder))
+  tmp = tempfile.mkdtemp(prefix="glore-hf-")
+  try:
+    save_hf(model, tmp)  # every process gathers; process 0 writes
+    if jax.process_index() == 0:
+      _copy_tree(tmp, folder)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return folder
 
 
 def _check_resume_config(saved: Mapping, config: TrainConfig, where: str) -> None:

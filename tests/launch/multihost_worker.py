@@ -1,7 +1,8 @@
 """One process of the multi-host test (test_multihost.py), also runnable as the single-process
 reference: the `policy` stage (a sharded training run on the global mesh: parameters and batches
 split across processes, an orbax checkpoint, the HF export gathered to process 0), then the
-`sample` and `label` stages, where each process runs only its own shards on its own devices.
+`sample` and `label` stages, where each process runs only its own shards on its own devices
+(`run_stages` puts those stages on `distributed.local_mesh`).
 
   python tests/launch/multihost_worker.py --workdir=DIR [--coordinator=127.0.0.1:PORT
       --num-processes=2 --process-id=0]
@@ -12,7 +13,6 @@ Writes DIR/process-<id>.json: devices seen, meshes, and the shards this process 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -28,6 +28,7 @@ def config(args):
   spec.loader.exec_module(module)
   c = module.get_config()
   c.mesh.update(data=1, fsdp=4, tensor=2)  # every axis crosses the process boundary
+  c.stages = "policy,sample,label"
   c.data.update(train_size=48, test_size=4)
   c.policy.train.update(steps=24, batch_size=8, learning_rate=1e-2, warmup_steps=2, checkpoint_every=0, eval_every=0)
   c.sample.update(num_questions=8, num_samples=2, shard_size=2, max_new_tokens=24, batch_size=16)
@@ -48,8 +49,8 @@ def main() -> int:
   sys.path.insert(0, str(REPO))
 
   import jax
-  from glore_jax import distributed, workdir
-  from glore_jax.stages import label, make_context, policy, sample
+  from glore_jax import workdir
+  from glore_jax.stages import run_stages, stage_context
 
   written: list[tuple[str, int]] = []
   original = workdir.ShardedStage.write_shard
@@ -59,11 +60,10 @@ def main() -> int:
     return original(self, index, records)
 
   workdir.ShardedStage.write_shard = recording
-  ctx = make_context(config(args), args.workdir)  # joins the cluster (distributed.initialize)
-  policy.run(ctx)
-  local = dataclasses.replace(ctx, mesh=distributed.local_mesh(ctx.mesh))
-  sample.run(local)
-  label.run(local)
+  # joins the cluster (distributed.initialize); policy on the global mesh, sample and label each
+  # process on its own devices
+  ctx = run_stages(config(args), args.workdir)
+  local = stage_context(ctx, "sample")
   report = {"process_index": jax.process_index(), "process_count": jax.process_count(),
             "devices": jax.device_count(), "local_devices": jax.local_device_count(),
             "global_mesh": dict(ctx.mesh.shape), "local_mesh": dict(local.mesh.shape),

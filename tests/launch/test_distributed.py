@@ -67,3 +67,24 @@ def test_incomplete_settings_fail_clearly(monkeypatch, kw, match):
 def test_local_mesh_of_one_process_is_the_global_mesh():
   mesh = make_mesh(1, 4, 2)
   assert distributed.local_mesh(mesh) is mesh
+
+
+def test_run_stages_samples_on_the_local_mesh_with_several_processes(monkeypatch):
+  """sample/label/evaluate on the global mesh would deadlock across processes: run_stages hands
+  them this process's local mesh; training stages keep the global one."""
+  import glore_jax.stages as stages
+  global_mesh, local = make_mesh(1, 4, 2), make_mesh(1, 2, 2, devices=jax.devices()[:4])
+  config = ConfigDict({"stages": "policy,sample,label,train_orm,evaluate"})
+  monkeypatch.setattr(stages, "make_context",
+                      lambda c, w: stages.Context(config=c, workdir=w, mesh=global_mesh))
+  seen = []
+  monkeypatch.setattr(stages, "_runner", lambda stage: lambda ctx: seen.append((stage, ctx.mesh)))
+  monkeypatch.setattr(distributed, "local_mesh", lambda mesh: local if mesh is global_mesh else None)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  ctx = stages.run_stages(config, "unused")
+  assert ctx.mesh is global_mesh
+  assert [(s, m is local) for s, m in seen] == [
+      ("policy", False), ("sample", True), ("label", True), ("train_orm", False),
+      ("evaluate", True)]
+  monkeypatch.setattr(jax, "process_count", lambda: 1)
+  assert stages.stage_context(ctx, "sample") is ctx
