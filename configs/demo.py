@@ -15,15 +15,16 @@ def get_config():
   c.data.update(train_size=3000, test_size=200, bucket_multiple=32)
   c.data.synthetic.update(min_steps=2, max_steps=3, max_operand=20, max_multiplier=5,
                           max_value=199)
-  c.policy.train.update(steps=1000, batch_size=32, learning_rate=3e-3, warmup_steps=100,
-                        checkpoint_every=500, eval_every=500)
+  c.policy.train.update(steps=1100, batch_size=32, learning_rate=3e-3, warmup_steps=100,
+                        checkpoint_every=550, eval_every=550)
   c.sample.update(num_samples=4, temperature=0.8, num_questions=400, shard_size=100,
                   max_new_tokens=64)
   c.sorm.update(num_rollouts=4, temperature=0.8, shard_size=100, max_new_tokens=64)
-  c.reward.train.update(steps=300, batch_size=32, learning_rate=1e-3, warmup_steps=30,
-                        checkpoint_every=300, eval_every=300)
-  c.refine.train.update(steps=300, batch_size=32, learning_rate=1e-3, warmup_steps=30,
-                        checkpoint_every=300, eval_every=300)
+  c.reward.train.update(steps=400, batch_size=32, learning_rate=2e-3, warmup_steps=20,
+                        max_epochs=5.0, checkpoint_every=200, eval_every=400)
+  c.refine.train.update(steps=400, batch_size=32, learning_rate=2e-3, warmup_steps=20,
+                        max_epochs=6.0, checkpoint_every=200, eval_every=400)
+  c.refine.max_pairs_per_question = 4
   c.refine.max_length = 256
   c.evaluate.update(num_questions=200, max_new_tokens=64, heldout_fraction=0.2)
   return c
