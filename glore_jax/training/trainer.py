@@ -224,15 +224,20 @@ def make_train_step(graphdef, config: TrainConfig, tx, schedule):
     grads = jax.tree.map(lambda g: g / denom, grads)
     loss = total / denom
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # a NaN learning rate or moment would pass the loss check: test the update itself too
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    new_state = TrainState(step=state.step + ok.astype(state.step.dtype),
-                           params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state),
-                           rng=jnp.where(ok, jax.random.split(state.rng)[0], state.rng))
+    inputs_ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def update(state):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      # a NaN learning rate or moment would pass the loss check: report the update's norm too
+      return (TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state, rng=jax.random.split(state.rng)[0]),
+              jnp.isfinite(optax.global_norm(updates)))
+
+    # A branch rather than `where(ok, new, old)`: the update then happens in place in the
+    # donated state instead of keeping old and new parameters and moments alive together.
+    new_state, update_ok = jax.lax.cond(inputs_ok, update, lambda state: (state, jnp.array(False)),
+                                        state)
+    ok = inputs_ok & update_ok
     metrics = {"loss": loss, "count": count, "grad_norm": grad_norm,
                "learning_rate": schedule(state.step), "finite": ok}
     return new_state, metrics
