@@ -26,9 +26,22 @@ from typing import Any, TypeVar
 
 from etils import epath
 
-__all__ = ["MANIFEST", "FingerprintMismatchError", "MissingStageError", "ShardedStage",
-           "fingerprint", "iter_all", "mark_done", "read_all", "read_json", "read_manifest",
-           "shard_name", "shards_for_process", "stage_done", "write_json_atomic"]
+__all__ = [
+  "MANIFEST",
+  "FingerprintMismatchError",
+  "MissingStageError",
+  "ShardedStage",
+  "fingerprint",
+  "iter_all",
+  "mark_done",
+  "read_all",
+  "read_json",
+  "read_manifest",
+  "shard_name",
+  "shards_for_process",
+  "stage_done",
+  "write_json_atomic",
+]
 
 MANIFEST = "manifest.json"
 _SHARD = re.compile(r"^shard-(\d{5})-of-(\d{5})\.jsonl$")
@@ -37,11 +50,11 @@ PathLike = str | os.PathLike
 
 
 class FingerprintMismatchError(RuntimeError):
-    """The stage folder holds outputs of a different configuration."""
+  """The stage folder holds outputs of a different configuration."""
 
 
 class MissingStageError(FileNotFoundError):
-    """A stage's outputs are absent or incomplete."""
+  """A stage's outputs are absent or incomplete."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,74 +62,76 @@ class MissingStageError(FileNotFoundError):
 
 
 def _temp_name(path: epath.Path) -> epath.Path:
-    """A hidden, unique sibling name: never matches the shard pattern, never collides."""
-    return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  """A hidden, unique sibling name: never matches the shard pattern, never collides."""
+  return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _write_atomic(path: PathLike, data: str) -> None:
-    path = epath.Path(path)
-    tmp = _temp_name(path)
-    try:
-        tmp.write_text(data, encoding="utf-8")
-        tmp.replace(path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+  path = epath.Path(path)
+  tmp = _temp_name(path)
+  try:
+    tmp.write_text(data, encoding="utf-8")
+    tmp.replace(path)
+  except BaseException:
+    if tmp.exists():
+      tmp.unlink()
+    raise
 
 
 def write_json_atomic(path: PathLike, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-    _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+  """Write JSON so that readers see the old file or the new one, never half of one."""
+  _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json(path: PathLike) -> Any:
-    return json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  return json.loads(epath.Path(path).read_text(encoding="utf-8"))
 
 
 def _canonical(config: Any) -> Any:
-    if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
-        config = config.to_dict()
-    try:
-        return json.loads(json.dumps(config, sort_keys=True, allow_nan=False))
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"stage config must be JSON-serialisable (plain numbers, strings, lists, "
-                        f"dicts) to fingerprint it: {e}") from e
+  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
+    config = config.to_dict()
+  try:
+    return json.loads(json.dumps(config, sort_keys=True, allow_nan=False))
+  except (TypeError, ValueError) as e:
+    raise TypeError(
+      f"stage config must be JSON-serialisable (plain numbers, strings, lists, "
+      f"dicts) to fingerprint it: {e}"
+    ) from e
 
 
 def fingerprint(config: Any) -> str:
-    """sha256 of the canonical JSON of a config: equal configs, equal fingerprints."""
-    text = json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+  """sha256 of the canonical JSON of a config: equal configs, equal fingerprints."""
+  text = json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def shard_name(index: int, num_shards: int) -> str:
-    return f"shard-{index:05d}-of-{num_shards:05d}.jsonl"
+  return f"shard-{index:05d}-of-{num_shards:05d}.jsonl"
 
 
 def shards_for_process(num_shards: int, process_index: int, process_count: int) -> list[int]:
-    """Shards of process p of n: i % n == p, so every shard has exactly one owner."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    return list(range(process_index, num_shards, process_count))
+  """Shards of process p of n: i % n == p, so every shard has exactly one owner."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  return list(range(process_index, num_shards, process_count))
 
 
 def _to_json(record: Any) -> Any:
-    if hasattr(record, "to_json"):
-        return record.to_json()
-    if dataclasses.is_dataclass(record) and not isinstance(record, type):
-        return dataclasses.asdict(record)
-    return record
+  if hasattr(record, "to_json"):
+    return record.to_json()
+  if dataclasses.is_dataclass(record) and not isinstance(record, type):
+    return dataclasses.asdict(record)
+  return record
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two JSON-like configs."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += _changed_keys(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")
-        return out
-    return [] if old == new else [prefix.rstrip(".") or "<config>"]
+  """Dotted keys whose values differ between two JSON-like configs."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    out: list[str] = []
+    for k in sorted(set(old) | set(new), key=str):
+      out += _changed_keys(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")
+    return out
+  return [] if old == new else [prefix.rstrip(".") or "<config>"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,179 +139,203 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def read_manifest(stage_dir: PathLike) -> dict[str, Any] | None:
-    path = epath.Path(stage_dir) / MANIFEST
-    return read_json(path) if path.exists() else None
+  path = epath.Path(stage_dir) / MANIFEST
+  return read_json(path) if path.exists() else None
 
 
 def _stage_name(stage_dir: epath.Path, manifest: Mapping[str, Any] | None) -> str:
-    return (manifest or {}).get("stage") or stage_dir.name
+  return (manifest or {}).get("stage") or stage_dir.name
 
 
 class ShardedStage:
-    """One stage's sharded output folder.
+  """One stage's sharded output folder.
 
-    Usage (each process runs the loop; process 0 then merges):
+  Usage (each process runs the loop; process 0 then merges):
 
-        stage = ShardedStage(workdir / "label", "label", config=cfg, num_items=len(items),
-                             shard_size=64, process_index=p, process_count=n)
-        stage.run(items, lambda chunk: [label(x) for x in chunk])
-        if p == 0:  # after all processes finished (a barrier)
-            rows = read_all(stage.dir); mark_done(stage.dir)
+      stage = ShardedStage(workdir / "label", "label", config=cfg, num_items=len(items),
+                           shard_size=64, process_index=p, process_count=n)
+      stage.run(items, lambda chunk: [label(x) for x in chunk])
+      if p == 0:  # after all processes finished (a barrier)
+          rows = read_all(stage.dir); mark_done(stage.dir)
+  """
+
+  def __init__(
+    self,
+    stage_dir: PathLike,
+    name: str,
+    *,
+    config: Any,
+    num_items: int,
+    shard_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
+    if shard_size < 1:
+      raise ValueError(f"stage {name!r}: shard_size must be >= 1, got {shard_size}")
+    if num_items < 0:
+      raise ValueError(f"stage {name!r}: num_items must be >= 0, got {num_items}")
+    self.dir = epath.Path(stage_dir)
+    self.name = name
+    self.num_items = num_items
+    self.shard_size = shard_size
+    self.num_shards = max(1, -(-num_items // shard_size))  # an empty stage still has shard 0
+    self.process_index = process_index
+    self.process_count = process_count
+    self.my_shards = shards_for_process(self.num_shards, process_index, process_count)
+    self.config = _canonical(config)
+    self.fingerprint = fingerprint(self.config)
+    self._open()
+
+  def _open(self) -> None:
+    """Create the manifest, or check that the existing one matches this config and layout."""
+    self.dir.mkdir(parents=True, exist_ok=True)
+    want = {
+      "stage": self.name,
+      "fingerprint": self.fingerprint,
+      "config": self.config,
+      "num_items": self.num_items,
+      "shard_size": self.shard_size,
+      "num_shards": self.num_shards,
+    }
+    have = read_manifest(self.dir)
+    if have is None:
+      write_json_atomic(self.dir / MANIFEST, {**want, "done": False})
+      return
+    self._check(have, want)
+    self._remove_stale_temps()
+
+  def _remove_stale_temps(self) -> None:
+    """Delete temp files a killed run left for this process's shards (only the owner writes)."""
+    for i in self.my_shards:
+      for tmp in self.dir.glob(f".{shard_name(i, self.num_shards)}.tmp-*"):
+        tmp.unlink()
+
+  def _check(self, have: Mapping[str, Any], want: Mapping[str, Any]) -> None:
+    layout = ("stage", "fingerprint", "num_items", "shard_size", "num_shards")
+    diffs = [k for k in layout if have.get(k) != want[k]]
+    if diffs:
+      changed = _changed_keys(have.get("config"), self.config) if "fingerprint" in diffs else []
+      detail = ", ".join(
+        f"{k}: {have.get(k)!r} -> {want[k]!r}" for k in diffs if k != "fingerprint"
+      )
+      if changed:
+        keys = f"changed config keys: {', '.join(changed)}"
+        detail = f"{keys}, {detail}" if detail else keys
+      raise FingerprintMismatchError(
+        f"stage {self.name!r} in {self.dir} was started with a different configuration "
+        f"({detail or 'fingerprint differs'}). Use a new --workdir, or delete {self.dir} "
+        f"to recompute stage {self.name!r} with the new configuration."
+      )
+
+  def shard_path(self, index: int) -> epath.Path:
+    return self.dir / shard_name(index, self.num_shards)
+
+  def shard_bounds(self, index: int) -> tuple[int, int]:
+    """Items [start, stop) of shard `index`: fixed by the layout, not by who runs it."""
+    if not 0 <= index < self.num_shards:
+      raise IndexError(f"stage {self.name!r}: shard {index} not in [0, {self.num_shards})")
+    start = index * self.shard_size
+    return start, min(start + self.shard_size, self.num_items)
+
+  def is_complete(self, index: int) -> bool:
+    return self.shard_path(index).exists()
+
+  def pending_shards(self) -> list[int]:
+    """This process's shards that have no finished file yet."""
+    return [i for i in self.my_shards if not self.is_complete(i)]
+
+  def write_shard(self, index: int, records: Iterable[Any]) -> int:
+    """Write one shard atomically (records: dicts, dataclasses, or objects with `to_json`)."""
+    self.shard_bounds(index)  # validates the index
+    lines = [json.dumps(_to_json(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records]
+    _write_atomic(self.shard_path(index), "".join(lines))
+    return len(lines)
+
+  def run(
+    self,
+    items: Sequence[T],
+    fn: Callable[[Sequence[T]], Iterable[Any]],
+    on_shard: Callable[[int, int], None] | None = None,
+  ) -> list[int]:
+    """Process this process's pending shards with `fn(items[start:stop]) -> records`.
+
+    Returns the shards processed now; `on_shard(index, num_records)` is called after each
+    (for progress bars). Finished shards are skipped, so a rerun resumes where it stopped.
     """
-
-    def __init__(self, stage_dir: PathLike, name: str, *, config: Any, num_items: int,
-                 shard_size: int, process_index: int = 0, process_count: int = 1):
-        if shard_size < 1:
-            raise ValueError(f"stage {name!r}: shard_size must be >= 1, got {shard_size}")
-        if num_items < 0:
-            raise ValueError(f"stage {name!r}: num_items must be >= 0, got {num_items}")
-        self.dir = epath.Path(stage_dir)
-        self.name = name
-        self.num_items = num_items
-        self.shard_size = shard_size
-        self.num_shards = max(1, -(-num_items // shard_size))  # an empty stage still has shard 0
-        self.process_index = process_index
-        self.process_count = process_count
-        self.my_shards = shards_for_process(self.num_shards, process_index, process_count)
-        self.config = _canonical(config)
-        self.fingerprint = fingerprint(self.config)
-        self._open()
-
-    def _open(self) -> None:
-        """Create the manifest, or check that the existing one matches this config and layout."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        want = {"stage": self.name, "fingerprint": self.fingerprint, "config": self.config,
-                "num_items": self.num_items, "shard_size": self.shard_size,
-                "num_shards": self.num_shards}
-        have = read_manifest(self.dir)
-        if have is None:
-            write_json_atomic(self.dir / MANIFEST, {**want, "done": False})
-            return
-        self._check(have, want)
-        self._remove_stale_temps()
-
-    def _remove_stale_temps(self) -> None:
-        """Delete temp files a killed run left for this process's shards (only the owner writes)."""
-        for i in self.my_shards:
-            for tmp in self.dir.glob(f".{shard_name(i, self.num_shards)}.tmp-*"):
-                tmp.unlink()
-
-    def _check(self, have: Mapping[str, Any], want: Mapping[str, Any]) -> None:
-        layout = ("stage", "fingerprint", "num_items", "shard_size", "num_shards")
-        diffs = [k for k in layout if have.get(k) != want[k]]
-        if diffs:
-            changed = _changed_keys(have.get("config"), self.config) if "fingerprint" in diffs else []
-            detail = ", ".join(f"{k}: {have.get(k)!r} -> {want[k]!r}" for k in diffs
-                               if k != "fingerprint")
-            if changed:
-                keys = f"changed config keys: {', '.join(changed)}"
-                detail = f"{keys}, {detail}" if detail else keys
-            raise FingerprintMismatchError(
-                f"stage {self.name!r} in {self.dir} was started with a different configuration "
-                f"({detail or 'fingerprint differs'}). Use a new --workdir, or delete {self.dir} "
-                f"to recompute stage {self.name!r} with the new configuration.")
-
-    def shard_path(self, index: int) -> epath.Path:
-        return self.dir / shard_name(index, self.num_shards)
-
-    def shard_bounds(self, index: int) -> tuple[int, int]:
-        """Items [start, stop) of shard `index`: fixed by the layout, not by who runs it."""
-        if not 0 <= index < self.num_shards:
-            raise IndexError(f"stage {self.name!r}: shard {index} not in [0, {self.num_shards})")
-        start = index * self.shard_size
-        return start, min(start + self.shard_size, self.num_items)
-
-    def is_complete(self, index: int) -> bool:
-        return self.shard_path(index).exists()
-
-    def pending_shards(self) -> list[int]:
-        """This process's shards that have no finished file yet."""
-        return [i for i in self.my_shards if not self.is_complete(i)]
-
-    def write_shard(self, index: int, records: Iterable[Any]) -> int:
-        """Write one shard atomically (records: dicts, dataclasses, or objects with `to_json`)."""
-        self.shard_bounds(index)  # validates the index
-        lines = [json.dumps(_to_json(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records]
-        _write_atomic(self.shard_path(index), "".join(lines))
-        return len(lines)
-
-    def run(self, items: Sequence[T], fn: Callable[[Sequence[T]], Iterable[Any]],
-            on_shard: Callable[[int, int], None] | None = None) -> list[int]:
-        """Process this process's pending shards with `fn(items[start:stop]) -> records`.
-
-        Returns the shards processed now; `on_shard(index, num_records)` is called after each
-        (for progress bars). Finished shards are skipped, so a rerun resumes where it stopped.
-        """
-        if len(items) != self.num_items:
-            raise ValueError(f"stage {self.name!r} was laid out for {self.num_items} items, "
-                             f"got {len(items)}")
-        done = []
-        for i in self.pending_shards():
-            start, stop = self.shard_bounds(i)
-            n = self.write_shard(i, fn(items[start:stop]))
-            done.append(i)
-            if on_shard is not None:
-                on_shard(i, n)
-        return done
+    if len(items) != self.num_items:
+      raise ValueError(
+        f"stage {self.name!r} was laid out for {self.num_items} items, got {len(items)}"
+      )
+    done = []
+    for i in self.pending_shards():
+      start, stop = self.shard_bounds(i)
+      n = self.write_shard(i, fn(items[start:stop]))
+      done.append(i)
+      if on_shard is not None:
+        on_shard(i, n)
+    return done
 
 
 def iter_all(stage_dir: PathLike) -> Iterator[dict[str, Any]]:
-    """Yield every record of a stage, shard by shard in order (see `read_all`)."""
-    stage_dir = epath.Path(stage_dir)
-    manifest = read_manifest(stage_dir)
-    name = _stage_name(stage_dir, manifest)
-    if manifest is None:
-        raise MissingStageError(f"no output of stage {name!r} in {stage_dir}: "
-                                f"run stage {name!r} first")
-    n = manifest["num_shards"]
-    missing = [i for i in range(n) if not (stage_dir / shard_name(i, n)).exists()]
-    if missing:
-        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise MissingStageError(
-            f"stage {name!r} in {stage_dir} is incomplete: {len(missing)} of {n} shards missing "
-            f"({shown}); run stage {name!r} first (it resumes where it stopped)")
-    for i in range(n):
-        path = stage_dir / shard_name(i, n)
-        with path.open("r", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); delete this "
-                                         f"shard and rerun stage {name!r}") from e
+  """Yield every record of a stage, shard by shard in order (see `read_all`)."""
+  stage_dir = epath.Path(stage_dir)
+  manifest = read_manifest(stage_dir)
+  name = _stage_name(stage_dir, manifest)
+  if manifest is None:
+    raise MissingStageError(f"no output of stage {name!r} in {stage_dir}: run stage {name!r} first")
+  n = manifest["num_shards"]
+  missing = [i for i in range(n) if not (stage_dir / shard_name(i, n)).exists()]
+  if missing:
+    shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+    raise MissingStageError(
+      f"stage {name!r} in {stage_dir} is incomplete: {len(missing)} of {n} shards missing "
+      f"({shown}); run stage {name!r} first (it resumes where it stopped)"
+    )
+  for i in range(n):
+    path = stage_dir / shard_name(i, n)
+    with path.open("r", encoding="utf-8") as f:
+      for lineno, line in enumerate(f, start=1):
+        if line.strip():
+          try:
+            yield json.loads(line)
+          except json.JSONDecodeError as e:
+            raise ValueError(
+              f"{path}:{lineno}: not valid JSON ({e.msg}); delete this "
+              f"shard and rerun stage {name!r}"
+            ) from e
 
 
 def read_all(stage_dir: PathLike, parse: Callable[[dict[str, Any]], T] | None = None) -> list[Any]:
-    """All records of a finished stage in item order; fails naming the stage if any shard is
-    missing. `parse` (e.g. `MyRecord.from_json`) converts each JSON object."""
-    return [parse(r) if parse else r for r in iter_all(stage_dir)]
+  """All records of a finished stage in item order; fails naming the stage if any shard is
+  missing. `parse` (e.g. `MyRecord.from_json`) converts each JSON object."""
+  return [parse(r) if parse else r for r in iter_all(stage_dir)]
 
 
 def stage_done(stage_dir: PathLike) -> bool:
-    """Whether `mark_done` has been called for this stage (all shards merged and checked)."""
-    manifest = read_manifest(stage_dir)
-    return bool(manifest and manifest.get("done"))
+  """Whether `mark_done` has been called for this stage (all shards merged and checked)."""
+  manifest = read_manifest(stage_dir)
+  return bool(manifest and manifest.get("done"))
 
 
 def mark_done(stage_dir: PathLike, summary: Mapping[str, Any] | None = None) -> None:
-    """Record that the stage finished (call from process 0 after all shards exist).
+  """Record that the stage finished (call from process 0 after all shards exist).
 
-    Checks every shard is present, then rewrites the manifest with done = true, the list of
-    completed shards and an optional JSON summary (the stage's figures).
-    """
-    stage_dir = epath.Path(stage_dir)
-    manifest = read_manifest(stage_dir)
-    name = _stage_name(stage_dir, manifest)
-    if manifest is None:
-        raise MissingStageError(f"no output of stage {name!r} in {stage_dir}: "
-                                f"run stage {name!r} first")
-    n = manifest["num_shards"]
-    missing = [i for i in range(n) if not (stage_dir / shard_name(i, n)).exists()]
-    if missing:
-        raise MissingStageError(f"cannot mark stage {name!r} done: shards {missing} of {n} missing "
-                                f"in {stage_dir}; run stage {name!r} on every process first")
-    manifest.update(done=True, completed_shards=list(range(n)))
-    if summary is not None:
-        manifest["summary"] = _canonical(summary)
-    write_json_atomic(stage_dir / MANIFEST, manifest)
+  Checks every shard is present, then rewrites the manifest with done = true, the list of
+  completed shards and an optional JSON summary (the stage's figures).
+  """
+  stage_dir = epath.Path(stage_dir)
+  manifest = read_manifest(stage_dir)
+  name = _stage_name(stage_dir, manifest)
+  if manifest is None:
+    raise MissingStageError(f"no output of stage {name!r} in {stage_dir}: run stage {name!r} first")
+  n = manifest["num_shards"]
+  missing = [i for i in range(n) if not (stage_dir / shard_name(i, n)).exists()]
+  if missing:
+    raise MissingStageError(
+      f"cannot mark stage {name!r} done: shards {missing} of {n} missing "
+      f"in {stage_dir}; run stage {name!r} on every process first"
+    )
+  manifest.update(done=True, completed_shards=list(range(n)))
+  if summary is not None:
+    manifest["summary"] = _canonical(summary)
+  write_json_atomic(stage_dir / MANIFEST, manifest)

@@ -14,136 +14,165 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ROWS", "Reranked", "accuracy_row", "auroc", "bootstrap_ci", "calibration_bins",
-           "expected_calibration_error", "first_step_below", "gated_rerank", "markdown_table",
-           "oracle", "reliability_diagram", "rerank", "step_level_metrics"]
+__all__ = [
+  "ROWS",
+  "Reranked",
+  "accuracy_row",
+  "auroc",
+  "bootstrap_ci",
+  "calibration_bins",
+  "expected_calibration_error",
+  "first_step_below",
+  "gated_rerank",
+  "markdown_table",
+  "oracle",
+  "reliability_diagram",
+  "rerank",
+  "step_level_metrics",
+]
 
 # Rows of the main table, in print order, with what each one means.
 ROWS: dict[str, str] = {
-    "greedy": "greedy draft D",
-    "best_of_3": "best of 3 policy samples, ORM rerank",
-    "global": "global refinement G",
-    "local": "local refinement L",
-    "draft_global": "{D, G}, ORM rerank",
-    "draft_local": "{D, L}, ORM rerank",
-    "draft_global_local": "{D, G, L}, ORM rerank",
-    "orm_gated": "refine only if ORM(D) < threshold, then rerank {D, G, L}",
-    "oracle": "oracle: any of D, G, L correct",
+  "greedy": "greedy draft D",
+  "best_of_3": "best of 3 policy samples, ORM rerank",
+  "global": "global refinement G",
+  "local": "local refinement L",
+  "draft_global": "{D, G}, ORM rerank",
+  "draft_local": "{D, L}, ORM rerank",
+  "draft_global_local": "{D, G, L}, ORM rerank",
+  "orm_gated": "refine only if ORM(D) < threshold, then rerank {D, G, L}",
+  "oracle": "oracle: any of D, G, L correct",
 }
 STEP_LEVEL_MODELS = ("orm", "sorm")
 
 
 @dataclasses.dataclass(frozen=True)
 class Reranked:
-    """chosen[q]: index of the picked candidate; correct[q]: whether it is correct;
-    refined[q]: whether the candidates were reranked (always True for plain `rerank`)."""
+  """chosen[q]: index of the picked candidate; correct[q]: whether it is correct;
+  refined[q]: whether the candidates were reranked (always True for plain `rerank`)."""
 
-    chosen: list[int]
-    correct: list[bool]
-    refined: list[bool]
+  chosen: list[int]
+  correct: list[bool]
+  refined: list[bool]
 
-    @property
-    def accuracy(self) -> float | None:
-        return sum(self.correct) / len(self.correct) if self.correct else None
+  @property
+  def accuracy(self) -> float | None:
+    return sum(self.correct) / len(self.correct) if self.correct else None
 
 
 def _check_grid(scores: Sequence[Sequence[float]], correct: Sequence[Sequence[bool]]) -> None:
-    if len(scores) != len(correct):
-        raise ValueError(f"scores and correct need one row per question: "
-                         f"{len(scores)} != {len(correct)}")
-    for q, (s, c) in enumerate(zip(scores, correct)):
-        if len(s) != len(c) or not s:
-            raise ValueError(f"question {q}: {len(s)} scores for {len(c)} candidates "
-                             f"(need the same number, at least one)")
-        if any(math.isnan(x) for x in s):
-            raise ValueError(f"question {q}: NaN score; the reward model output is broken")
+  if len(scores) != len(correct):
+    raise ValueError(
+      f"scores and correct need one row per question: {len(scores)} != {len(correct)}"
+    )
+  for q, (s, c) in enumerate(zip(scores, correct)):
+    if len(s) != len(c) or not s:
+      raise ValueError(
+        f"question {q}: {len(s)} scores for {len(c)} candidates "
+        f"(need the same number, at least one)"
+      )
+    if any(math.isnan(x) for x in s):
+      raise ValueError(f"question {q}: NaN score; the reward model output is broken")
 
 
 def _argmax(xs: Sequence[float], among: Sequence[int]) -> int:
-    """First index of the maximum among `among`: ties go to the earliest candidate (the draft)."""
-    best = among[0]
-    for i in among[1:]:
-        if xs[i] > xs[best]:
-            best = i
-    return best
+  """First index of the maximum among `among`: ties go to the earliest candidate (the draft)."""
+  best = among[0]
+  for i in among[1:]:
+    if xs[i] > xs[best]:
+      best = i
+  return best
 
 
-def rerank(scores: Sequence[Sequence[float]], correct: Sequence[Sequence[bool]],
-           candidates: Sequence[int] | None = None) -> Reranked:
-    """Pick the highest-scoring candidate per question (ties: the earliest one).
+def rerank(
+  scores: Sequence[Sequence[float]],
+  correct: Sequence[Sequence[bool]],
+  candidates: Sequence[int] | None = None,
+) -> Reranked:
+  """Pick the highest-scoring candidate per question (ties: the earliest one).
 
-    `candidates` restricts the choice to some columns, e.g. [0, 1] for {D, G} out of [D, G, L].
-    """
-    _check_grid(scores, correct)
-    chosen = []
-    for s in scores:
-        among = list(range(len(s))) if candidates is None else list(candidates)
-        chosen.append(_argmax(s, among))
-    return Reranked(chosen, [bool(c[i]) for c, i in zip(correct, chosen)], [True] * len(chosen))
+  `candidates` restricts the choice to some columns, e.g. [0, 1] for {D, G} out of [D, G, L].
+  """
+  _check_grid(scores, correct)
+  chosen = []
+  for s in scores:
+    among = list(range(len(s))) if candidates is None else list(candidates)
+    chosen.append(_argmax(s, among))
+  return Reranked(chosen, [bool(c[i]) for c, i in zip(correct, chosen)], [True] * len(chosen))
 
 
-def gated_rerank(scores: Sequence[Sequence[float]], correct: Sequence[Sequence[bool]],
-                 threshold: float, draft_index: int = 0) -> Reranked:
-    """Keep the draft when the ORM trusts it (score >= threshold), else rerank all candidates.
+def gated_rerank(
+  scores: Sequence[Sequence[float]],
+  correct: Sequence[Sequence[bool]],
+  threshold: float,
+  draft_index: int = 0,
+) -> Reranked:
+  """Keep the draft when the ORM trusts it (score >= threshold), else rerank all candidates.
 
-    This is the "refine only when the ORM doubts the draft" row: it saves the refiners' work on
-    drafts the ORM already believes, at the risk of keeping confidently wrong ones.
-    """
-    _check_grid(scores, correct)
-    chosen, refined = [], []
-    for s in scores:
-        keep = s[draft_index] >= threshold
-        chosen.append(draft_index if keep else _argmax(s, list(range(len(s)))))
-        refined.append(not keep)
-    return Reranked(chosen, [bool(c[i]) for c, i in zip(correct, chosen)], refined)
+  This is the "refine only when the ORM doubts the draft" row: it saves the refiners' work on
+  drafts the ORM already believes, at the risk of keeping confidently wrong ones.
+  """
+  _check_grid(scores, correct)
+  chosen, refined = [], []
+  for s in scores:
+    keep = s[draft_index] >= threshold
+    chosen.append(draft_index if keep else _argmax(s, list(range(len(s)))))
+    refined.append(not keep)
+  return Reranked(chosen, [bool(c[i]) for c, i in zip(correct, chosen)], refined)
 
 
 def oracle(correct: Sequence[Sequence[bool]]) -> list[bool]:
-    """Whether any candidate is correct: the upper bound of any reranker."""
-    return [any(bool(x) for x in c) for c in correct]
+  """Whether any candidate is correct: the upper bound of any reranker."""
+  return [any(bool(x) for x in c) for c in correct]
 
 
-def bootstrap_ci(correct_per_question: Sequence[bool] | np.ndarray, num_resamples: int = 1000,
-                 seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the accuracy: resample questions with replacement."""
-    x = np.asarray(correct_per_question, dtype=np.float64).reshape(-1)
-    if x.size == 0:
-        raise ValueError("bootstrap_ci needs at least one question")
-    if num_resamples < 1 or not 0 < confidence < 1:
-        raise ValueError(f"need num_resamples >= 1 and 0 < confidence < 1, got "
-                         f"{num_resamples}, {confidence}")
-    rng = np.random.default_rng(seed)
-    means = np.empty(num_resamples)
-    chunk = max(1, 2**22 // x.size)  # bound memory: at most ~4M indices at a time
-    for start in range(0, num_resamples, chunk):
-        stop = min(num_resamples, start + chunk)
-        means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+def bootstrap_ci(
+  correct_per_question: Sequence[bool] | np.ndarray,
+  num_resamples: int = 1000,
+  seed: int = 0,
+  confidence: float = 0.95,
+) -> tuple[float, float]:
+  """Percentile bootstrap interval of the accuracy: resample questions with replacement."""
+  x = np.asarray(correct_per_question, dtype=np.float64).reshape(-1)
+  if x.size == 0:
+    raise ValueError("bootstrap_ci needs at least one question")
+  if num_resamples < 1 or not 0 < confidence < 1:
+    raise ValueError(
+      f"need num_resamples >= 1 and 0 < confidence < 1, got {num_resamples}, {confidence}"
+    )
+  rng = np.random.default_rng(seed)
+  means = np.empty(num_resamples)
+  chunk = max(1, 2**22 // x.size)  # bound memory: at most ~4M indices at a time
+  for start in range(0, num_resamples, chunk):
+    stop = min(num_resamples, start + chunk)
+    means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
+  alpha = (1 - confidence) / 2
+  lo, hi = np.quantile(means, [alpha, 1 - alpha])
+  return float(lo), float(hi)
 
 
-def accuracy_row(correct: Sequence[bool] | Reranked, *, num_resamples: int = 1000,
-                 seed: int = 0) -> dict[str, Any]:
-    """{"accuracy", "n", "ci95": [lo, hi]} for one table row (None values when n = 0).
+def accuracy_row(
+  correct: Sequence[bool] | Reranked, *, num_resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+  """{"accuracy", "n", "ci95": [lo, hi]} for one table row (None values when n = 0).
 
-    Takes per-question correctness flags, or a `Reranked` result (its `correct`).
-    """
-    if isinstance(correct, Reranked):
-        correct = correct.correct
-    n = len(correct)
-    if n == 0:
-        return {"accuracy": None, "n": 0, "ci95": [None, None]}
-    lo, hi = bootstrap_ci(correct, num_resamples=num_resamples, seed=seed)
-    return {"accuracy": sum(bool(c) for c in correct) / n, "n": n, "ci95": [lo, hi]}
+  Takes per-question correctness flags, or a `Reranked` result (its `correct`).
+  """
+  if isinstance(correct, Reranked):
+    correct = correct.correct
+  n = len(correct)
+  if n == 0:
+    return {"accuracy": None, "n": 0, "ci95": [None, None]}
+  lo, hi = bootstrap_ci(correct, num_resamples=num_resamples, seed=seed)
+  return {"accuracy": sum(bool(c) for c in correct) / n, "n": n, "ci95": [lo, hi]}
 
 
 def first_step_below(scores: Sequence[float], threshold: float) -> int | None:
-    """Where to refine: the first step whose SORM score is under the threshold (None: all fine)."""
-    for i, s in enumerate(scores):
-        if s < threshold:
-            return i
-    return None
+  """Where to refine: the first step whose SORM score is under the threshold (None: all fine)."""
+  for i, s in enumerate(scores):
+    if s < threshold:
+      return i
+  return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,102 +180,108 @@ def first_step_below(scores: Sequence[float], threshold: float) -> int | None:
 
 
 def _flat(xs: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """Flatten ragged per-solution lists (or an array) into one float vector."""
-    if isinstance(xs, np.ndarray):
-        return xs.astype(np.float64).reshape(-1)
-    out: list[float] = []
-    for x in xs:
-        if isinstance(x, (Sequence, np.ndarray)) and not isinstance(x, str):
-            out.extend(float(v) for v in np.asarray(x).reshape(-1))
-        else:
-            out.append(float(x))
-    return np.asarray(out, dtype=np.float64)
+  """Flatten ragged per-solution lists (or an array) into one float vector."""
+  if isinstance(xs, np.ndarray):
+    return xs.astype(np.float64).reshape(-1)
+  out: list[float] = []
+  for x in xs:
+    if isinstance(x, (Sequence, np.ndarray)) and not isinstance(x, str):
+      out.extend(float(v) for v in np.asarray(x).reshape(-1))
+    else:
+      out.append(float(x))
+  return np.asarray(out, dtype=np.float64)
 
 
 def _check_binary(probs: np.ndarray, labels: np.ndarray, what: str) -> None:
-    if probs.shape != labels.shape:
-        raise ValueError(f"{what}: {probs.size} probabilities for {labels.size} labels")
-    if np.any((probs < 0) | (probs > 1)) or np.any(np.isnan(probs)):
-        raise ValueError(f"{what}: probabilities must lie in [0, 1] (apply the sigmoid first)")
-    if np.any((labels != 0) & (labels != 1)):
-        raise ValueError(f"{what}: labels must be 0 or 1 (hard labels, not soft)")
+  if probs.shape != labels.shape:
+    raise ValueError(f"{what}: {probs.size} probabilities for {labels.size} labels")
+  if np.any((probs < 0) | (probs > 1)) or np.any(np.isnan(probs)):
+    raise ValueError(f"{what}: probabilities must lie in [0, 1] (apply the sigmoid first)")
+  if np.any((labels != 0) & (labels != 1)):
+    raise ValueError(f"{what}: labels must be 0 or 1 (hard labels, not soft)")
 
 
 def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float | None:
-    """Exact area under the ROC curve: P(score of a positive > score of a negative), ties 1/2.
+  """Exact area under the ROC curve: P(score of a positive > score of a negative), ties 1/2.
 
-    Computed from average ranks (Mann-Whitney U). None if only one class is present.
-    """
-    s, y = _flat(scores), _flat(labels)
-    if s.shape != y.shape:
-        raise ValueError(f"auroc: {s.size} scores for {y.size} labels")
-    n_pos = int((y == 1).sum())
-    n_neg = int((y == 0).sum())
-    if n_pos + n_neg != y.size:
-        raise ValueError("auroc: labels must be 0 or 1")
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(s, kind="stable")
-    sorted_s = s[order]
-    ranks = np.empty(s.size)
-    # Average 1-based rank over each run of equal scores.
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    ends = np.r_[starts[1:], s.size]
-    for a, b in zip(starts, ends):
-        ranks[order[a:b]] = (a + 1 + b) / 2
-    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
-
-
-def calibration_bins(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                     bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per equal-width bin: mean probability, fraction of positives, count (NaN where empty).
-
-    Bin b holds b/bins <= p < (b+1)/bins; p = 1 goes to the last bin.
-    """
-    p, y = _flat(probs), _flat(labels)
-    _check_binary(p, y, "calibration")
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
-    count = np.bincount(idx, minlength=bins).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        conf = np.bincount(idx, weights=p, minlength=bins) / count
-        acc = np.bincount(idx, weights=y, minlength=bins) / count
-    return conf, acc, count
+  Computed from average ranks (Mann-Whitney U). None if only one class is present.
+  """
+  s, y = _flat(scores), _flat(labels)
+  if s.shape != y.shape:
+    raise ValueError(f"auroc: {s.size} scores for {y.size} labels")
+  n_pos = int((y == 1).sum())
+  n_neg = int((y == 0).sum())
+  if n_pos + n_neg != y.size:
+    raise ValueError("auroc: labels must be 0 or 1")
+  if n_pos == 0 or n_neg == 0:
+    return None
+  order = np.argsort(s, kind="stable")
+  sorted_s = s[order]
+  ranks = np.empty(s.size)
+  # Average 1-based rank over each run of equal scores.
+  starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+  ends = np.r_[starts[1:], s.size]
+  for a, b in zip(starts, ends):
+    ranks[order[a:b]] = (a + 1 + b) / 2
+  u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2
+  return float(u / (n_pos * n_neg))
 
 
-def expected_calibration_error(probs: Sequence[float] | np.ndarray,
-                               labels: Sequence[int] | np.ndarray, bins: int = 10) -> float | None:
-    """ECE = sum over bins of (bin count / N) * |fraction positive - mean probability|."""
-    conf, acc, count = calibration_bins(probs, labels, bins)
-    total = count.sum()
-    if total == 0:
-        return None
-    nonempty = count > 0
-    return float((count[nonempty] / total * np.abs(acc[nonempty] - conf[nonempty])).sum())
+def calibration_bins(
+  probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per equal-width bin: mean probability, fraction of positives, count (NaN where empty).
+
+  Bin b holds b/bins <= p < (b+1)/bins; p = 1 goes to the last bin.
+  """
+  p, y = _flat(probs), _flat(labels)
+  _check_binary(p, y, "calibration")
+  if bins < 1:
+    raise ValueError(f"bins must be >= 1, got {bins}")
+  idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+  count = np.bincount(idx, minlength=bins).astype(np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    conf = np.bincount(idx, weights=p, minlength=bins) / count
+    acc = np.bincount(idx, weights=y, minlength=bins) / count
+  return conf, acc, count
 
 
-def step_level_metrics(probs_per_step: Sequence[Any], labels_per_step: Sequence[Any],
-                       final_probs: Sequence[float], outcomes: Sequence[bool],
-                       threshold: float = 0.5) -> dict[str, Any]:
-    """How well a reward model predicts rollout labels of steps and outcomes of solutions.
+def expected_calibration_error(
+  probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, bins: int = 10
+) -> float | None:
+  """ECE = sum over bins of (bin count / N) * |fraction positive - mean probability|."""
+  conf, acc, count = calibration_bins(probs, labels, bins)
+  total = count.sum()
+  if total == 0:
+    return None
+  nonempty = count > 0
+  return float((count[nonempty] / total * np.abs(acc[nonempty] - conf[nonempty])).sum())
 
-    step_accuracy: fraction of steps where (prob >= threshold) equals the hard label; auroc and ece
-    over the same steps; final_accuracy: the same thresholded accuracy for final-answer
-    probabilities against outcomes. Ragged per-solution lists are flattened.
-    """
-    p, y = _flat(probs_per_step), _flat(labels_per_step)
-    fp, fy = _flat(final_probs), _flat(outcomes)
-    _check_binary(p, y, "steps")
-    _check_binary(fp, fy, "final answers")
-    return {
-        "step_accuracy": float(((p >= threshold) == (y == 1)).mean()) if p.size else None,
-        "final_accuracy": float(((fp >= threshold) == (fy == 1)).mean()) if fp.size else None,
-        "auroc": auroc(p, y),
-        "ece": expected_calibration_error(p, y) if p.size else None,
-        "n_steps": int(p.size),
-    }
+
+def step_level_metrics(
+  probs_per_step: Sequence[Any],
+  labels_per_step: Sequence[Any],
+  final_probs: Sequence[float],
+  outcomes: Sequence[bool],
+  threshold: float = 0.5,
+) -> dict[str, Any]:
+  """How well a reward model predicts rollout labels of steps and outcomes of solutions.
+
+  step_accuracy: fraction of steps where (prob >= threshold) equals the hard label; auroc and ece
+  over the same steps; final_accuracy: the same thresholded accuracy for final-answer
+  probabilities against outcomes. Ragged per-solution lists are flattened.
+  """
+  p, y = _flat(probs_per_step), _flat(labels_per_step)
+  fp, fy = _flat(final_probs), _flat(outcomes)
+  _check_binary(p, y, "steps")
+  _check_binary(fp, fy, "final answers")
+  return {
+    "step_accuracy": float(((p >= threshold) == (y == 1)).mean()) if p.size else None,
+    "final_accuracy": float(((fp >= threshold) == (fy == 1)).mean()) if fp.size else None,
+    "auroc": auroc(p, y),
+    "ece": expected_calibration_error(p, y) if p.size else None,
+    "n_steps": int(p.size),
+  }
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,70 +289,83 @@ def step_level_metrics(probs_per_step: Sequence[Any], labels_per_step: Sequence[
 
 
 def reliability_diagram(curves: Mapping[str, tuple[Any, Any]], path: Any, bins: int = 10) -> None:
-    """Write a PNG: fraction of positives against mean predicted probability, one curve per model.
+  """Write a PNG: fraction of positives against mean predicted probability, one curve per model.
 
-    Uses the Agg canvas directly (no pyplot state, no display needed); `path` may be any
-    `etils.epath` path, gs:// included.
-    """
-    from etils import epath
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+  Uses the Agg canvas directly (no pyplot state, no display needed); `path` may be any
+  `etils.epath` path, gs:// included.
+  """
+  from etils import epath
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.5, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
-    for name, (probs, labels) in curves.items():
-        conf, acc, count = calibration_bins(probs, labels, bins)
-        ok = count > 0
-        ece = expected_calibration_error(probs, labels, bins)
-        label = name if ece is None else f"{name} (ECE {ece:.3f})"
-        ax.plot(conf[ok], acc[ok], marker="o", label=label)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability",
-           ylabel="fraction of positive labels", title="Reliability on held-out steps")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    out = epath.Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(buf.getvalue())
+  fig = Figure(figsize=(4.5, 4.5), dpi=120)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+  for name, (probs, labels) in curves.items():
+    conf, acc, count = calibration_bins(probs, labels, bins)
+    ok = count > 0
+    ece = expected_calibration_error(probs, labels, bins)
+    label = name if ece is None else f"{name} (ECE {ece:.3f})"
+    ax.plot(conf[ok], acc[ok], marker="o", label=label)
+  ax.set(
+    xlim=(0, 1),
+    ylim=(0, 1),
+    xlabel="mean predicted probability",
+    ylabel="fraction of positive labels",
+    title="Reliability on held-out steps",
+  )
+  ax.legend(loc="upper left", fontsize=8)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  out = epath.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_bytes(buf.getvalue())
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
+  return "n/a" if x is None else f"{100 * x:.1f}"
 
 
 def _num(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
+  return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
-    """The final tables as Markdown: accuracy rows (in `ROWS` order, then any others) and, when
-    present, the step-level ORM vs SORM table.
+  """The final tables as Markdown: accuracy rows (in `ROWS` order, then any others) and, when
+  present, the step-level ORM vs SORM table.
 
-    Rows are read from results["rows"] if present, else from top-level keys whose value has an
-    "accuracy" (the layout of `evaluate/results.json`).
-    """
-    rows = results.get("rows", results)
-    names = [k for k in ROWS if k in rows]
-    names += sorted(k for k, v in rows.items()
-                    if k not in ROWS and isinstance(v, Mapping) and "accuracy" in v)
-    lines = ["| method | | accuracy (%) | 95% CI (%) | n |", "|---|---|---:|---|---:|"]
-    for k in names:
-        r = rows[k]
-        lo, hi = (r.get("ci95") or [None, None])
-        lines.append(f"| {k} | {ROWS.get(k, '')} | {_pct(r['accuracy'])} | "
-                     f"[{_pct(lo)}, {_pct(hi)}] | {r.get('n', 'n/a')} |")
-    step = results.get("step_level")
-    if step:
-        lines += ["", "| reward model | step accuracy (%) | final accuracy (%) | step AUROC | "
-                      "step ECE | steps |", "|---|---:|---:|---:|---:|---:|"]
-        models = [m for m in STEP_LEVEL_MODELS if m in step]
-        models += sorted(m for m in step if m not in STEP_LEVEL_MODELS)
-        for m in models:
-            r = step[m]
-            lines.append(f"| {m} | {_pct(r.get('step_accuracy'))} | "
-                         f"{_pct(r.get('final_accuracy'))} | {_num(r.get('auroc'))} | "
-                         f"{_num(r.get('ece'))} | {r.get('n_steps', 'n/a')} |")
-    return "\n".join(lines) + "\n"
+  Rows are read from results["rows"] if present, else from top-level keys whose value has an
+  "accuracy" (the layout of `evaluate/results.json`).
+  """
+  rows = results.get("rows", results)
+  names = [k for k in ROWS if k in rows]
+  names += sorted(
+    k for k, v in rows.items() if k not in ROWS and isinstance(v, Mapping) and "accuracy" in v
+  )
+  lines = ["| method | | accuracy (%) | 95% CI (%) | n |", "|---|---|---:|---|---:|"]
+  for k in names:
+    r = rows[k]
+    lo, hi = r.get("ci95") or [None, None]
+    lines.append(
+      f"| {k} | {ROWS.get(k, '')} | {_pct(r['accuracy'])} | "
+      f"[{_pct(lo)}, {_pct(hi)}] | {r.get('n', 'n/a')} |"
+    )
+  step = results.get("step_level")
+  if step:
+    lines += [
+      "",
+      "| reward model | step accuracy (%) | final accuracy (%) | step AUROC | step ECE | steps |",
+      "|---|---:|---:|---:|---:|---:|",
+    ]
+    models = [m for m in STEP_LEVEL_MODELS if m in step]
+    models += sorted(m for m in step if m not in STEP_LEVEL_MODELS)
+    for m in models:
+      r = step[m]
+      lines.append(
+        f"| {m} | {_pct(r.get('step_accuracy'))} | "
+        f"{_pct(r.get('final_accuracy'))} | {_num(r.get('auroc'))} | "
+        f"{_num(r.get('ece'))} | {r.get('n_steps', 'n/a')} |"
+      )
+  return "\n".join(lines) + "\n"

@@ -10,182 +10,221 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glore_jax.method.evaluation import (ROWS, accuracy_row, auroc, bootstrap_ci, calibration_bins,
-                                         expected_calibration_error, first_step_below, gated_rerank,
-                                         markdown_table, oracle, reliability_diagram, rerank,
-                                         step_level_metrics)
+from glore_jax.method.evaluation import (
+  ROWS,
+  accuracy_row,
+  auroc,
+  bootstrap_ci,
+  calibration_bins,
+  expected_calibration_error,
+  first_step_below,
+  gated_rerank,
+  markdown_table,
+  oracle,
+  reliability_diagram,
+  rerank,
+  step_level_metrics,
+)
 
 # Three questions, candidates [D, G, L].
-SCORES = [[0.2, 0.9, 0.5],   # D doubted; G best and correct
-          [0.6, 0.9, 0.3],   # D trusted at 0.5 but wrong; G best and correct
-          [0.4, 0.4, 0.1]]   # tie between D and G: the draft wins, and is correct
-CORRECT = [[0, 1, 0],
-           [0, 1, 1],
-           [1, 0, 0]]
+SCORES = [
+  [0.2, 0.9, 0.5],  # D doubted; G best and correct
+  [0.6, 0.9, 0.3],  # D trusted at 0.5 but wrong; G best and correct
+  [0.4, 0.4, 0.1],
+]  # tie between D and G: the draft wins, and is correct
+CORRECT = [[0, 1, 0], [0, 1, 1], [1, 0, 0]]
 
 
 def test_rerank_picks_the_top_score_and_breaks_ties_towards_the_draft():
-    r = rerank(SCORES, CORRECT)
-    assert r.chosen == [1, 1, 0]
-    assert r.correct == [True, True, True]
-    assert r.accuracy == 1.0
+  r = rerank(SCORES, CORRECT)
+  assert r.chosen == [1, 1, 0]
+  assert r.correct == [True, True, True]
+  assert r.accuracy == 1.0
 
 
 def test_rerank_over_a_subset_of_candidates():
-    r = rerank(SCORES, CORRECT, candidates=[0, 2])  # {D, L}
-    assert r.chosen == [2, 0, 0]
-    assert r.correct == [False, False, True]
-    assert r.accuracy == pytest.approx(1 / 3)
+  r = rerank(SCORES, CORRECT, candidates=[0, 2])  # {D, L}
+  assert r.chosen == [2, 0, 0]
+  assert r.correct == [False, False, True]
+  assert r.accuracy == pytest.approx(1 / 3)
 
 
 def test_gated_rerank_keeps_trusted_drafts():
-    g = gated_rerank(SCORES, CORRECT, threshold=0.5)
-    assert g.refined == [True, False, True]
-    assert g.chosen == [1, 0, 0]
-    assert g.accuracy == pytest.approx(2 / 3)
-    # A draft scored exactly at the threshold is trusted.
-    assert gated_rerank([[0.5, 0.9]], [[0, 1]], threshold=0.5).chosen == [0]
-    # A threshold above every draft score refines everything: plain reranking.
-    assert gated_rerank(SCORES, CORRECT, threshold=1.0).chosen == rerank(SCORES, CORRECT).chosen
-    # A threshold of 0 trusts every draft: greedy.
-    assert gated_rerank(SCORES, CORRECT, threshold=0.0).chosen == [0, 0, 0]
+  g = gated_rerank(SCORES, CORRECT, threshold=0.5)
+  assert g.refined == [True, False, True]
+  assert g.chosen == [1, 0, 0]
+  assert g.accuracy == pytest.approx(2 / 3)
+  # A draft scored exactly at the threshold is trusted.
+  assert gated_rerank([[0.5, 0.9]], [[0, 1]], threshold=0.5).chosen == [0]
+  # A threshold above every draft score refines everything: plain reranking.
+  assert gated_rerank(SCORES, CORRECT, threshold=1.0).chosen == rerank(SCORES, CORRECT).chosen
+  # A threshold of 0 trusts every draft: greedy.
+  assert gated_rerank(SCORES, CORRECT, threshold=0.0).chosen == [0, 0, 0]
 
 
 def test_oracle():
-    assert oracle(CORRECT) == [True, True, True]
-    assert oracle([[0, 0], [0, 1], [False]]) == [False, True, False]
+  assert oracle(CORRECT) == [True, True, True]
+  assert oracle([[0, 0], [0, 1], [False]]) == [False, True, False]
 
 
 def test_grid_errors():
-    with pytest.raises(ValueError, match="one row per question"):
-        rerank(SCORES, CORRECT[:2])
-    with pytest.raises(ValueError, match="question 1: 2 scores for 3 candidates"):
-        rerank([[0.1, 0.2, 0.3], [0.1, 0.2], [0.1, 0.2, 0.3]], CORRECT)
-    with pytest.raises(ValueError, match="NaN"):
-        rerank([[float("nan")]], [[1]])
+  with pytest.raises(ValueError, match="one row per question"):
+    rerank(SCORES, CORRECT[:2])
+  with pytest.raises(ValueError, match="question 1: 2 scores for 3 candidates"):
+    rerank([[0.1, 0.2, 0.3], [0.1, 0.2], [0.1, 0.2, 0.3]], CORRECT)
+  with pytest.raises(ValueError, match="NaN"):
+    rerank([[float("nan")]], [[1]])
 
 
 def test_first_step_below():
-    assert first_step_below([0.9, 0.7, 0.4, 0.2], 0.5) == 2
-    assert first_step_below([0.9, 0.5], 0.5) is None  # equal to the threshold is fine
-    assert first_step_below([0.1], 0.5) == 0
-    assert first_step_below([], 0.5) is None
+  assert first_step_below([0.9, 0.7, 0.4, 0.2], 0.5) == 2
+  assert first_step_below([0.9, 0.5], 0.5) is None  # equal to the threshold is fine
+  assert first_step_below([0.1], 0.5) == 0
+  assert first_step_below([], 0.5) is None
 
 
 # --- bootstrap ----------------------------------------------------------------------------------
 
+
 def test_bootstrap_degenerate_cases():
-    assert bootstrap_ci([1] * 20, seed=0) == (1.0, 1.0)
-    assert bootstrap_ci([0] * 20, seed=0) == (0.0, 0.0)
-    assert bootstrap_ci([True], seed=3) == (1.0, 1.0)
-    with pytest.raises(ValueError, match="at least one"):
-        bootstrap_ci([])
+  assert bootstrap_ci([1] * 20, seed=0) == (1.0, 1.0)
+  assert bootstrap_ci([0] * 20, seed=0) == (0.0, 0.0)
+  assert bootstrap_ci([True], seed=3) == (1.0, 1.0)
+  with pytest.raises(ValueError, match="at least one"):
+    bootstrap_ci([])
 
 
 def test_bootstrap_is_seeded_and_sensible():
-    x = [1] * 60 + [0] * 40
-    a = bootstrap_ci(x, num_resamples=2000, seed=7)
-    assert a == bootstrap_ci(x, num_resamples=2000, seed=7)
-    assert a != bootstrap_ci(x, num_resamples=2000, seed=8)
-    lo, hi = a
-    # Normal approximation: 0.6 +- 1.96 * sqrt(0.24 / 100) = [0.504, 0.696].
-    assert 0.47 < lo < 0.53 and 0.67 < hi < 0.73
-    # A large input is resampled in chunks (bounded memory) and still brackets the mean.
-    big = np.random.default_rng(0).integers(0, 2, size=5000)
-    lo2, hi2 = bootstrap_ci(big, num_resamples=1000, seed=1)
-    assert lo2 < big.mean() < hi2
+  x = [1] * 60 + [0] * 40
+  a = bootstrap_ci(x, num_resamples=2000, seed=7)
+  assert a == bootstrap_ci(x, num_resamples=2000, seed=7)
+  assert a != bootstrap_ci(x, num_resamples=2000, seed=8)
+  lo, hi = a
+  # Normal approximation: 0.6 +- 1.96 * sqrt(0.24 / 100) = [0.504, 0.696].
+  assert 0.47 < lo < 0.53 and 0.67 < hi < 0.73
+  # A large input is resampled in chunks (bounded memory) and still brackets the mean.
+  big = np.random.default_rng(0).integers(0, 2, size=5000)
+  lo2, hi2 = bootstrap_ci(big, num_resamples=1000, seed=1)
+  assert lo2 < big.mean() < hi2
 
 
 def test_accuracy_row():
-    row = accuracy_row([1, 1, 1, 1])
-    assert row == {"accuracy": 1.0, "n": 4, "ci95": [1.0, 1.0]}
-    row = accuracy_row([True, False, True, False], seed=0)
-    assert row["accuracy"] == 0.5 and row["n"] == 4
-    assert 0.0 <= row["ci95"][0] <= 0.5 <= row["ci95"][1] <= 1.0
-    assert accuracy_row([]) == {"accuracy": None, "n": 0, "ci95": [None, None]}
-    assert accuracy_row(rerank(SCORES, CORRECT, candidates=[0, 2]))["accuracy"] == pytest.approx(1 / 3)
-    json.dumps(row, allow_nan=False)
+  row = accuracy_row([1, 1, 1, 1])
+  assert row == {"accuracy": 1.0, "n": 4, "ci95": [1.0, 1.0]}
+  row = accuracy_row([True, False, True, False], seed=0)
+  assert row["accuracy"] == 0.5 and row["n"] == 4
+  assert 0.0 <= row["ci95"][0] <= 0.5 <= row["ci95"][1] <= 1.0
+  assert accuracy_row([]) == {"accuracy": None, "n": 0, "ci95": [None, None]}
+  assert accuracy_row(rerank(SCORES, CORRECT, candidates=[0, 2]))["accuracy"] == pytest.approx(
+    1 / 3
+  )
+  json.dumps(row, allow_nan=False)
 
 
 # --- AUROC and calibration -----------------------------------------------------------------------
 
+
 def brute_force_auroc(scores, labels):
-    pos = [s for s, y in zip(scores, labels) if y == 1]
-    neg = [s for s, y in zip(scores, labels) if y == 0]
-    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
-    return wins / (len(pos) * len(neg))
+  pos = [s for s, y in zip(scores, labels) if y == 1]
+  neg = [s for s, y in zip(scores, labels) if y == 0]
+  wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+  return wins / (len(pos) * len(neg))
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0]), st.integers(0, 1)),
-                min_size=2, max_size=30))
+@given(
+  st.lists(
+    st.tuples(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0]), st.integers(0, 1)),
+    min_size=2,
+    max_size=30,
+  )
+)
 def test_auroc_matches_pairwise_count(pairs):
-    scores, labels = zip(*pairs)
-    if len(set(labels)) < 2:
-        assert auroc(scores, labels) is None
-    else:
-        assert auroc(scores, labels) == pytest.approx(brute_force_auroc(scores, labels), abs=1e-12)
+  scores, labels = zip(*pairs)
+  if len(set(labels)) < 2:
+    assert auroc(scores, labels) is None
+  else:
+    assert auroc(scores, labels) == pytest.approx(brute_force_auroc(scores, labels), abs=1e-12)
 
 
 def test_auroc_known_values():
-    assert auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
-    assert auroc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0
-    assert auroc([0.5, 0.5, 0.5], [0, 1, 1]) == 0.5
-    assert auroc([[0.3, 0.7], [0.7]], [[0, 1], [0]]) == 0.75  # ragged lists are flattened
+  assert auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+  assert auroc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0
+  assert auroc([0.5, 0.5, 0.5], [0, 1, 1]) == 0.5
+  assert auroc([[0.3, 0.7], [0.7]], [[0, 1], [0]]) == 0.75  # ragged lists are flattened
 
 
 def test_expected_calibration_error_by_hand():
-    probs, labels = [0.1, 0.2, 0.8, 0.9], [0, 1, 1, 1]
-    # 10 bins: one point per bin: (|0-.1| + |1-.2| + |1-.8| + |1-.9|) / 4 = 0.3
-    assert expected_calibration_error(probs, labels) == pytest.approx(0.3)
-    # 2 bins: {.1, .2}: |0.5 - 0.15| = .35, weight 1/2; {.8, .9}: |1 - .85| = .15, weight 1/2
-    assert expected_calibration_error(probs, labels, bins=2) == pytest.approx(0.25)
-    assert expected_calibration_error([0.0, 1.0], [0, 1]) == 0.0
-    assert expected_calibration_error([], []) is None
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        expected_calibration_error([1.5], [1])
+  probs, labels = [0.1, 0.2, 0.8, 0.9], [0, 1, 1, 1]
+  # 10 bins: one point per bin: (|0-.1| + |1-.2| + |1-.8| + |1-.9|) / 4 = 0.3
+  assert expected_calibration_error(probs, labels) == pytest.approx(0.3)
+  # 2 bins: {.1, .2}: |0.5 - 0.15| = .35, weight 1/2; {.8, .9}: |1 - .85| = .15, weight 1/2
+  assert expected_calibration_error(probs, labels, bins=2) == pytest.approx(0.25)
+  assert expected_calibration_error([0.0, 1.0], [0, 1]) == 0.0
+  assert expected_calibration_error([], []) is None
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    expected_calibration_error([1.5], [1])
 
 
 def test_calibration_bins_edges():
-    conf, acc, count = calibration_bins([0.3, 0.6, 0.7, 1.0, 0.0, 0.35], [1, 0, 1, 1, 0, 0], bins=10)
-    assert count.tolist() == [1, 0, 0, 2, 0, 0, 1, 1, 0, 1]  # 0.3, 0.35 -> bin 3; 1.0 -> last bin
-    assert acc[3] == 0.5 and conf[3] == pytest.approx(0.325)
-    assert acc[6] == 0.0 and np.isnan(acc[1])
+  conf, acc, count = calibration_bins([0.3, 0.6, 0.7, 1.0, 0.0, 0.35], [1, 0, 1, 1, 0, 0], bins=10)
+  assert count.tolist() == [1, 0, 0, 2, 0, 0, 1, 1, 0, 1]  # 0.3, 0.35 -> bin 3; 1.0 -> last bin
+  assert acc[3] == 0.5 and conf[3] == pytest.approx(0.325)
+  assert acc[6] == 0.0 and np.isnan(acc[1])
 
 
 def test_step_level_metrics_by_hand():
-    m = step_level_metrics([[0.9, 0.4], [0.2]], [[1, 1], [0]], [0.8, 0.3], [True, True])
-    assert m == {"step_accuracy": pytest.approx(2 / 3), "final_accuracy": 0.5, "auroc": 1.0,
-                 "ece": pytest.approx(0.3), "n_steps": 3}
-    with pytest.raises(ValueError, match="steps: 3 probabilities for 2 labels"):
-        step_level_metrics([0.1, 0.2, 0.3], [1, 0], [0.5], [1])
+  m = step_level_metrics([[0.9, 0.4], [0.2]], [[1, 1], [0]], [0.8, 0.3], [True, True])
+  assert m == {
+    "step_accuracy": pytest.approx(2 / 3),
+    "final_accuracy": 0.5,
+    "auroc": 1.0,
+    "ece": pytest.approx(0.3),
+    "n_steps": 3,
+  }
+  with pytest.raises(ValueError, match="steps: 3 probabilities for 2 labels"):
+    step_level_metrics([0.1, 0.2, 0.3], [1, 0], [0.5], [1])
 
 
 # --- outputs -----------------------------------------------------------------------------------
 
+
 def test_reliability_diagram_writes_a_png(tmp_path):
-    path = tmp_path / "evaluate" / "reliability.png"
-    reliability_diagram({"orm": ([0.1, 0.6, 0.9], [0, 1, 1]), "sorm": ([0.2, 0.5], [0, 1])}, path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  path = tmp_path / "evaluate" / "reliability.png"
+  reliability_diagram({"orm": ([0.1, 0.6, 0.9], [0, 1, 1]), "sorm": ([0.2, 0.5], [0, 1])}, path)
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_markdown_table():
-    results = {
-        "oracle": {"accuracy": 0.75, "n": 4, "ci95": [0.5, 1.0]},
-        "greedy": {"accuracy": 0.5, "n": 4, "ci95": [0.0, 1.0]},
-        "step_level": {"sorm": {"step_accuracy": 0.8, "final_accuracy": 0.7, "auroc": 0.85,
-                                "ece": 0.05, "n_steps": 10},
-                       "orm": {"step_accuracy": 0.6, "final_accuracy": 0.75, "auroc": None,
-                               "ece": 0.1, "n_steps": 10}},
-        "timings": {"sample": 1.0},
-    }
-    text = markdown_table(results)
-    lines = text.splitlines()
-    assert lines[2] == f"| greedy | {ROWS['greedy']} | 50.0 | [0.0, 100.0] | 4 |"
-    assert lines[3] == f"| oracle | {ROWS['oracle']} | 75.0 | [50.0, 100.0] | 4 |"
-    assert "| orm | 60.0 | 75.0 | n/a | 0.100 | 10 |" in lines
-    assert lines.index("| orm | 60.0 | 75.0 | n/a | 0.100 | 10 |") < lines.index(
-        "| sorm | 80.0 | 70.0 | 0.850 | 0.050 | 10 |")
-    assert "timings" not in text
-    only_rows = markdown_table({"rows": {"greedy": results["greedy"]}})
-    assert only_rows.splitlines()[2].startswith("| greedy |")
+  results = {
+    "oracle": {"accuracy": 0.75, "n": 4, "ci95": [0.5, 1.0]},
+    "greedy": {"accuracy": 0.5, "n": 4, "ci95": [0.0, 1.0]},
+    "step_level": {
+      "sorm": {
+        "step_accuracy": 0.8,
+        "final_accuracy": 0.7,
+        "auroc": 0.85,
+        "ece": 0.05,
+        "n_steps": 10,
+      },
+      "orm": {
+        "step_accuracy": 0.6,
+        "final_accuracy": 0.75,
+        "auroc": None,
+        "ece": 0.1,
+        "n_steps": 10,
+      },
+    },
+    "timings": {"sample": 1.0},
+  }
+  text = markdown_table(results)
+  lines = text.splitlines()
+  assert lines[2] == f"| greedy | {ROWS['greedy']} | 50.0 | [0.0, 100.0] | 4 |"
+  assert lines[3] == f"| oracle | {ROWS['oracle']} | 75.0 | [50.0, 100.0] | 4 |"
+  assert "| orm | 60.0 | 75.0 | n/a | 0.100 | 10 |" in lines
+  assert lines.index("| orm | 60.0 | 75.0 | n/a | 0.100 | 10 |") < lines.index(
+    "| sorm | 80.0 | 70.0 | 0.850 | 0.050 | 10 |"
+  )
+  assert "timings" not in text
+  only_rows = markdown_table({"rows": {"greedy": results["greedy"]}})
+  assert only_rows.splitlines()[2].startswith("| greedy |")
