@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import sys
+
+# transformers is used for tokenizers only; its "PyTorch was not found" advice is noise here.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from absl import app, flags
 from absl import logging as absl_logging
