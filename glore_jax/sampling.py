@@ -20,6 +20,8 @@ Shapes are bucketed (prompt length and row count rounded up to powers of two), s
 a few programs rather than one per batch. Weights go into the jitted functions as an argument
 (`nnx.split` outside, `nnx.merge` inside); the decode cache and output buffers are donated.
 
+Text-level helpers (stop strings, decoding) live in `glore_jax.sampling_text`.
+
 Logprobs are those of the model's own distribution (log-softmax of the raw logits, before
 temperature, top-k and top-p), the quantity policy-gradient and reward code wants.
 """
@@ -44,9 +46,9 @@ from glore_jax.model.sharding import BATCH, RULES, constrain, fit_spec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Sample", "SamplingParams", "Rollouts", "StopStrings", "PromptTooLongError", "generate",
-           "generate_text", "rollouts_from_prefixes", "rollouts_from_prefixes_batch",
-           "prefill_token_counts", "sample_logits", "row_keys", "decode_samples"]
+__all__ = ["Sample", "SamplingParams", "Rollouts", "PromptTooLongError", "generate",
+           "rollouts_from_prefixes", "rollouts_from_prefixes_batch", "prefill_token_counts",
+           "sample_logits", "row_keys"]
 
 # finish codes on device; 0 = still running (reported as 'length' when the budget runs out)
 _RUNNING, _EOS, _STOP = 0, 1, 2
@@ -581,101 +583,3 @@ def _make_engine(model, max_new_tokens, kwargs) -> _Engine:
                  min_prompt_bucket=16, stop_checker=None, check_every=16, progress=None)
   options.update(kwargs)
   return _Engine(model, max_new_tokens=max_new_tokens, params=params, **options)
-
-
-# ------------------------------------------------------------------------------------------
-# Text helpers (any Hugging Face tokenizer)
-
-
-class StopStrings:
-  """Stop strings over token ids for one tokenizer.
-
-  `__call__(tokens)` is a `stop_checker` for `generate`: the number of leading tokens whose
-  decoded text first contains a stop string, or None. `token_ids` are vocabulary entries whose
-  own text contains a stop string: emitting one ends the row inside the decode loop, with no
-  wasted steps (multi-token stop strings are caught by the checker every few steps).
-  """
-
-  def __init__(self, tokenizer, stop_strings: Sequence[str], *, skip_special_tokens: bool = True):
-    self.tokenizer = tokenizer
-    self.stop_strings = tuple(s for s in stop_strings)
-    if any(not s for s in self.stop_strings):
-      raise ValueError("stop strings must be non-empty")
-    self.skip_special_tokens = skip_special_tokens
-
-  def decode(self, tokens: Sequence[int]) -> str:
-    return self.tokenizer.decode(list(tokens), skip_special_tokens=self.skip_special_tokens)
-
-  def find(self, text: str) -> tuple[int, str] | None:
-    """(position, stop string) of the occurrence that a left-to-right generator completes
-    first: the smallest end, then the smallest start. None if no stop string occurs."""
-    best = None
-    for s in self.stop_strings:
-      i = text.find(s)
-      if i >= 0 and (best is None or (i + len(s), i) < (best[0] + len(best[1]), best[0])):
-        best = (i, s)
-    return best
-
-  @functools.cached_property
-  def token_ids(self) -> tuple[int, ...]:
-    if not self.stop_strings:
-      return ()
-    texts = _vocab_texts(self.tokenizer, self.skip_special_tokens)
-    return tuple(i for i, t in enumerate(texts) if self.find(t) is not None)
-
-  def __call__(self, tokens: Sequence[int]) -> int | None:
-    if not self.stop_strings or self.find(self.decode(tokens)) is None:
-      return None
-    lo, hi = 1, len(tokens)  # smallest prefix that contains a stop string
-    while lo < hi:
-      mid = (lo + hi) // 2
-      if self.find(self.decode(tokens[:mid])) is not None:
-        hi = mid
-      else:
-        lo = mid + 1
-    return lo
-
-  def text(self, tokens: Sequence[int], *, include_stop: bool = False) -> tuple[str, bool]:
-    """Decoded text cut just before (or after, with include_stop) the first stop string, and
-    whether one was found."""
-    text = self.decode(tokens)
-    hit = self.find(text)
-    if hit is None:
-      return text, False
-    pos, s = hit
-    return text[:pos + (len(s) if include_stop else 0)], True
-
-
-@functools.lru_cache(maxsize=4)
-def _vocab_texts(tokenizer, skip_special_tokens: bool) -> tuple[str, ...]:
-  """Every token id's own text (one scan of the vocabulary per tokenizer)."""
-  return tuple(tokenizer.batch_decode([[i] for i in range(len(tokenizer))],
-                                      skip_special_tokens=skip_special_tokens))
-
-
-def generate_text(model: Llama, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
-                  stop_strings: Sequence[str] = (), include_stop_string: bool = False,
-                  add_special_tokens: bool = True, skip_special_tokens: bool = True,
-                  **kwargs) -> list[list[Sample]]:
-  """`generate` on text: tokenizes `prompts` with `tokenizer`, stops at the first occurrence of
-  any of `stop_strings`, and sets `.text` of each sample (cut exactly before the stop string,
-  or after it with include_stop_string). Other options as in `generate`."""
-  stops = StopStrings(tokenizer, stop_strings, skip_special_tokens=skip_special_tokens)
-  prompt_ids = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
-  if stop_strings:
-    kwargs["stop_checker"] = stops
-    kwargs["stop_token_ids"] = tuple(kwargs.get("stop_token_ids", ())) + stops.token_ids
-  samples = generate(model, prompt_ids, max_new_tokens=max_new_tokens, **kwargs)
-  for row in samples:
-    for s in row:
-      s.text, found = stops.text(s.tokens, include_stop=include_stop_string)
-      if found:
-        s.finish_reason = "stop"
-  return samples
-
-
-def decode_samples(tokenizer, samples: Sequence[Sequence[Sample]], *,
-                   skip_special_tokens: bool = True) -> list[list[str]]:
-  """Decoded text of every sample (no stop-string cut)."""
-  return [[tokenizer.decode(s.tokens, skip_special_tokens=skip_special_tokens) for s in row]
-          for row in samples]

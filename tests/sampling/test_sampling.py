@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
-from glore_jax import sampling
+from glore_jax import sampling, sampling_text
 from glore_jax.model import create_model, make_mesh, preset
 
 MAX_NEW = 12
@@ -111,7 +111,7 @@ def test_stop_strings_cut_exactly_at_the_first_occurrence(text_model):
   tok = embedded_tokenizer()
   prompts = ["Q: 12+30=?\nA:", "Tom has 3 apples"]
   kw = dict(max_new_tokens=MAX_NEW, eos_token_id=None, check_every=4)
-  full = sampling.generate_text(text_model, tok, prompts, **kw)
+  full = sampling_text.generate_text(text_model, tok, prompts, **kw)
   for i, row in enumerate(full):
     text, free = row[0].text, row[0].tokens
     assert row[0].finish_reason == "length" and len(free) == MAX_NEW
@@ -120,7 +120,7 @@ def test_stop_strings_cut_exactly_at_the_first_occurrence(text_model):
     one = text[4]  # a one-token stop string: ends the row inside the decode loop
     for stops in ([two], [one], [two, one], ["@@never@@"]):
       hits = [(text.find(s), s) for s in stops if s in text]
-      (s,), = sampling.generate_text(text_model, tok, [prompts[i]], stop_strings=stops, **kw)
+      (s,), = sampling_text.generate_text(text_model, tok, [prompts[i]], stop_strings=stops, **kw)
       if not hits:
         assert (s.text, s.finish_reason) == (text, "length")
         continue
@@ -130,7 +130,7 @@ def test_stop_strings_cut_exactly_at_the_first_occurrence(text_model):
       # tokens end with the token that completes the stop string; same prefix as the free run
       n = next(n for n in range(1, MAX_NEW + 1) if first in tok.decode(free[:n], skip_special_tokens=True))
       assert s.tokens == free[:n]
-      (inc,), = sampling.generate_text(text_model, tok, [prompts[i]], stop_strings=stops,
+      (inc,), = sampling_text.generate_text(text_model, tok, [prompts[i]], stop_strings=stops,
                                        include_stop_string=True, **kw)
       assert inc.text == text[:pos + len(first)]
 
