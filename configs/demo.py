@@ -1,5 +1,5 @@
 """The embedded default: every stage, in order, on the synthetic task with a tiny Llama trained
-from scratch on this CPU (about 10 minutes on 2 cores; no network, no checkpoint).
+from scratch on this CPU (about 6 minutes on 2 cores; no network, no checkpoint).
 
   python -m glore_jax.main --config=configs/demo.py --workdir=/tmp/glore-demo
 

@@ -1,6 +1,6 @@
 """Our small-scale reproduction of the paper's claims: the demo's synthetic task and model, with
 more questions, samples and rollouts (K=8 as in the paper) and a larger test set, so the
-answers table has tighter intervals. About an hour on a 2-core CPU.
+answers table has tighter intervals. About 25 minutes on a 2-core CPU.
 
   python -m glore_jax.main --config=configs/repro_synthetic.py --workdir=/tmp/glore-repro
 
