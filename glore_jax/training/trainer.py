@@ -17,9 +17,10 @@ value-head training of the ORM and SORM (`loss='value'`).
   trainable parameters, optimizer state, step, RNG key and the position in the data; calling
   `train` again with the same arguments continues exactly where the last checkpoint left off.
   Frozen parameters are not checkpointed: pass the same starting model when resuming.
-* A non-finite loss or gradient norm leaves the parameters untouched (the update is discarded in
-  the step) and stops the run with `TrainingDivergedError` naming the step and the last good
-  checkpoint.
+* A non-finite loss or gradient norm leaves the parameters untouched (the update is skipped inside
+  the step, a `lax.cond` so the donated state is otherwise updated in place) and stops the run
+  with `TrainingDivergedError` naming the step and the last good checkpoint; a non-finite update
+  (e.g. a NaN learning rate) also stops it.
 * Observability: tqdm bar (loss, tokens/s, ETA), TensorBoard scalars in `<workdir>/tensorboard`,
   `<workdir>/metrics.jsonl`, periodic eval (LM loss and greedy accuracy; value loss, accuracy,
   AUROC).
@@ -35,10 +36,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import dataclasses
-import json
 import logging
-import math
-import os
 import shutil
 import tempfile
 import time
@@ -57,6 +55,7 @@ from glore_jax.model.sharding import BATCH, fit_spec, named
 from glore_jax.training import losses
 from glore_jax.training.batch import LM_KEYS, VALUE_KEYS
 from glore_jax.training.checkpoint import Checkpoints, is_local_path
+from glore_jax.training.run_log import RunLog, copy_tree
 
 log = logging.getLogger(__name__)
 
@@ -321,84 +320,6 @@ def _device_batch(batch: Mapping, keys, accum: int, mesh) -> dict:
   return out
 
 
-# ---- logging ----------------------------------------------------------------------------------
-
-
-def _copy_tree(src: str, dst: epath.Path) -> None:
-  """Copies the files below local folder `src` into `dst` (any epath), replacing same names."""
-  for dirpath, _, files in os.walk(src):
-    for name in files:
-      target = dst / os.path.relpath(os.path.join(dirpath, name), src)
-      target.parent.mkdir(parents=True, exist_ok=True)
-      epath.Path(dirpath, name).copy(target, overwrite=True)
-
-
-class _Log:
-  """TensorBoard + metrics.jsonl + tqdm, on process 0 only.
-
-  A local workdir: events go straight to `<workdir>/tensorboard`, metrics.jsonl is appended to.
-  An object store (gs://), which cannot append: metrics.jsonl is rewritten whole at each update,
-  and events go to a local temporary folder copied to `<workdir>/tensorboard` on close."""
-
-  def __init__(self, workdir: epath.Path, config: TrainConfig, start: int):
-    self.main = jax.process_index() == 0
-    self.writer = self.bar = self.jsonl = None
-    self.local = is_local_path(workdir)
-    self.jsonl_path = workdir / "metrics.jsonl"
-    self.tensorboard = workdir / "tensorboard"
-    self.events = None  # the local folder of the events, when it is not the workdir's
-    self.lines: list[str] = []
-    if not self.main:
-      return
-    from tensorboardX import SummaryWriter
-    if self.local:
-      self.writer = SummaryWriter(os.fspath(self.tensorboard))
-      self.jsonl = open(self.jsonl_path, "a")
-    else:
-      self.events = tempfile.mkdtemp(prefix="glore-tensorboard-")
-      log.warning("workdir %s is not local: TensorBoard events are written to %s and copied to "
-                  "%s when training ends", workdir, self.events, self.tensorboard)
-      self.writer = SummaryWriter(self.events)
-      if self.jsonl_path.exists():  # resuming: keep the earlier records
-        self.lines = self.jsonl_path.read_text().splitlines(keepends=True)
-    if config.progress:
-      from tqdm.auto import tqdm
-      self.bar = tqdm(total=config.total_steps, initial=start, desc=f"train[{config.loss}]",
-                      unit="step", dynamic_ncols=True)
-
-  def scalars(self, step: int, values: Mapping[str, float]) -> None:
-    if not self.main:
-      return
-    for k, v in values.items():
-      if isinstance(v, (int, float)) and math.isfinite(v):
-        self.writer.add_scalar(k, v, step)
-    line = json.dumps({"step": step, **values}) + "\n"
-    if self.jsonl is not None:
-      self.jsonl.write(line)
-      self.jsonl.flush()
-    else:  # object store: no append, the whole file each time
-      self.lines.append(line)
-      self.jsonl_path.write_text("".join(self.lines))
-
-  def progress(self, steps: int, **postfix) -> None:
-    if self.bar is not None:
-      self.bar.update(steps)
-      if postfix:
-        self.bar.set_postfix(postfix, refresh=False)
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
-    if self.writer is not None:
-      self.writer.close()
-    if self.jsonl is not None:
-      self.jsonl.close()
-    if self.events is not None:
-      _copy_tree(self.events, self.tensorboard)
-      shutil.rmtree(self.events, ignore_errors=True)
-      self.events = None
-
-
 # ---- the loop ---------------------------------------------------------------------------------
 
 
@@ -523,7 +444,8 @@ def train(model: Llama, train_batches: Iterable[Mapping[str, np.ndarray]], confi
         log.info("step %d eval: %s", step, {k: round(v, 4) for k, v in last_eval.items()})
         return last_eval
 
-      logger = _Log(workdir, config, start)
+      logger = RunLog(workdir, start=start, total_steps=config.total_steps, loss=config.loss,
+                      progress=config.progress)
       data = _iterate_from(train_batches, position, shuffle=config.shuffle, seed=config.seed)
       pending = None  # (step, device metrics, tokens, padded slots) not yet read back
       window = {"tokens": 0, "slots": 0, "steps": 0, "time": time.perf_counter(), "loss": 0.0}
@@ -633,7 +555,7 @@ def _export_hf(model: Llama, folder: epath.Path) -> epath.Path:
   try:
     save_hf(model, tmp)  # every process gathers; process 0 writes
     if jax.process_index() == 0:
-      _copy_tree(tmp, folder)
+      copy_tree(tmp, folder)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return folder

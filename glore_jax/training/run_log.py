@@ -1,0 +1,95 @@
+"""What a training run shows and leaves behind: a tqdm bar, TensorBoard scalars and
+`metrics.jsonl`, written by process 0 only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from typing import Mapping
+
+import jax
+from etils import epath
+
+from glore_jax.training.checkpoint import is_local_path
+
+log = logging.getLogger(__name__)
+
+
+def copy_tree(src: str, dst: epath.Path) -> None:
+  """Copies the files below local folder `src` into `dst` (any epath), replacing same names."""
+  for dirpath, _, files in os.walk(src):
+    for name in files:
+      target = dst / os.path.relpath(os.path.join(dirpath, name), src)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      epath.Path(dirpath, name).copy(target, overwrite=True)
+
+
+class RunLog:
+  """TensorBoard + metrics.jsonl + tqdm, on process 0 only.
+
+  A local workdir: events go straight to `<workdir>/tensorboard`, metrics.jsonl is appended to.
+  An object store (gs://), which cannot append: metrics.jsonl is rewritten whole at each update,
+  and events go to a local temporary folder copied to `<workdir>/tensorboard` on close."""
+
+  def __init__(self, workdir: epath.Path, *, start: int, total_steps: int, loss: str,
+               progress: bool = True):
+    self.main = jax.process_index() == 0
+    self.writer = self.bar = self.jsonl = None
+    self.local = is_local_path(workdir)
+    self.jsonl_path = workdir / "metrics.jsonl"
+    self.tensorboard = workdir / "tensorboard"
+    self.events = None  # the local folder of the events, when it is not the workdir's
+    self.lines: list[str] = []
+    if not self.main:
+      return
+    from tensorboardX import SummaryWriter
+    if self.local:
+      self.writer = SummaryWriter(os.fspath(self.tensorboard))
+      self.jsonl = open(self.jsonl_path, "a")
+    else:
+      self.events = tempfile.mkdtemp(prefix="glore-tensorboard-")
+      log.warning("workdir %s is not local: TensorBoard events are written to %s and copied to "
+                  "%s when training ends", workdir, self.events, self.tensorboard)
+      self.writer = SummaryWriter(self.events)
+      if self.jsonl_path.exists():  # resuming: keep the earlier records
+        self.lines = self.jsonl_path.read_text().splitlines(keepends=True)
+    if progress:
+      from tqdm.auto import tqdm
+      self.bar = tqdm(total=total_steps, initial=start, desc=f"train[{loss}]",
+                      unit="step", dynamic_ncols=True)
+
+  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    if not self.main:
+      return
+    for k, v in values.items():
+      if isinstance(v, (int, float)) and math.isfinite(v):
+        self.writer.add_scalar(k, v, step)
+    line = json.dumps({"step": step, **values}) + "\n"
+    if self.jsonl is not None:
+      self.jsonl.write(line)
+      self.jsonl.flush()
+    else:  # object store: no append, the whole file each time
+      self.lines.append(line)
+      self.jsonl_path.write_text("".join(self.lines))
+
+  def progress(self, steps: int, **postfix) -> None:
+    if self.bar is not None:
+      self.bar.update(steps)
+      if postfix:
+        self.bar.set_postfix(postfix, refresh=False)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+    if self.writer is not None:
+      self.writer.close()
+    if self.jsonl is not None:
+      self.jsonl.close()
+    if self.events is not None:
+      copy_tree(self.events, self.tensorboard)
+      shutil.rmtree(self.events, ignore_errors=True)
+      self.events = None
