@@ -38,7 +38,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 import roofline  # noqa: E402
 from glore_jax import sampling  # noqa: E402

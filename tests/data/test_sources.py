@@ -86,7 +86,7 @@ def test_tfds_missing_gives_helpful_error(monkeypatch):
 
 def test_tfds_gsm8k_offline(tmp_path, monkeypatch):
   """Prepare TFDS's real `gsm8k` builder from local files (no network), then read it back."""
-  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("tensorflow_datasets")
   pytest.importorskip("array_record")
   from tensorflow_datasets.text.gsm8k import gsm8k as gsm8k_builder
 

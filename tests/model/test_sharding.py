@@ -49,7 +49,7 @@ def test_heads_that_do_not_divide_the_tensor_axis_are_replicated():
 
 
 def test_load_hf_places_tensors_in_their_shards(tmp_path):
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("torch")
   from tests.model.hf_reference import hf_logits, make_hf_llama
   hf_model = make_hf_llama(tmp_path, heads=8, kv_heads=4)
   mesh = make_mesh(1, 2, 4)

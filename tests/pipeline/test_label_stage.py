@@ -10,7 +10,6 @@ shards, statistics) runs unchanged.
 
 from __future__ import annotations
 
-import json
 
 import pytest
 

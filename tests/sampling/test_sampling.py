@@ -1,13 +1,11 @@
 """The sampler on a tiny random Llama: exactness against the full forward pass, determinism,
 stop rules, fan-out (a) and (b), top-k/top-p support, sharding, bucketing and errors."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from glore_jax import sampling, sampling_text
