@@ -8,7 +8,9 @@ from etils import epath
 
 STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data", "train_global",
           "train_local", "evaluate")
-SOURCES = ("synthetic", "gsm8k", "gsm8k_tfds", "svamp")
+# SVAMP (glore_jax.data.sources.load_svamp) is a test set only: every stage here also needs the
+# training split, so it is not a pipeline source.
+SOURCES = ("synthetic", "gsm8k", "gsm8k_tfds")
 
 
 class ConfigError(ValueError):
@@ -68,9 +70,9 @@ def validate(config) -> None:
            "'float32', 'bfloat16' or 'float16'")
 
   _check(config, "data.source", lambda v: v in SOURCES, "one of " + ", ".join(SOURCES))
-  if config.data.source in ("gsm8k", "svamp"):
+  if config.data.source == "gsm8k":
     _check(config, "data.path", lambda v: bool(v) and epath.Path(v).exists(),
-           "an existing folder (GSM8K: train.jsonl/test.jsonl; SVAMP: SVAMP.json)")
+           "an existing folder with GSM8K train.jsonl and test.jsonl")
   _check(config, "data.on_error", lambda v: v in ("raise", "skip"), "'raise' or 'skip'")
   for key in ("data.train_size", "data.test_size", "data.max_length", "refine.max_length"):
     _check(config, key, positive, "a positive integer")

@@ -34,10 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (characters), or a tokenizer folder / tokenizer.json; ignored with model.checkpoint.
   c.tokenizer = "embedded-bpe"
 
-  # Problems: the embedded synthetic task, GSM8K JSONL files, GSM8K from TFDS, or SVAMP.
+  # Problems: the embedded synthetic task, GSM8K JSONL files, or GSM8K from TFDS.
   c.data = ml_collections.ConfigDict(dict(
-      source="synthetic",  # synthetic | gsm8k | gsm8k_tfds | svamp
-      path="",  # folder with train.jsonl/test.jsonl (gsm8k) or SVAMP.json (svamp)
+      source="synthetic",  # synthetic | gsm8k | gsm8k_tfds
+      path="",  # gsm8k: folder with train.jsonl/test.jsonl; gsm8k_tfds: TFDS data_dir
       train_size=2000, test_size=200, on_error="raise",  # or "skip" (counted, logged)
       synthetic=ml_collections.ConfigDict(dict(min_steps=2, max_steps=4, max_operand=30,
                                                max_multiplier=9, max_value=999)),

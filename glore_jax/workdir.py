@@ -276,15 +276,20 @@ class ShardedStage:
     return done
 
 
-def iter_all(stage_dir: PathLike) -> Iterator[dict[str, Any]]:
-  """Yield every record of a stage, shard by shard in order (see `read_all`)."""
-  stage_dir = epath.Path(stage_dir)
+def _shard_status(stage_dir: epath.Path) -> tuple[dict[str, Any], str, int, list[int]]:
+  """(manifest, stage name, number of shards, missing shard indices); no manifest is an error."""
   manifest = read_manifest(stage_dir)
   name = _stage_name(stage_dir, manifest)
   if manifest is None:
     raise MissingStageError(f"no output of stage {name!r} in {stage_dir}: run stage {name!r} first")
   n = manifest["num_shards"]
-  missing = [i for i in range(n) if not (stage_dir / shard_name(i, n)).exists()]
+  return manifest, name, n, [i for i in range(n) if not (stage_dir / shard_name(i, n)).exists()]
+
+
+def iter_all(stage_dir: PathLike) -> Iterator[dict[str, Any]]:
+  """Yield every record of a stage, shard by shard in order (see `read_all`)."""
+  stage_dir = epath.Path(stage_dir)
+  _, name, n, missing = _shard_status(stage_dir)
   if missing:
     shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
     raise MissingStageError(
@@ -324,12 +329,7 @@ def mark_done(stage_dir: PathLike, summary: Mapping[str, Any] | None = None) -> 
   completed shards and an optional JSON summary (the stage's figures).
   """
   stage_dir = epath.Path(stage_dir)
-  manifest = read_manifest(stage_dir)
-  name = _stage_name(stage_dir, manifest)
-  if manifest is None:
-    raise MissingStageError(f"no output of stage {name!r} in {stage_dir}: run stage {name!r} first")
-  n = manifest["num_shards"]
-  missing = [i for i in range(n) if not (stage_dir / shard_name(i, n)).exists()]
+  manifest, name, n, missing = _shard_status(stage_dir)
   if missing:
     raise MissingStageError(
       f"cannot mark stage {name!r} done: shards {missing} of {n} missing "

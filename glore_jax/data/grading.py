@@ -16,6 +16,7 @@ __all__ = [
   "extract_answer",
   "format_number",
   "normalize_number",
+  "solution_correct",
   "strip_calculator_marks",
 ]
 
@@ -119,6 +120,11 @@ def answers_match(
   p = normalize_number(pred)
   g = normalize_number(gold)
   return p is not None and g is not None and p == g
+
+
+def solution_correct(text: str, gold: str | int | float | Fraction | None) -> bool:
+  """Whether a solution's `#### N` answer equals `gold` (False when it has no answer line)."""
+  return answers_match(extract_answer(text), gold)
 
 
 def format_number(x: Fraction | int) -> str:

@@ -61,15 +61,7 @@ def embedded_tokenizer() -> PreTrainedTokenizerFast:
     single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
   )
   tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in EMBEDDED_SPECIALS])
-  return PreTrainedTokenizerFast(
-    tokenizer_object=tk,
-    pad_token="<pad>",
-    bos_token="<s>",
-    eos_token="</s>",
-    unk_token="<unk>",
-    clean_up_tokenization_spaces=False,
-    model_max_length=1 << 30,
-  )
+  return _wrap(tk)
 
 
 # Pre-tokenization of "embedded-bpe", GPT-2 style with two changes: every newline is a piece of its
@@ -158,6 +150,11 @@ def embedded_bpe_tokenizer() -> PreTrainedTokenizerFast:
   <unk>). Each call returns a new tokenizer, so adding a token to one does not touch another.
   """
   tk = Tokenizer.from_str(_embedded_bpe_json())
+  return _wrap(tk)
+
+
+def _wrap(tk: Tokenizer) -> PreTrainedTokenizerFast:
+  """Both embedded tokenizers: the same special tokens, no clean-up, no length limit."""
   return PreTrainedTokenizerFast(
     tokenizer_object=tk,
     pad_token="<pad>",

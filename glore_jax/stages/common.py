@@ -83,10 +83,8 @@ def problems(config, split: str) -> list[Problem]:
     found = load_problems("synthetic", split, seed=config.seed, n=n, **data.synthetic.to_dict())
   elif data.source == "gsm8k":
     found = load_problems("gsm8k", split, data_dir=data.path, on_error=data.on_error)
-  elif data.source == "gsm8k_tfds":
+  else:  # gsm8k_tfds (config_check admits no other source)
     found = load_problems("gsm8k_tfds", split, data_dir=data.path or None)
-  else:  # svamp: a test set only
-    found = load_problems("svamp", "test", data_dir=data.path, on_error=data.on_error)
   return list(found)[:n]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from glore_jax.data.grading import answers_match, extract_answer
+from glore_jax.data.grading import solution_correct
 from glore_jax.data.steps import join_steps, split_steps
 from glore_jax.method import evaluation as ev
 from glore_jax.sampling import generate
@@ -28,8 +28,7 @@ class Candidate:
 
 
 def _grade(steps: Sequence[str], gold: str) -> bool:
-  answer = extract_answer(join_steps(steps))
-  return bool(answer is not None and answers_match(answer, gold))
+  return solution_correct(join_steps(steps), gold)
 
 
 def _greedy(ctx: Context, model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from glore_jax.data.grading import answers_match, extract_answer
+from glore_jax.data.grading import solution_correct
 from glore_jax.data.steps import step_ends_from_tokens
 from glore_jax.method.labels import (Rollout, StepLabels, StepRollouts, label_statistics,
                                      orm_labels, sorm_labels)
@@ -68,8 +68,7 @@ def label_samples(ctx: Context, model, tokenizer, samples: Sequence[dict], gold:
 
 def _grade(tokenizer, tokens: Sequence[int], gold: str) -> Rollout:
   text = tokenizer.decode(list(tokens), skip_special_tokens=True)
-  answer = extract_answer(text)
-  return Rollout(text=text, correct=bool(answer is not None and answers_match(answer, gold)))
+  return Rollout(text=text, correct=solution_correct(text, gold))
 
 
 def run(ctx: Context) -> None:

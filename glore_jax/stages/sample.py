@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from glore_jax.data.grading import answers_match, extract_answer
+from glore_jax.data.grading import extract_answer, solution_correct
 from glore_jax.data.records import Problem
+from glore_jax.data.steps import split_steps
 from glore_jax.sampling import generate
 from glore_jax.stages import models, sharded
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for
@@ -13,11 +14,9 @@ from glore_jax.stages.common import Context, problems, timed, tokenizer_for
 
 def decode_solution(tokenizer, tokens: Sequence[int], gold: str) -> dict[str, Any]:
   """Text, steps, answer and correctness of generated solution tokens."""
-  from glore_jax.data.steps import split_steps
   text = tokenizer.decode(list(tokens), skip_special_tokens=True)
-  answer = extract_answer(text)
-  return {"text": text, "steps": split_steps(text), "answer": answer,
-          "correct": bool(answer is not None and answers_match(answer, gold))}
+  return {"text": text, "steps": split_steps(text), "answer": extract_answer(text),
+          "correct": solution_correct(text, gold)}
 
 
 def sample_problems(ctx: Context, model, tokenizer, items: Sequence[tuple[int, Problem]], *,
@@ -26,8 +25,8 @@ def sample_problems(ctx: Context, model, tokenizer, items: Sequence[tuple[int, P
   records do not depend on sharding or batching."""
   prompts = [tokenizer(ctx.prompts.policy_prompt(p.question))["input_ids"] for _, p in items]
   results = generate(model, prompts, max_new_tokens=section.max_new_tokens,
-                     temperature=temperature, top_k=getattr(section, "top_k", 0),
-                     top_p=getattr(section, "top_p", 1.0), num_samples=num_samples,
+                     temperature=temperature, top_k=section.top_k,
+                     top_p=section.top_p, num_samples=num_samples,
                      seed=ctx.config.seed, example_ids=[(i,) for i, _ in items], mesh=ctx.mesh,
                      batch_size=section.batch_size)
   records = []

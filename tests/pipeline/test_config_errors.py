@@ -15,6 +15,7 @@ CASES = {
     "negative_k": (["--config.sorm.num_rollouts=-1"], ["config.sorm.num_rollouts", "-1"]),
     "zero_k": (["--config.sorm.num_rollouts=0"], ["config.sorm.num_rollouts"]),
     "unknown_stage": (["--config.stages=policy,lable"], ["config.stages", "'lable'"]),
+    "test_only_source": (["--config.data.source=svamp"], ["config.data.source", "'svamp'"]),
     "missing_policy": (["--config.stages=label"], ["stage 'label'", "stage 'policy'"]),
     "missing_sample": (["--config.stages=label"], ["stage 'label'", "stage 'sample'"]),
 }
@@ -51,7 +52,7 @@ def test_clear_error_and_nonzero_exit(results, name):
 
 
 @pytest.mark.parametrize("name", ["unknown_key", "unknown_section", "typo_key", "negative_k",
-                                  "zero_k", "unknown_stage"])
+                                  "zero_k", "unknown_stage", "test_only_source"])
 def test_config_errors_fail_before_any_work(results, name):
   workdir, rc, _, _ = results[name]
   assert rc == 2
