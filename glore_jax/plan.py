@@ -245,8 +245,8 @@ def scaled(measure, name: str, num_layers: int, layers: Sequence[int] | None) ->
 #                        grads / shards + per_row * rows_per_device)    # the backward pass
 #
 #   state            parameters + optimizer state: the one-device train step's arguments
-#   optimizer_phase  the one-device train step's temp at 1 row: gradients, clipped gradients,
-#                    updates and new moments live together while AdamW runs
+#   optimizer_phase  the one-device train step's temp at 1 row: the f32 gradients and whatever
+#                    else is live when the (fused, in-place) AdamW update runs
 #   grads            f32 gradients of the trained parameters (from the shapes)
 #   per_row          activations per row of the batch: the forward+backward of the loss with
 #                    only the embedding trained (so the backward runs through every layer but

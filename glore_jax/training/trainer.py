@@ -17,10 +17,9 @@ value-head training of the ORM and SORM (`loss='value'`).
   trainable parameters, optimizer state, step, RNG key and the position in the data; calling
   `train` again with the same arguments continues exactly where the last checkpoint left off.
   Frozen parameters are not checkpointed: pass the same starting model when resuming.
-* A non-finite loss or gradient norm leaves the parameters untouched (the update is skipped inside
-  the step, a `lax.cond` so the donated state is otherwise updated in place) and stops the run
-  with `TrainingDivergedError` naming the step and the last good checkpoint; a non-finite update
-  (e.g. a NaN learning rate) also stops it.
+* A non-finite loss, gradient norm or learning rate leaves the parameters and moments untouched
+  (the skip is a scalar inside the optimizer's one in-place pass, `optimizer.FusedAdamW`) and
+  stops the run with `TrainingDivergedError` naming the step and the last good checkpoint.
 * Observability: tqdm bar (loss, tokens/s, ETA), TensorBoard scalars in `<workdir>/tensorboard`,
   `<workdir>/metrics.jsonl`, periodic eval (LM loss and greedy accuracy; value loss, accuracy,
   AUROC).
@@ -55,6 +54,7 @@ from glore_jax.model.sharding import BATCH, fit_spec, named
 from glore_jax.training import losses
 from glore_jax.training.batch import LM_KEYS, VALUE_KEYS
 from glore_jax.training.checkpoint import Checkpoints, is_local_path
+from glore_jax.training.optimizer import FusedAdamW
 from glore_jax.training.run_log import RunLog, copy_tree
 
 log = logging.getLogger(__name__)
@@ -141,19 +141,17 @@ def trainable_filter(config: TrainConfig):
   return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("lm_head")))
 
 
-def make_optimizer(config: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config: TrainConfig) -> tuple[FusedAdamW, optax.Schedule]:
+  """AdamW (no decay on vectors) after global-norm clipping, with warmup and cosine decay."""
   peak = config.learning_rate
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=config.warmup_steps,
       decay_steps=max(config.total_steps, config.warmup_steps + 1),
       end_value=peak * config.min_learning_rate_ratio)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  parts = []
-  if config.grad_clip:
-    parts.append(optax.clip_by_global_norm(config.grad_clip))
-  parts.append(optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                           weight_decay=config.weight_decay, mask=decay_mask))
-  return optax.chain(*parts), schedule
+  return FusedAdamW(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                    weight_decay=config.weight_decay, decay_mask=decay_mask,
+                    clip_norm=config.grad_clip or None), schedule
 
 
 def _reconfigured(model: Llama, **changes) -> Llama:
@@ -220,23 +218,15 @@ def make_train_step(graphdef, config: TrainConfig, tx, schedule):
                jnp.zeros((), jnp.float32))
       (grads, total, count), _ = jax.lax.scan(body, zeros, batch)
     denom = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
     loss = total / denom
-    grad_norm = optax.global_norm(grads)
-    inputs_ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-    def update(state):
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      # a NaN learning rate or moment would pass the loss check: report the update's norm too
-      return (TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state, rng=jax.random.split(state.rng)[0]),
-              jnp.isfinite(optax.global_norm(updates)))
-
-    # A branch rather than `where(ok, new, old)`: the update then happens in place in the
-    # donated state instead of keeping old and new parameters and moments alive together.
-    new_state, update_ok = jax.lax.cond(inputs_ok, update, lambda state: (state, jnp.array(False)),
-                                        state)
-    ok = inputs_ok & update_ok
+    # 1 / denom, the clipping and the skip of a non-finite step are folded into the optimizer's
+    # one in-place pass over the donated state (no normalised or clipped copy of the gradients)
+    params, opt_state, ok, grad_norm = tx.update(grads, state.opt_state, state.params,
+                                                 grad_scale=1.0 / denom,
+                                                 skip=~jnp.isfinite(loss))
+    new_state = TrainState(step=state.step + ok.astype(state.step.dtype), params=params,
+                           opt_state=opt_state,
+                           rng=jnp.where(ok, jax.random.split(state.rng)[0], state.rng))
     metrics = {"loss": loss, "count": count, "grad_norm": grad_norm,
                "learning_rate": schedule(state.step), "finite": ok}
     return new_state, metrics
