@@ -16,7 +16,8 @@ optax still provides the learning-rate schedule and the global norm.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -39,7 +39,8 @@ import logging
 import shutil
 import tempfile
 import time
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,8 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from glore_jax.model.llama import Llama
 from glore_jax.model.sharding import BATCH, fit_spec, named

@@ -79,6 +79,7 @@ def test_nan_learning_rate_refuses_the_step():
   ours = FusedAdamW(lambda count: jnp.float32(jnp.nan), clip_norm=1.0)
   p, s = _params(), ours.init(_params())
   new_p, new_s, ok, _ = ours.update(_grads(0, 1.0), s, p)
+  assert int(new_s.count) == 0
   assert not bool(ok)
   for a, b in zip(jax.tree.leaves(new_p), jax.tree.leaves(p)):
     np.testing.assert_array_equal(a, b)
