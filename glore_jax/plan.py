@@ -192,7 +192,7 @@ def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 25
 
   graphdef, state = nnx.split(_abstract(cfg))
   state = _with_shardings(state, tree_shardings(state, mesh))
-  kv_shape = (batch, cache, cfg.num_kv_heads, cfg.head_dim)
+  kv_shape = (batch, cfg.num_kv_heads, cache, cfg.head_dim)
   kv = jax.ShapeDtypeStruct(kv_shape, cfg.compute_dtype, sharding=named(RULES.cache_kv, kv_shape, mesh))
   rows = lambda shape, dtype, spec=RULES.cache_b: jax.ShapeDtypeStruct(
       shape, dtype, sharding=named(spec, shape, mesh))

@@ -30,7 +30,8 @@ def _param(rngs: nnx.Rngs, shape, dtype, spec: P, *, std: float = _INIT_STD) -> 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-  """Keys/values per layer, [B, S, K, H] each, plus per-row slot bookkeeping.
+  """Keys/values per layer, [B, K, S, H] each (head-major: one decode step reads each head's
+  slots contiguously and needs no per-step transpose), plus per-row slot bookkeeping.
 
   Row b holds real tokens in slots [start[b], length[b]); slots before `start` are left
   padding. The next token of row b is written at slot length[b] with position
@@ -46,7 +47,7 @@ class KVCache:
 
   @property
   def size(self) -> int:
-    return self.k[0].shape[1]
+    return self.k[0].shape[2]
 
   @property
   def batch(self) -> int:
@@ -78,6 +79,13 @@ def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
   return (x * cos + rotated * sin).astype(x_btnh.dtype)
 
 
+def _project_heads(x_btd: jax.Array, w_dnh: jax.Array) -> jax.Array:
+  """x @ w as one [D] x [D, N*H] matmul over the weight as stored, then split into heads."""
+  d, n, h = w_dnh.shape
+  y_bte = jnp.einsum("BTD,DE->BTE", x_btd, w_dnh.reshape(d, n * h))
+  return y_bte.reshape(*x_btd.shape[:2], n, h)
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
@@ -92,32 +100,54 @@ class Attention(nnx.Module):
     """Attends from T queries to S keys. Without a cache S == T (keys are this call's tokens);
     with one, this call's keys/values are written at per-row slots and S is the cache size."""
     cfg, dt = self.cfg, x_btd.dtype
-    q_btnh = jnp.einsum("BTD,DNH->BTNH", x_btd, self.q[...].astype(dt))
-    k_btkh = jnp.einsum("BTD,DKH->BTKH", x_btd, self.k[...].astype(dt))
-    v_btkh = jnp.einsum("BTD,DKH->BTKH", x_btd, self.v[...].astype(dt))
+    q_btnh = _project_heads(x_btd, self.q[...].astype(dt))
+    k_btkh = _project_heads(x_btd, self.k[...].astype(dt))
+    v_btkh = _project_heads(x_btd, self.v[...].astype(dt))
     q_btnh = constrain(rope(q_btnh, positions_bt, cfg.rope_theta), RULES.act_btnh)
     k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta)
 
     if kv_layer is not None:
       cache_k, cache_v = kv_layer
-      write = jax.vmap(lambda c, new, at: jax.lax.dynamic_update_slice_in_dim(c, new, at, axis=0))
-      k_bskh = constrain(write(cache_k, k_btkh.astype(cache_k.dtype), write_slot_b), RULES.cache_kv)
-      v_bskh = constrain(write(cache_v, v_btkh.astype(cache_v.dtype), write_slot_b), RULES.cache_kv)
-      new_kv = (k_bskh, v_bskh)
+      # row b's T new keys go to slots write_slot[b] .. + T - 1 of its [K, S, H] cache
+      write = jax.vmap(lambda c, new, at: jax.lax.dynamic_update_slice_in_dim(c, new, at, axis=1))
+      to_cache = lambda x_btkh: jnp.swapaxes(x_btkh, 1, 2).astype(cache_k.dtype)
+      k_bksh = constrain(write(cache_k, to_cache(k_btkh), write_slot_b), RULES.cache_kv)
+      v_bksh = constrain(write(cache_v, to_cache(v_btkh), write_slot_b), RULES.cache_kv)
+      new_kv = (k_bksh, v_bksh)
     else:
-      k_bskh, v_bskh, new_kv = k_btkh, v_btkh, None
+      k_bksh, v_bksh, new_kv = jnp.swapaxes(k_btkh, 1, 2), jnp.swapaxes(v_btkh, 1, 2), None
 
     groups = cfg.num_heads // cfg.num_kv_heads
     b, t, _, h = q_btnh.shape
-    q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, groups, h)
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh.astype(dt)).astype(jnp.float32)
-    scores = scores / math.sqrt(h)
+    k_heads = cfg.num_kv_heads
+    q_btkgh = q_btnh.reshape(b, t, k_heads, groups, h)
+    if t == 1 and kv_layer is not None:
+      # a decode step: multiply-and-sum over the cache as laid out (XLA:CPU runs the same
+      # contraction as a dot over [B*K] tiny [G, H] x [H, S] matrices, several times slower)
+      q_bkgh = q_btkgh[:, 0].astype(jnp.float32)
+      scores_bkms = jnp.sum(q_bkgh[:, :, :, None, :] * k_bksh[:, :, None].astype(jnp.float32),
+                            axis=-1)
+    else:
+      # queries as [B, K, G*T, H]: one batched matmul per kv head with the group's queries as
+      # rows, both operands contracting their minor axis (no transposes around the dots)
+      q_bkmh = jnp.transpose(q_btkgh, (0, 2, 3, 1, 4)).reshape(b, k_heads, groups * t, h)
+      scores_bkms = jnp.einsum("BKMH,BKSH->BKMS", q_bkmh, k_bksh.astype(dt))
+    scores_bkgts = scores_bkms.astype(jnp.float32).reshape(b, k_heads, groups, t, -1) / math.sqrt(h)
     # finite fill: a fully masked (padding) query gets uniform weights instead of NaN
-    scores = jnp.where(mask_bts[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out_btkgh = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_bskh.astype(dt))
-    out_btnh = out_btkgh.reshape(b, t, cfg.num_heads, h)
-    out_btd = jnp.einsum("BTNH,NHD->BTD", out_btnh, self.o[...].astype(dt))
+    scores_bkgts = jnp.where(mask_bts[:, None, None, :, :], scores_bkgts,
+                             jnp.finfo(jnp.float32).min)
+    probs_bkms = jax.nn.softmax(scores_bkgts, axis=-1).astype(dt).reshape(scores_bkms.shape)
+    if t == 1 and kv_layer is not None:
+      out_bkmh = jnp.sum(probs_bkms[..., None].astype(jnp.float32)
+                         * v_bksh[:, :, None].astype(jnp.float32), axis=3).astype(dt)
+    else:
+      out_bkmh = jnp.einsum("BKMS,BKSH->BKMH", probs_bkms, v_bksh.astype(dt))
+    out_btkgh = jnp.transpose(out_bkmh.reshape(b, k_heads, groups, t, h), (0, 3, 1, 2, 4))
+    # [B, T, N*H] @ [N*H, D]: a plain matmul over the weight as stored (an einsum over (N, H)
+    # let XLA:CPU re-lay-out the weight on every decode step)
+    out_bte = out_btkgh.reshape(b, t, cfg.num_heads * h)
+    o_ed = self.o[...].astype(dt).reshape(cfg.num_heads * h, -1)
+    out_btd = jnp.einsum("BTE,ED->BTD", out_bte, o_ed)
     return constrain(out_btd, RULES.act_btd), new_kv
 
 
@@ -239,7 +269,7 @@ class Llama(nnx.Module):
     prompt batch is prefilled from slot 0 and its padding slots stay masked."""
     cfg = self.cfg
     dtype = dtype or cfg.compute_dtype
-    shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
     zeros = lambda: constrain(jnp.zeros(shape, dtype), RULES.cache_kv)
     start = jnp.zeros((batch,), jnp.int32) if start_b is None else start_b.astype(jnp.int32)
     return KVCache(tuple(zeros() for _ in range(cfg.num_layers)),
