@@ -20,6 +20,9 @@ prefill_saved_fraction: for 64 real multi-step GSM8K reference solutions (prompt
 draft = solution, one rollout prefix per step but the last), 1 - (tokens fan-out (b) prefills) /
 (tokens a one-prefill-per-prefix sampler prefills); the count against one prefill per rollout
 (K = 8) is reported beside it, and the fan-out path is run on real weights for a few solutions.
+
+The process runs with glibc malloc settings that keep freed memory (`glore_jax/cpu_malloc.py`,
+applied by restarting once); transformers and our sampler run under the same settings.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import jax  # noqa: E402
 
 import roofline  # noqa: E402
 from glore_jax import sampling  # noqa: E402
+from glore_jax.cpu_malloc import reexec_with_malloc_tunables  # noqa: E402
 from glore_jax.model import load_hf  # noqa: E402
 
 BUCKET = 128
@@ -185,8 +189,8 @@ def prefill_savings(tokenizer, model, n_solutions: int, k: int, run_solutions: i
                                   "fan-out (b) vs generate() over the prefixes (fan-out (a) only)"}
   return result
 
-
 def main(argv=None):
+  reexec_with_malloc_tunables()  # the same allocator settings for ours and the baseline
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
   parser.add_argument("--new-tokens", type=int, default=128)

@@ -8,6 +8,10 @@ same run (benchmarks/roofline.py), and writes benchmarks/results/train.json.
 Model FLOPs per step = 6 * params * tokens (the tied embedding counted once, as the LM-head
 matmul) + attention 12 * layers * seq * heads * head_dim * tokens (scores and values, forward and
 backward; the causal half is counted too, as PaLM's MFU convention does).
+
+The process runs with glibc malloc settings that keep freed memory (`glore_jax/cpu_malloc.py`,
+applied by restarting once): XLA:CPU otherwise maps its ~4 GB of step temporaries afresh and
+page-faults them every step. The PyTorch step runs in the same process under the same settings.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.roofline import machine_description, matmul_flops  # noqa: E402
+from glore_jax.cpu_malloc import reexec_with_malloc_tunables  # noqa: E402
 from glore_jax.model import load_hf  # noqa: E402
 from glore_jax.training import TrainConfig, collate_lm, SFTExample  # noqa: E402
 from glore_jax.training.trainer import (TrainState, make_optimizer, make_train_step,  # noqa: E402
@@ -105,6 +110,7 @@ def timed(fn) -> tuple[float, float]:
 
 
 def main() -> None:
+  reexec_with_malloc_tunables()  # the same allocator settings for ours and the baseline
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--seq", type=int, default=512)
@@ -127,6 +133,8 @@ def main() -> None:
     torch_losses.append(torch_fn())  # warm-up
   # The machine may be shared: interleave peak, ours and torch so all three see the same load,
   # and report the fastest repeat of each (the least-disturbed estimate) beside the medians.
+  # A pause after each torch step: its OpenMP workers keep spinning for a while after the
+  # call returns and would otherwise compete with the next measurement for the cores.
   peaks = []
   for _ in range(args.steps):
     peaks.append(matmul_flops())
@@ -137,6 +145,7 @@ def main() -> None:
       t, loss = timed(torch_fn)
       torch_times.append(t)
       torch_losses.append(loss)
+      time.sleep(1.0)
   peaks.append(matmul_flops())
   peak = max(peaks)
   ours_s = min(ours_times)

@@ -79,6 +79,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
+  from glore_jax.cpu_malloc import reexec_with_malloc_tunables
+  reexec_with_malloc_tunables()  # CPU-only installs: keep XLA:CPU's buffers (see cpu_malloc.py)
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
 
 

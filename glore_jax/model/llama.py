@@ -86,6 +86,39 @@ def _project_heads(x_btd: jax.Array, w_dnh: jax.Array) -> jax.Array:
   return y_bte.reshape(*x_btd.shape[:2], n, h)
 
 
+def _attend(q_btkgh, k_bksh, v_bksh, mask_bts):
+  """Grouped-query attention of T queries over S keys, [B, T, K, G, H] -> [B, T, K, G, H]."""
+  b, t, k_heads, groups, h = q_btkgh.shape
+  dt = q_btkgh.dtype
+  # queries as [B, K, G*T, H]: one batched matmul per kv head with the group's queries as rows,
+  # both operands contracting their minor axis (no transposes around the dots)
+  q_bkmh = jnp.transpose(q_btkgh, (0, 2, 3, 1, 4)).reshape(b, k_heads, groups * t, h)
+  scores_bkms = jnp.einsum("BKMH,BKSH->BKMS", q_bkmh, k_bksh.astype(dt))
+  probs_bkgts = _probabilities(scores_bkms.reshape(b, k_heads, groups, t, -1), mask_bts, h)
+  out_bkmh = jnp.einsum("BKMS,BKSH->BKMH", probs_bkgts.astype(dt).reshape(scores_bkms.shape),
+                        v_bksh.astype(dt))
+  return jnp.transpose(out_bkmh.reshape(b, k_heads, groups, t, h), (0, 3, 1, 2, 4))
+
+
+def _attend_one_query(q_b1kgh, k_bksh, v_bksh, mask_b1s):
+  """A decode step's attention as multiply-and-sum over the cache as laid out: XLA:CPU runs the
+  same contraction as a dot over B*K tiny [G, H] x [H, S] matrices, several times slower."""
+  dt = q_b1kgh.dtype
+  q_bkgh = q_b1kgh[:, 0].astype(jnp.float32)
+  scores_bkgs = jnp.sum(q_bkgh[:, :, :, None, :] * k_bksh[:, :, None].astype(jnp.float32), axis=-1)
+  probs_bkgs = _probabilities(scores_bkgs[:, :, :, None, :], mask_b1s, q_bkgh.shape[-1])[:, :, :, 0]
+  out_bkgh = jnp.sum(probs_bkgs[..., None] * v_bksh[:, :, None].astype(jnp.float32), axis=3)
+  return out_bkgh[:, None].astype(dt)
+
+
+def _probabilities(scores_bkgts: jax.Array, mask_bts: jax.Array, head_dim: int) -> jax.Array:
+  """fp32 softmax of scaled scores over the keys the mask allows."""
+  scores_bkgts = scores_bkgts.astype(jnp.float32) / math.sqrt(head_dim)
+  # finite fill: a fully masked (padding) query gets uniform weights instead of NaN
+  scores_bkgts = jnp.where(mask_bts[:, None, None, :, :], scores_bkgts, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(scores_bkgts, axis=-1)
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
@@ -110,8 +143,11 @@ class Attention(nnx.Module):
                              axis=2)
     qkv_btkjh = _project_heads(x_btd, w_dkjh.reshape(d, k_heads * (groups + 2), h)).reshape(
         *x_btd.shape[:2], k_heads, groups + 2, h)
-    q_btnh = qkv_btkjh[:, :, :, :groups].reshape(*x_btd.shape[:2], n, h)
-    k_btkh, v_btkh = qkv_btkjh[:, :, :, groups], qkv_btkjh[:, :, :, groups + 1]
+    # split, not indexing: its gradient is one concatenation rather than a zero-padded copy
+    # of the whole projection per part
+    q_btkgh, k_btk1h, v_btk1h = jnp.split(qkv_btkjh, [groups, groups + 1], axis=3)
+    q_btnh = q_btkgh.reshape(*x_btd.shape[:2], n, h)
+    k_btkh, v_btkh = k_btk1h[:, :, :, 0], v_btk1h[:, :, :, 0]
     q_btnh = constrain(rope(q_btnh, positions_bt, cfg.rope_theta), RULES.act_btnh)
     k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta)
 
@@ -126,32 +162,12 @@ class Attention(nnx.Module):
     else:
       k_bksh, v_bksh, new_kv = jnp.swapaxes(k_btkh, 1, 2), jnp.swapaxes(v_btkh, 1, 2), None
 
-    groups = cfg.num_heads // cfg.num_kv_heads
-    b, t, _, h = q_btnh.shape
-    k_heads = cfg.num_kv_heads
-    q_btkgh = q_btnh.reshape(b, t, k_heads, groups, h)
+    b, t, n, h = q_btnh.shape
+    q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, h)
     if t == 1 and kv_layer is not None:
-      # a decode step: multiply-and-sum over the cache as laid out (XLA:CPU runs the same
-      # contraction as a dot over [B*K] tiny [G, H] x [H, S] matrices, several times slower)
-      q_bkgh = q_btkgh[:, 0].astype(jnp.float32)
-      scores_bkms = jnp.sum(q_bkgh[:, :, :, None, :] * k_bksh[:, :, None].astype(jnp.float32),
-                            axis=-1)
+      out_btkgh = _attend_one_query(q_btkgh, k_bksh, v_bksh, mask_bts)
     else:
-      # queries as [B, K, G*T, H]: one batched matmul per kv head with the group's queries as
-      # rows, both operands contracting their minor axis (no transposes around the dots)
-      q_bkmh = jnp.transpose(q_btkgh, (0, 2, 3, 1, 4)).reshape(b, k_heads, groups * t, h)
-      scores_bkms = jnp.einsum("BKMH,BKSH->BKMS", q_bkmh, k_bksh.astype(dt))
-    scores_bkgts = scores_bkms.astype(jnp.float32).reshape(b, k_heads, groups, t, -1) / math.sqrt(h)
-    # finite fill: a fully masked (padding) query gets uniform weights instead of NaN
-    scores_bkgts = jnp.where(mask_bts[:, None, None, :, :], scores_bkgts,
-                             jnp.finfo(jnp.float32).min)
-    probs_bkms = jax.nn.softmax(scores_bkgts, axis=-1).astype(dt).reshape(scores_bkms.shape)
-    if t == 1 and kv_layer is not None:
-      out_bkmh = jnp.sum(probs_bkms[..., None].astype(jnp.float32)
-                         * v_bksh[:, :, None].astype(jnp.float32), axis=3).astype(dt)
-    else:
-      out_bkmh = jnp.einsum("BKMS,BKSH->BKMH", probs_bkms, v_bksh.astype(dt))
-    out_btkgh = jnp.transpose(out_bkmh.reshape(b, k_heads, groups, t, h), (0, 3, 1, 2, 4))
+      out_btkgh = _attend(q_btkgh, k_bksh, v_bksh, mask_bts)
     # [B, T, N*H] @ [N*H, D]: a plain matmul over the weight as stored (an einsum over (N, H)
     # let XLA:CPU re-lay-out the weight on every decode step)
     out_bte = out_btkgh.reshape(b, t, cfg.num_heads * h)
@@ -173,7 +189,8 @@ class MLP(nnx.Module):
     # gate and up as one [D, 2, F] matmul (concatenated on an unsharded axis)
     w_d2f = jnp.stack([self.gate[...].astype(dt), self.up[...].astype(dt)], axis=1)
     gate_up_bt2f = jnp.einsum("BTD,DJF->BTJF", x_btd, w_d2f)
-    gate_btf, up_btf = gate_up_bt2f[:, :, 0], gate_up_bt2f[:, :, 1]
+    gate_bt1f, up_bt1f = jnp.split(gate_up_bt2f, 2, axis=2)
+    gate_btf, up_btf = gate_bt1f[:, :, 0], up_bt1f[:, :, 0]
     hidden_btf = constrain(jax.nn.silu(gate_btf) * up_btf, RULES.act_btf)
     return constrain(jnp.einsum("BTF,FD->BTD", hidden_btf, self.down[...].astype(dt)), RULES.act_btd)
 
