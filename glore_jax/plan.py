@@ -90,7 +90,9 @@ class Memory:
 def model_config(name: str, *, layers: int | None = None, dtype: str = "bfloat16",
                  param_dtype: str = "float32", remat: bool = True, value_head: bool = False):
   from glore_jax.model.config import preset
-  cfg = preset(name, dtype=dtype, param_dtype=param_dtype, remat=remat, value_head=value_head)
+  # the TPU program: separate q/k/v and gate/up matmuls (the fused ones are an XLA:CPU speed-up)
+  cfg = preset(name, dtype=dtype, param_dtype=param_dtype, remat=remat, value_head=value_head,
+               fuse_projections=False)
   return cfg.replace(num_layers=layers) if layers else cfg
 
 

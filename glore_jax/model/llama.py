@@ -129,25 +129,33 @@ class Attention(nnx.Module):
     self.v = _param(rngs, (d, k, h), pd, RULES.kv_proj)
     self.o = _param(rngs, (n, h, d), pd, RULES.o_proj)
 
-  def __call__(self, x_btd, positions_bt, mask_bts, kv_layer=None, write_slot_b=None):
-    """Attends from T queries to S keys. Without a cache S == T (keys are this call's tokens);
-    with one, this call's keys/values are written at per-row slots and S is the cache size."""
-    cfg, dt = self.cfg, x_btd.dtype
+  def _fused_qkv(self, x_btd):
+    """q, k and v as ONE matmul: each kv head's G query heads, key and value side by side
+    ([D, K, G+2, H], concatenated on an unsharded axis, so tensor shards stay local)."""
+    dt = x_btd.dtype
     d, n, h = self.q.shape
-    k_heads, groups = cfg.num_kv_heads, n // cfg.num_kv_heads
-    # q, k and v as ONE matmul: each kv head's G query heads, key and value side by side
-    # ([D, K, G+2, H], concatenated on an unsharded axis, so tensor shards stay local); one
-    # wide matmul runs faster than three narrow ones and its backward reads x once
+    k_heads = self.cfg.num_kv_heads
+    groups = n // k_heads
     w_dkjh = jnp.concatenate([self.q[...].astype(dt).reshape(d, k_heads, groups, h),
                               self.k[...].astype(dt)[:, :, None], self.v[...].astype(dt)[:, :, None]],
                              axis=2)
     qkv_btkjh = _project_heads(x_btd, w_dkjh.reshape(d, k_heads * (groups + 2), h)).reshape(
         *x_btd.shape[:2], k_heads, groups + 2, h)
-    # split, not indexing: its gradient is one concatenation rather than a zero-padded copy
-    # of the whole projection per part
+    # split, not indexing: its gradient is one concatenation rather than a zero-padded copy of
+    # the whole projection per part
     q_btkgh, k_btk1h, v_btk1h = jnp.split(qkv_btkjh, [groups, groups + 1], axis=3)
-    q_btnh = q_btkgh.reshape(*x_btd.shape[:2], n, h)
-    k_btkh, v_btkh = k_btk1h[:, :, :, 0], v_btk1h[:, :, :, 0]
+    return q_btkgh.reshape(*x_btd.shape[:2], n, h), k_btk1h[:, :, :, 0], v_btk1h[:, :, :, 0]
+
+  def __call__(self, x_btd, positions_bt, mask_bts, kv_layer=None, write_slot_b=None):
+    """Attends from T queries to S keys. Without a cache S == T (keys are this call's tokens);
+    with one, this call's keys/values are written at per-row slots and S is the cache size."""
+    cfg, dt = self.cfg, x_btd.dtype
+    if cfg.fused_projections:
+      q_btnh, k_btkh, v_btkh = self._fused_qkv(x_btd)
+    else:
+      q_btnh = _project_heads(x_btd, self.q[...].astype(dt))
+      k_btkh = _project_heads(x_btd, self.k[...].astype(dt))
+      v_btkh = _project_heads(x_btd, self.v[...].astype(dt))
     q_btnh = constrain(rope(q_btnh, positions_bt, cfg.rope_theta), RULES.act_btnh)
     k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta)
 
@@ -179,6 +187,7 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
     d, f, pd = cfg.hidden_size, cfg.intermediate_size, cfg.weight_dtype
     self.gate = _param(rngs, (d, f), pd, RULES.mlp_in)
     self.up = _param(rngs, (d, f), pd, RULES.mlp_in)
@@ -186,11 +195,14 @@ class MLP(nnx.Module):
 
   def __call__(self, x_btd):
     dt = x_btd.dtype
-    # gate and up as one [D, 2, F] matmul (concatenated on an unsharded axis)
-    w_d2f = jnp.stack([self.gate[...].astype(dt), self.up[...].astype(dt)], axis=1)
-    gate_up_bt2f = jnp.einsum("BTD,DJF->BTJF", x_btd, w_d2f)
-    gate_bt1f, up_bt1f = jnp.split(gate_up_bt2f, 2, axis=2)
-    gate_btf, up_btf = gate_bt1f[:, :, 0], up_bt1f[:, :, 0]
+    if self.cfg.fused_projections:
+      # gate and up as one [D, 2, F] matmul (concatenated on an unsharded axis)
+      w_d2f = jnp.stack([self.gate[...].astype(dt), self.up[...].astype(dt)], axis=1)
+      gate_bt1f, up_bt1f = jnp.split(jnp.einsum("BTD,DJF->BTJF", x_btd, w_d2f), 2, axis=2)
+      gate_btf, up_btf = gate_bt1f[:, :, 0], up_bt1f[:, :, 0]
+    else:
+      gate_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.gate[...].astype(dt))
+      up_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.up[...].astype(dt))
     hidden_btf = constrain(jax.nn.silu(gate_btf) * up_btf, RULES.act_btf)
     return constrain(jnp.einsum("BTF,FD->BTD", hidden_btf, self.down[...].astype(dt)), RULES.act_btd)
 
