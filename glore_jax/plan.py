@@ -194,11 +194,13 @@ def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 25
 
   graphdef, state = nnx.split(_abstract(cfg))
   state = _with_shardings(state, tree_shardings(state, mesh))
-  kv_shape = (batch, cfg.num_kv_heads, cache, cfg.head_dim)
-  kv = jax.ShapeDtypeStruct(kv_shape, cfg.compute_dtype, sharding=named(RULES.cache_kv, kv_shape, mesh))
+  k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, cache)  # the model's KVCache layouts
+  v_shape = (batch, cfg.num_kv_heads, cache, cfg.head_dim)
+  k, v = (jax.ShapeDtypeStruct(shape, cfg.compute_dtype, sharding=named(RULES.cache_kv, shape, mesh))
+          for shape in (k_shape, v_shape))
   rows = lambda shape, dtype, spec=RULES.cache_b: jax.ShapeDtypeStruct(
       shape, dtype, sharding=named(spec, shape, mesh))
-  kv_cache = KVCache(tuple(kv for _ in range(cfg.num_layers)), tuple(kv for _ in range(cfg.num_layers)),
+  kv_cache = KVCache(tuple(k for _ in range(cfg.num_layers)), tuple(v for _ in range(cfg.num_layers)),
                      rows((batch,), jnp.int32), rows((batch,), jnp.int32))
   carry = dict(tokens=rows((batch, max_new_tokens), jnp.int32, RULES.act_bt),
                logprobs=rows((batch, max_new_tokens), jnp.float32, RULES.act_bt),

@@ -200,9 +200,12 @@ def _start(graphdef, state, prefill_cache, hidden_btd, src_r, last_slot_r, keys_
   logits_rv = model.logits(hidden_rd)  # only the positions sampled from
   tokens_r, logprobs_r = sample_logits(jax.vmap(jax.random.fold_in)(keys_r, jnp.zeros_like(src_r)),
                                        logits_rv, params)
-  widen = lambda x: jnp.pad(x[src_r], ((0, 0), (0, 0), (0, cache_size - x.shape[2]), (0, 0)))
-  cache = KVCache(tuple(constrain(widen(k), RULES.cache_kv) for k in prefill_cache.k),
-                  tuple(constrain(widen(v), RULES.cache_kv) for v in prefill_cache.v),
+  def widen(x, slot_axis):  # rows gathered, slots padded to the decode cache's size
+    pad = [(0, 0)] * x.ndim
+    pad[slot_axis] = (0, cache_size - x.shape[slot_axis])
+    return constrain(jnp.pad(x[src_r], pad), RULES.cache_kv)
+  cache = KVCache(tuple(widen(k, 3) for k in prefill_cache.k),  # [B, K, H, S]
+                  tuple(widen(v, 2) for v in prefill_cache.v),  # [B, K, S, H]
                   _rows(prefill_cache.start[src_r]), _rows(last_slot_r + 1))
   r = src_r.shape[0]
   out_tokens = _rows(jnp.full((r, max_new_tokens), _PAD_ID, jnp.int32).at[:, 0].set(tokens_r))

@@ -30,8 +30,11 @@ def _param(rngs: nnx.Rngs, shape, dtype, spec: P, *, std: float = _INIT_STD) -> 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-  """Keys/values per layer, [B, K, S, H] each (head-major: one decode step reads each head's
-  slots contiguously and needs no per-step transpose), plus per-row slot bookkeeping.
+  """Keys [B, K, H, S] and values [B, K, S, H] per layer, plus per-row slot bookkeeping.
+
+  Head-major, and laid out so that a decode step's two reductions over the cache run along its
+  major axis with the minor one in vector lanes: scores sum over H with S in lanes, the output
+  sums over S with H in lanes (no per-step transposes; ~20% faster than keys as [B, K, S, H]).
 
   Row b holds real tokens in slots [start[b], length[b]); slots before `start` are left
   padding. The next token of row b is written at slot length[b] with position
@@ -47,7 +50,7 @@ class KVCache:
 
   @property
   def size(self) -> int:
-    return self.k[0].shape[2]
+    return self.v[0].shape[2]
 
   @property
   def batch(self) -> int:
@@ -86,26 +89,26 @@ def _project_heads(x_btd: jax.Array, w_dnh: jax.Array) -> jax.Array:
   return y_bte.reshape(*x_btd.shape[:2], n, h)
 
 
-def _attend(q_btkgh, k_bksh, v_bksh, mask_bts):
+def _attend(q_btkgh, k_bkhs, v_bksh, mask_bts):
   """Grouped-query attention of T queries over S keys, [B, T, K, G, H] -> [B, T, K, G, H]."""
   b, t, k_heads, groups, h = q_btkgh.shape
   dt = q_btkgh.dtype
   # queries as [B, K, G*T, H]: one batched matmul per kv head with the group's queries as rows,
   # both operands contracting their minor axis (no transposes around the dots)
   q_bkmh = jnp.transpose(q_btkgh, (0, 2, 3, 1, 4)).reshape(b, k_heads, groups * t, h)
-  scores_bkms = jnp.einsum("BKMH,BKSH->BKMS", q_bkmh, k_bksh.astype(dt))
+  scores_bkms = jnp.einsum("BKMH,BKHS->BKMS", q_bkmh, k_bkhs.astype(dt))
   probs_bkgts = _probabilities(scores_bkms.reshape(b, k_heads, groups, t, -1), mask_bts, h)
   out_bkmh = jnp.einsum("BKMS,BKSH->BKMH", probs_bkgts.astype(dt).reshape(scores_bkms.shape),
                         v_bksh.astype(dt))
   return jnp.transpose(out_bkmh.reshape(b, k_heads, groups, t, h), (0, 3, 1, 2, 4))
 
 
-def _attend_one_query(q_b1kgh, k_bksh, v_bksh, mask_b1s):
+def _attend_one_query(q_b1kgh, k_bkhs, v_bksh, mask_b1s):
   """A decode step's attention as multiply-and-sum over the cache as laid out: XLA:CPU runs the
   same contraction as a dot over B*K tiny [G, H] x [H, S] matrices, several times slower."""
   dt = q_b1kgh.dtype
   q_bkgh = q_b1kgh[:, 0].astype(jnp.float32)
-  scores_bkgs = jnp.sum(q_bkgh[:, :, :, None, :] * k_bksh[:, :, None].astype(jnp.float32), axis=-1)
+  scores_bkgs = jnp.sum(q_bkgh[..., None] * k_bkhs[:, :, None].astype(jnp.float32), axis=3)
   probs_bkgs = _probabilities(scores_bkgs[:, :, :, None, :], mask_b1s, q_bkgh.shape[-1])[:, :, :, 0]
   out_bkgh = jnp.sum(probs_bkgs[..., None] * v_bksh[:, :, None].astype(jnp.float32), axis=3)
   return out_bkgh[:, None].astype(dt)
@@ -160,22 +163,24 @@ class Attention(nnx.Module):
     k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta)
 
     if kv_layer is not None:
-      cache_k, cache_v = kv_layer
+      cache_k, cache_v = kv_layer  # [B, K, H, S], [B, K, S, H]
       # row b's T new keys go to slots write_slot[b] .. + T - 1 of its [K, S, H] cache
-      write = jax.vmap(lambda c, new, at: jax.lax.dynamic_update_slice_in_dim(c, new, at, axis=1))
-      to_cache = lambda x_btkh: jnp.swapaxes(x_btkh, 1, 2).astype(cache_k.dtype)
-      k_bksh = constrain(write(cache_k, to_cache(k_btkh), write_slot_b), RULES.cache_kv)
-      v_bksh = constrain(write(cache_v, to_cache(v_btkh), write_slot_b), RULES.cache_kv)
-      new_kv = (k_bksh, v_bksh)
+      def write(cache_bk__, new_bk__, axis):
+        at_slot = lambda c, new, at: jax.lax.dynamic_update_slice_in_dim(c, new, at, axis=axis)
+        return constrain(jax.vmap(at_slot)(cache_bk__, new_bk__.astype(cache_bk__.dtype),
+                                           write_slot_b), RULES.cache_kv)
+      k_bkhs = write(cache_k, jnp.transpose(k_btkh, (0, 2, 3, 1)), axis=2)
+      v_bksh = write(cache_v, jnp.swapaxes(v_btkh, 1, 2), axis=1)
+      new_kv = (k_bkhs, v_bksh)
     else:
-      k_bksh, v_bksh, new_kv = jnp.swapaxes(k_btkh, 1, 2), jnp.swapaxes(v_btkh, 1, 2), None
+      k_bkhs, v_bksh, new_kv = jnp.transpose(k_btkh, (0, 2, 3, 1)), jnp.swapaxes(v_btkh, 1, 2), None
 
     b, t, n, h = q_btnh.shape
     q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, h)
     if t == 1 and kv_layer is not None:
-      out_btkgh = _attend_one_query(q_btkgh, k_bksh, v_bksh, mask_bts)
+      out_btkgh = _attend_one_query(q_btkgh, k_bkhs, v_bksh, mask_bts)
     else:
-      out_btkgh = _attend(q_btkgh, k_bksh, v_bksh, mask_bts)
+      out_btkgh = _attend(q_btkgh, k_bkhs, v_bksh, mask_bts)
     # [B, T, N*H] @ [N*H, D]: a plain matmul over the weight as stored (an einsum over (N, H)
     # let XLA:CPU re-lay-out the weight on every decode step)
     out_bte = out_btkgh.reshape(b, t, cfg.num_heads * h)
@@ -309,11 +314,12 @@ class Llama(nnx.Module):
     prompt batch is prefilled from slot 0 and its padding slots stay masked."""
     cfg = self.cfg
     dtype = dtype or cfg.compute_dtype
-    shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
-    zeros = lambda: constrain(jnp.zeros(shape, dtype), RULES.cache_kv)
+    k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, size)
+    v_shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
+    zeros = lambda shape: constrain(jnp.zeros(shape, dtype), RULES.cache_kv)
     start = jnp.zeros((batch,), jnp.int32) if start_b is None else start_b.astype(jnp.int32)
-    return KVCache(tuple(zeros() for _ in range(cfg.num_layers)),
-                   tuple(zeros() for _ in range(cfg.num_layers)),
+    return KVCache(tuple(zeros(k_shape) for _ in range(cfg.num_layers)),
+                   tuple(zeros(v_shape) for _ in range(cfg.num_layers)),
                    start, jnp.zeros((batch,), jnp.int32))
 
 

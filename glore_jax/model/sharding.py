@@ -47,7 +47,7 @@ class ShardingRules:
   act_btv: P = P(BATCH, None, "tensor")  # [B, T, V]
   act_bt: P = P(BATCH, None)  # [B, T] tokens, positions, masks, values
   # KV cache
-  cache_kv: P = P(BATCH, "tensor", None, None)  # [B, K, S, H]
+  cache_kv: P = P(BATCH, "tensor", None, None)  # keys [B, K, H, S], values [B, K, S, H]
   cache_b: P = P(BATCH)  # [B] per-row start and length
 
 
