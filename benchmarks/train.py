@@ -131,6 +131,7 @@ def main() -> None:
   torch_losses, torch_times = [], []
   if torch_fn:
     torch_losses += [torch_fn(), torch_fn()]  # warm-up
+    time.sleep(1.0)
   # The machine may be shared: interleave peak, ours and torch so all three see the same load,
   # and report the fastest repeat of each (the least-disturbed estimate) beside the medians.
   # A pause after each torch step: its OpenMP workers keep spinning for a while after the
