@@ -141,7 +141,10 @@ def sample_logits(keys_r: jax.Array, logits_rv: jax.Array, params: SamplingParam
         scaled_rv = _top_p_filter(scaled_rv, params.top_p)
       tokens_r = categorical(keys_r, scaled_rv)
     tokens_r = tokens_r.astype(jnp.int32)
-  logprobs_r = jnp.take_along_axis(jax.nn.log_softmax(logits_rv, axis=-1), tokens_r[:, None], -1)[:, 0]
+  # log softmax at the drawn token only: reductions over the vocabulary, no [R, V] result array
+  top_r = jnp.max(logits_rv, axis=-1)
+  log_z_r = top_r + jnp.log(jnp.sum(jnp.exp(logits_rv - top_r[:, None]), axis=-1))
+  logprobs_r = jnp.take_along_axis(logits_rv, tokens_r[:, None], -1)[:, 0] - log_z_r
   return tokens_r, logprobs_r
 
 
