@@ -43,9 +43,8 @@ def should_reexec(env: dict[str, str] | None = None) -> bool:
   platforms = env.get("JAX_PLATFORMS", "")
   if platforms and set(platforms.split(",")) != {"cpu"}:
     return False
-  if not platforms and any(importlib.util.find_spec(m) for m in _ACCELERATOR_MODULES):
-    return False
-  return True
+  # no JAX_PLATFORMS: JAX picks an accelerator when its plugin is installed
+  return bool(platforms) or not any(importlib.util.find_spec(m) for m in _ACCELERATOR_MODULES)
 
 
 def environment_with_tunables(env: dict[str, str] | None = None) -> dict[str, str]:
