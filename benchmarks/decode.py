@@ -111,8 +111,8 @@ def hf(hf_model, tokenizer, prompts, new_tokens):
 def timed_pair(a, b, repeats: int):
   """Warm both up, then time them alternately (`repeats` each) so both see the same load; a
   pause after each torch call lets its spinning OpenMP workers go idle before ours runs.
-  -> (seconds a, seconds b, last output a, last output b)."""
-  (run_a, warm_a, _), (run_b, warm_b, _) = a, b
+  -> (seconds a, seconds b, tokens of a's last output, tokens of b's last output)."""
+  (run_a, warm_a, tokens_a), (run_b, warm_b, tokens_b) = a, b
   warm_a()
   warm_b()
   time.sleep(1.0)
@@ -125,7 +125,7 @@ def timed_pair(a, b, repeats: int):
     out_b = run_b()
     times_b.append(time.perf_counter() - start)
     time.sleep(1.0)
-  return times_a, times_b, a[2](out_a), b[2](out_b)
+  return times_a, times_b, tokens_a(out_a), tokens_b(out_b)
 
 
 def ideal_seconds(cfg, batch: int, prompt_len: int, new_tokens: int, flops: float, bandwidth: float):

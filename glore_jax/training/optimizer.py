@@ -34,6 +34,8 @@ class AdamWState:
 
 @dataclasses.dataclass(frozen=True)
 class FusedAdamW:
+  """AdamW (decoupled weight decay) after optional global-norm clipping; see the module doc."""
+
   schedule: optax.Schedule
   b1: float = 0.9
   b2: float = 0.999
@@ -48,10 +50,12 @@ class FusedAdamW:
     return AdamWState(count=jnp.zeros((), jnp.int32), mu=zeros(params), nu=zeros(params))
 
   def update(self, grads, state: AdamWState, params, *, grad_scale=1.0, skip=False):
-    """-> (new params, new state, update applied?, gradient norm). The gradients used are `grads * grad_scale` (e.g. 1 /
-    the batch's target count), clipped to `clip_norm`. When `skip` is true, or the gradient norm
-    or the learning rate is not finite, params and moments come back bit-identical and the count does not advance.
-    The norm returned is that of the scaled gradients before clipping."""
+    """-> (new params, new state, update applied?, gradient norm).
+
+    The gradients used are `grads * grad_scale` (e.g. 1 / the batch's target count), clipped to
+    `clip_norm`. When `skip` is true, or the gradient norm or the learning rate is not finite,
+    params and moments come back bit-identical and the count does not advance. The norm
+    returned is that of the scaled gradients before clipping."""
     grad_norm = optax.global_norm(grads) * grad_scale
     lr = self.schedule(state.count)
     # finite gradients (clipped or not) and a finite rate keep moments and parameters finite

@@ -36,7 +36,7 @@ def test_matches_optax_chain_over_steps(clip, grad_size):
                                    mask=_decay_mask))
   ours = FusedAdamW(SCHEDULE, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, decay_mask=_decay_mask,
                     clip_norm=clip)
-  ref_p, ref_s = _params(), None
+  ref_p = _params()
   ref_s = ref_tx.init(ref_p)
   p, s = _params(), ours.init(_params())
   denom = 4.0
