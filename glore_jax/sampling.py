@@ -112,13 +112,32 @@ def _top_p_filter(scaled_rv: jax.Array, top_p: float) -> jax.Array:
   return jnp.where(scaled_rv >= threshold, scaled_rv, -jnp.inf)
 
 
-def _first_argmax(x_rv: jax.Array) -> jax.Array:
-  """argmax over the last axis (the first index on ties) as two plain reductions: XLA:CPU runs
+def _first_argmax(x: jax.Array, axis: int = -1) -> jax.Array:
+  """argmax along `axis` (the first index on ties) as two plain reductions: XLA:CPU runs
   argmax's (value, index) pair reduction several times slower over a 49k vocabulary."""
-  top_r1 = jnp.max(x_rv, axis=-1, keepdims=True)
-  index_v = jnp.arange(x_rv.shape[-1], dtype=jnp.int32)
-  first = jnp.min(jnp.where(x_rv == top_r1, index_v, x_rv.shape[-1]), axis=-1)
-  return jnp.minimum(first, x_rv.shape[-1] - 1).astype(jnp.int32)  # NaN rows: a valid id
+  size = x.shape[axis]
+  top = jnp.max(x, axis=axis, keepdims=True)
+  index_shape = [1] * x.ndim
+  index_shape[axis] = size
+  index = jnp.arange(size, dtype=jnp.int32).reshape(index_shape)
+  first = jnp.min(jnp.where(x == top, index, size), axis=axis)
+  return jnp.minimum(first, size - 1).astype(jnp.int32)  # NaN rows: a valid id
+
+
+def _token_logprobs(logits: jax.Array, tokens_r: jax.Array, axis: int = -1) -> jax.Array:
+  """log softmax at the drawn tokens: reductions over the vocabulary `axis`, no result array
+  the size of the logits."""
+  top = jnp.max(logits, axis=axis, keepdims=True)
+  log_z_r = jnp.squeeze(top, axis) + jnp.log(jnp.sum(jnp.exp(logits - top), axis=axis))
+  picked_r = jnp.squeeze(jnp.take_along_axis(logits, jnp.expand_dims(tokens_r, axis), axis), axis)
+  return picked_r - log_z_r
+
+
+def _greedy_vocab_major(logits_vr: jax.Array):
+  """`sample_logits` with greedy params for logits laid out [V, R]: (tokens [R], logprobs [R])."""
+  logits_vr = logits_vr.astype(jnp.float32)
+  tokens_r = _first_argmax(logits_vr, axis=0)
+  return tokens_r, _token_logprobs(logits_vr, tokens_r, axis=0)
 
 
 def sample_logits(keys_r: jax.Array, logits_rv: jax.Array, params: SamplingParams):
@@ -141,11 +160,7 @@ def sample_logits(keys_r: jax.Array, logits_rv: jax.Array, params: SamplingParam
         scaled_rv = _top_p_filter(scaled_rv, params.top_p)
       tokens_r = categorical(keys_r, scaled_rv)
     tokens_r = tokens_r.astype(jnp.int32)
-  # log softmax at the drawn token only: reductions over the vocabulary, no [R, V] result array
-  top_r = jnp.max(logits_rv, axis=-1)
-  log_z_r = top_r + jnp.log(jnp.sum(jnp.exp(logits_rv - top_r[:, None]), axis=-1))
-  logprobs_r = jnp.take_along_axis(logits_rv, tokens_r[:, None], -1)[:, 0] - log_z_r
-  return tokens_r, logprobs_r
+  return tokens_r, _token_logprobs(logits_rv, tokens_r)
 
 
 def row_keys(seed: int, ids_rm: np.ndarray) -> np.ndarray:
@@ -218,6 +233,15 @@ def _start(graphdef, state, prefill_cache, hidden_btd, src_r, last_slot_r, keys_
                      step=jnp.ones((), jnp.int32))
 
 
+# greedy decode steps of this many rows take the LM head as [V, D] x [D, R] on the CPU backend
+# (faster there from 8 rows; 1 row is a matrix-vector product either way and ran slower so)
+VOCAB_MAJOR_MIN_ROWS = 8
+
+
+def _vocab_major(rows: int) -> bool:
+  return rows >= VOCAB_MAJOR_MIN_ROWS and jax.default_backend() == "cpu"
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "params"), donate_argnames=("cache", "carry"))
 def _decode(graphdef, state, cache, carry, keys_r, eos_ids, stop_ids, limit, *, params):
   """Decodes until every row has finished or `carry['step']` reaches `limit`."""
@@ -231,10 +255,12 @@ def _decode(graphdef, state, cache, carry, keys_r, eos_ids, stop_ids, limit, *, 
   def body(loop):
     cache, c = loop
     hidden_r1d, cache = model.forward(c["last"][:, None], cache=cache)
-    logits_rv = model.logits(hidden_r1d[:, 0])
     step = c["step"]
-    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_r, step)
-    tokens_r, logprobs_r = sample_logits(step_keys, logits_rv, params)
+    if params.greedy and _vocab_major(hidden_r1d.shape[0]):
+      tokens_r, logprobs_r = _greedy_vocab_major(model.logits_vocab_major(hidden_r1d[:, 0]))
+    else:
+      step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_r, step)
+      tokens_r, logprobs_r = sample_logits(step_keys, model.logits(hidden_r1d[:, 0]), params)
     running = c["finish"] == _RUNNING
     tokens_r = jnp.where(running, tokens_r, _PAD_ID)
     logprobs_r = jnp.where(running, logprobs_r, 0.0)

@@ -57,9 +57,13 @@ def _teacher_forced_batch(model, prompts, outputs):
   return [logits[i, len(p) - 1:len(p) - 1 + len(t)] for i, (p, t) in enumerate(zip(prompts, outputs))]
 
 
-def test_greedy_equals_stepwise_argmax_of_full_forward(model):
+# 6 prompts decode as 8 rows (attention as batched dots, the vocabulary-major LM head on CPU),
+# 3 as 4 rows (multiply-and-sum attention, the row-major head): both decode paths
+@pytest.mark.parametrize("lengths", [[1, 3, 7, 16, 17, 30], [2, 9, 20]], ids=["8-rows", "4-rows"])
+def test_greedy_equals_stepwise_argmax_of_full_forward(model, lengths):
+  assert (len(lengths) > 4) == sampling._vocab_major(sampling._pow2(len(lengths)))
   rng = np.random.default_rng(0)
-  prompts = _prompts(rng, [1, 3, 7, 16, 17, 30])  # ragged, across two length buckets
+  prompts = _prompts(rng, lengths)  # ragged, across two length buckets
   out = sampling.generate(model, prompts, max_new_tokens=MAX_NEW, eos_token_id=None)
   all_logits = _teacher_forced_batch(model, prompts, [r[0].tokens for r in out])
   for (sample,), logits in zip(out, all_logits):
@@ -211,6 +215,23 @@ def test_top_k_top_p_property(rules, seed, scale):
   probs = probs[order[:top_k]] / probs[order[:top_k]].sum()
   kept = int(np.sum(np.cumsum(probs) - probs < top_p - 1e-6)) + 1  # slack for fp rounding
   assert drawn <= set(order[:kept].tolist())
+
+
+def test_vocabulary_major_greedy_equals_sample_logits():
+  rng = np.random.default_rng(11)
+  logits_rv = rng.normal(size=(8, 50)).astype(np.float32) * 4
+  logits_rv[1, [7, 30]] = logits_rv[1].max() + 1.0  # a tie: the first index wins
+  logits_rv[2, :] = logits_rv[2, 0]  # all equal
+  logits_rv[3, 5] = np.nan  # NaN row: still a valid id
+  keys = jax.random.split(jax.random.key(0), 8)
+  tokens, logprobs = sampling.sample_logits(keys, jnp.asarray(logits_rv), sampling.SamplingParams(0.0))
+  tokens_vm, logprobs_vm = sampling._greedy_vocab_major(jnp.asarray(logits_rv.T))
+  assert np.asarray(tokens_vm).tolist() == np.asarray(tokens).tolist()
+  assert np.asarray(tokens)[1] == 7 and np.asarray(tokens)[2] == 0 and 0 <= np.asarray(tokens)[3] < 50
+  np.testing.assert_allclose(logprobs_vm, logprobs, atol=1e-6)
+  finite = [0, 1, 2, 4, 5, 6, 7]
+  expected = jax.nn.log_softmax(logits_rv[finite], -1)[np.arange(7), np.asarray(tokens)[finite]]
+  np.testing.assert_allclose(np.asarray(logprobs_vm)[finite], expected, atol=1e-5)
 
 
 def test_top_k_1_sampling_is_greedy(model):
