@@ -8,7 +8,7 @@ test questions (chat template, at most 128 tokens, our prompt bucket 128), greed
 EOS ignored by both sides so every row generates exactly 128 tokens. transformers runs PyTorch on
 the CPU with 2 threads, prompts left-padded to the batch's longest (its usual use). Tokens/s =
 batch * new tokens / wall time of the whole call (prefill included), median of the timed repeats
-(3 each, ours and transformers alternating), after one untimed warm-up run of each (our compile;
+(5 each, ours and transformers alternating), after one untimed warm-up run of each (our compile;
 torch's first-call overheads).
 
 Roofline: matmul FLOP/s and memory bandwidth are measured in the same run (benchmarks/roofline.py,
@@ -128,16 +128,18 @@ def timed_pair(a, b, repeats: int):
   return times_a, times_b, tokens_a(out_a), tokens_b(out_b)
 
 
-def ideal_seconds(cfg, batch: int, prompt_len: int, new_tokens: int, flops: float, bandwidth: float):
-  """Roofline time of one call: prefill over the padded bucket, then `new_tokens - 1` decode
-  steps (the first new token comes from the prefill's logits) with a cache of bucket + new slots."""
+def ideal_seconds(cfg, prompt_lens: list[int], new_tokens: int, flops: float, bandwidth: float):
+  """Roofline time of one call: prefill over the prompt tokens (padding is not needed work),
+  then `new_tokens - 1` decode steps (the first new token comes from the prefill's logits), each
+  row attending over its prompt and, on average, half the new tokens."""
+  batch, prompt_tokens = len(prompt_lens), sum(prompt_lens)
   d, f, v, n, k, h, layers = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_heads,
                               cfg.num_kv_heads, cfg.head_dim, cfg.num_layers)
   body_params = layers * (d * h * (2 * n + 2 * k) + 3 * d * f)
   weight_bytes = 4 * (cfg.num_params())
-  slots = prompt_len + new_tokens
-  # prefill: every prompt position through the body, attention over the prompt, LM head once per row
-  pre_flops = 2 * batch * prompt_len * body_params + 4 * batch * layers * n * h * prompt_len ** 2 / 2 \
+  slots = prompt_tokens / batch + new_tokens / 2  # mean keys per row and step
+  # prefill: every prompt token through the body, causal attention, LM head once per row
+  pre_flops = 2 * prompt_tokens * body_params + 2 * layers * n * h * sum(x * x for x in prompt_lens) \
       + 2 * batch * d * v
   pre = max(pre_flops / flops, weight_bytes / bandwidth)
   step_flops = 2 * batch * (body_params + d * v) + 4 * batch * layers * n * h * slots
@@ -205,7 +207,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
   parser.add_argument("--new-tokens", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each side")
+  parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each side")
   parser.add_argument("--threads", type=int, default=2, help="torch threads")
   parser.add_argument("--solutions", type=int, default=64)
   parser.add_argument("--run-solutions", type=int, default=4)
@@ -252,7 +254,8 @@ def main(argv=None):
   flops_after, bw_after = roofline.matmul_flops(), roofline.memory_bandwidth()
   flops, bandwidth = max(flops_before, flops_after), max(bw_before, bw_after)
   for b, entry in batches.items():
-    ideal = ideal_seconds(model.cfg, int(b), BUCKET, args.new_tokens, flops, bandwidth)
+    ideal = ideal_seconds(model.cfg, [len(p) for p in prompts[:int(b)]], args.new_tokens, flops,
+                          bandwidth)
     entry["roofline_fraction"] = round(ideal / statistics.median(entry["ours_seconds"]), 3)
 
   savings = prefill_savings(tokenizer, model, args.solutions, 8, args.run_solutions)
@@ -270,7 +273,7 @@ def main(argv=None):
           "how": ("median of 7 jitted fp32 [1024,1536]x[1536,1536] matmuls (FLOP/s) and of 7 jitted "
                   "sums over a 512 MiB array (bytes/s), before and after the timings, the better "
                   "of the two; roofline_fraction = ideal time (max of FLOP and byte bounds, prefill "
-                  "+ every decode step incl. KV-cache reads) / measured time; the top-level figure "
+                  "of the prompt tokens + every decode step incl. KV-cache reads) / measured time; the top-level figure "
                   "is the smallest batch's, per-batch figures sit in 'batches'"),
       },
       "prefill": savings,

@@ -198,12 +198,13 @@ def _rows(x):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _prefill(graphdef, state, tokens_bt, start_b):
-  """Left-padded prompts [B, T] into a fresh T-slot cache; hidden states of every position."""
+def _prefill(graphdef, state, tokens_bt, start_b, packed_n):
+  """Left-padded prompts [B, T] into a fresh T-slot cache; hidden states of every position
+  (zeros at padding when `packed_n` lists the prompt tokens to compute)."""
   model = nnx.merge(graphdef, state)
   b, t = tokens_bt.shape
   cache = model.init_cache(b, t, start_b=start_b)
-  hidden_btd, cache = model.forward(tokens_bt, cache=cache)
+  hidden_btd, cache = model.forward(tokens_bt, cache=cache, packed_n=packed_n)
   return hidden_btd, cache
 
 
@@ -396,8 +397,23 @@ class _Engine:
       tokens[i, t - len(s):] = s
       start[i] = t - len(s)
     hidden, cache = _prefill(self.graphdef, self.state, _put(tokens, self.mesh, RULES.act_bt),
-                             _put(start, self.mesh, RULES.cache_b))
+                             _put(start, self.mesh, RULES.cache_b), self._packing(start, t))
     return start, hidden, cache
+
+  def _packing(self, start: np.ndarray, t: int) -> np.ndarray | None:
+    """Flat positions of the prompt tokens of a left-padded [B, T] batch, rounded up to the next
+    of B*T/2, 3B*T/4 (fillers point past the end), or None when that saves nothing. Only
+    unsharded: the projections and MLP then skip the padding (at most 3 prefill programs per
+    batch bucket)."""
+    if self.mesh is not None:
+      return None
+    b = len(start)
+    slots_bt = np.arange(t)[None, :]
+    index_n = (np.arange(b)[:, None] * t + slots_bt)[slots_bt >= start[:, None]]
+    n = next((k * b * t // 4 for k in (2, 3) if len(index_n) <= k * b * t // 4), None)
+    if n is None:
+      return None
+    return np.concatenate([index_n, np.full(n - len(index_n), b * t)]).astype(np.int32)
 
   def _decode_rows(self, rows: list[_Row], local, start, hidden, prefill_cache) -> list[Sample]:
     n = len(rows)

@@ -89,6 +89,20 @@ def rope(x_btnh: jax.Array, cos_sin_bth: tuple[jax.Array, jax.Array]) -> jax.Arr
   return (x * cos + rotated * sin).astype(x_btnh.dtype)
 
 
+def pack_rows(x_bt: jax.Array, index_n: jax.Array) -> jax.Array:
+  """[B, T, ...] -> [1, N, ...]: the entries at flat positions `index_n` (b * T + t); an index
+  past the end (a filler that rounds N up to its bucket) gives zeros."""
+  b, t = x_bt.shape[:2]
+  flat = x_bt.reshape(b * t, *x_bt.shape[2:])
+  return flat.at[index_n].get(mode="fill", fill_value=0)[None]
+
+
+def unpack_rows(x_1n: jax.Array, index_n: jax.Array, b: int, t: int) -> jax.Array:
+  """The inverse of `pack_rows`: [1, N, ...] -> [B, T, ...], zeros where nothing was packed."""
+  flat = jnp.zeros((b * t, *x_1n.shape[2:]), x_1n.dtype).at[index_n].set(x_1n[0], mode="drop")
+  return flat.reshape(b, t, *x_1n.shape[2:])
+
+
 def _project_heads(x_btd: jax.Array, w_dnh: jax.Array) -> jax.Array:
   """x @ w as one [D] x [D, N*H] matmul over the weight as stored, then split into heads."""
   d, n, h = w_dnh.shape
@@ -169,9 +183,10 @@ class Attention(nnx.Module):
     q_btkgh, k_btk1h, v_btk1h = jnp.split(qkv_btkjh, [groups, groups + 1], axis=3)
     return q_btkgh.reshape(*x_btd.shape[:2], n, h), k_btk1h[:, :, :, 0], v_btk1h[:, :, :, 0]
 
-  def __call__(self, x_btd, rope_bth, mask_bts, kv_layer=None, write_slot_b=None):
+  def __call__(self, x_btd, rope_bth, mask_bts, kv_layer=None, write_slot_b=None, packed_n=None):
     """Attends from T queries to S keys. Without a cache S == T (keys are this call's tokens);
-    with one, this call's keys/values are written at per-row slots and S is the cache size."""
+    with one, this call's keys/values are written at per-row slots and S is the cache size.
+    With `packed_n`, x is [1, N, D]: the tokens at those flat positions of the [B, T] rows."""
     cfg, dt = self.cfg, x_btd.dtype
     if cfg.fused_projections:
       q_btnh, k_btkh, v_btkh = self._fused_qkv(x_btd)
@@ -179,6 +194,9 @@ class Attention(nnx.Module):
       q_btnh = _project_heads(x_btd, self.q[...].astype(dt))
       k_btkh = _project_heads(x_btd, self.k[...].astype(dt))
       v_btkh = _project_heads(x_btd, self.v[...].astype(dt))
+    if packed_n is not None:  # rows again for the cache and attention
+      b, t = mask_bts.shape[:2]
+      q_btnh, k_btkh, v_btkh = (unpack_rows(x, packed_n, b, t) for x in (q_btnh, k_btkh, v_btkh))
     q_btnh = constrain(rope(q_btnh, rope_bth), RULES.act_btnh)
     k_btkh = rope(k_btkh, rope_bth)
 
@@ -204,6 +222,8 @@ class Attention(nnx.Module):
     # [B, T, N*H] @ [N*H, D]: a plain matmul over the weight as stored (an einsum over (N, H)
     # let XLA:CPU re-lay-out the weight on every decode step)
     out_bte = out_btkgh.reshape(b, t, cfg.num_heads * h)
+    if packed_n is not None:
+      out_bte = pack_rows(out_bte, packed_n)
     o_ed = self.o[...].astype(dt).reshape(cfg.num_heads * h, -1)
     out_btd = jnp.einsum("BTE,ED->BTD", out_bte, o_ed)
     return constrain(out_btd, RULES.act_btd), new_kv
@@ -241,9 +261,9 @@ class Block(nnx.Module):
     self.mlp_norm = nnx.Param(jnp.ones((cfg.hidden_size,), cfg.weight_dtype), partition=tuple(RULES.norm))
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_btd, rope_bth, mask_bts, kv_layer=None, write_slot_b=None):
+  def __call__(self, x_btd, rope_bth, mask_bts, kv_layer=None, write_slot_b=None, packed_n=None):
     attn_out, new_kv = self.attn(rms_norm(x_btd, self.attn_norm[...], self.eps), rope_bth,
-                                 mask_bts, kv_layer, write_slot_b)
+                                 mask_bts, kv_layer, write_slot_b, packed_n)
     x_btd = x_btd + attn_out
     x_btd = x_btd + self.mlp(rms_norm(x_btd, self.mlp_norm[...], self.eps))
     return x_btd, new_kv
@@ -268,13 +288,17 @@ class Llama(nnx.Module):
     hidden_btd, _ = self.forward(tokens_bt, positions_bt=positions_bt, attention_mask_bt=attention_mask_bt)
     return self.logits(hidden_btd)
 
-  def forward(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None, cache: KVCache | None = None):
+  def forward(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None,
+              cache: KVCache | None = None, packed_n: jax.Array | None = None):
     """Final hidden states [B, T, D] (after the last RMSNorm) and the updated cache.
 
     Without a cache: a causal pass over `tokens_bt`; `attention_mask_bt` (1 = real token)
     hides padding keys; positions default to 0..T-1.
     With a cache: the T tokens of row b go to slots length[b]..length[b]+T-1 at positions
     slot - start[b]; keys are every valid slot up to the query's own.
+    `packed_n` (with a cache, for a prefill): flat positions b * T + t of the tokens worth
+    computing (not padding), indices past B * T fill the bucket; the position-wise layers run on
+    those N tokens only and the other hidden states come back as zeros.
     """
     cfg = self.cfg
     b, t = tokens_bt.shape
@@ -297,17 +321,23 @@ class Llama(nnx.Module):
     rope_bth = rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta)
     x_btd = jnp.take(self.embedding[...], tokens_bt, axis=0).astype(cfg.compute_dtype)
     x_btd = constrain(x_btd, RULES.act_btd)
+    if packed_n is not None:
+      if cache is None:
+        raise ValueError("packed_n is a prefill option: it needs a cache")
+      x_btd = pack_rows(x_btd, packed_n)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       kv_layer = None if cache is None else (cache.k[i], cache.v[i])
       if cfg.remat and cache is None:
         x_btd, kv = nnx.remat(Block.__call__)(layer, x_btd, rope_bth, mask_bts)
       else:
-        x_btd, kv = layer(x_btd, rope_bth, mask_bts, kv_layer, write_slot_b)
+        x_btd, kv = layer(x_btd, rope_bth, mask_bts, kv_layer, write_slot_b, packed_n)
       if kv is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])
     hidden_btd = rms_norm(x_btd, self.final_norm[...], cfg.rms_norm_eps)
+    if packed_n is not None:
+      hidden_btd = unpack_rows(hidden_btd, packed_n, b, t)
     if cache is not None:
       cache = KVCache(tuple(new_k), tuple(new_v), cache.start, cache.length + t)
     return hidden_btd, cache

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from glore_jax.model import create_model, preset
@@ -40,6 +41,38 @@ def test_prefill_then_decode_equals_full_forward_on_ragged_left_padded_rows():
         ref = np.asarray(model(jnp.asarray([row[:k + step + 1]])))[0, -1]
         assert np.abs(np.asarray(logits[i]) - ref).max() < 1e-5, (i, step)
   assert cache.length.tolist() == [prompts.shape[1] + 6] * 3
+
+
+def test_packed_prefill_equals_the_padded_one():
+  """A prefill that runs the position-wise layers only on the prompt tokens (packed, with
+  fillers) gives the same hidden states at those tokens and the same cache as the padded one."""
+  from glore_jax.model.llama import pack_rows, unpack_rows
+  model = create_model(preset("tiny", num_kv_heads=2), seed=5)
+  rng = np.random.default_rng(3)
+  prompts, pads = _left_pad([rng.integers(3, 128, size=n).tolist() for n in (9, 2, 16, 5)])
+  b, t = prompts.shape
+  real_bt = np.arange(t)[None, :] >= pads[:, None]
+  index_n = np.flatnonzero(real_bt.reshape(-1))
+  packed_n = jnp.asarray(np.concatenate([index_n, np.full(40 - len(index_n), b * t)]), jnp.int32)
+  fresh = lambda: model.init_cache(b, t, start_b=jnp.asarray(pads))
+  plain_h, plain_c = model.forward(jnp.asarray(prompts), cache=fresh())
+  packed_h, packed_c = model.forward(jnp.asarray(prompts), cache=fresh(), packed_n=packed_n)
+  np.testing.assert_allclose(np.asarray(packed_h)[real_bt], np.asarray(plain_h)[real_bt], atol=1e-5)
+  assert not np.asarray(packed_h)[~real_bt].any()  # padding is not computed
+  for layer in range(model.cfg.num_layers):  # keys [B, K, H, S], values [B, K, S, H] at real slots
+    keys = lambda c: np.moveaxis(np.asarray(c.k[layer]), 3, 1)[real_bt]  # [real tokens, K, H]
+    values = lambda c: np.moveaxis(np.asarray(c.v[layer]), 2, 1)[real_bt]
+    np.testing.assert_allclose(keys(packed_c), keys(plain_c), atol=1e-5)
+    np.testing.assert_allclose(values(packed_c), values(plain_c), atol=1e-5)
+  assert packed_c.length.tolist() == plain_c.length.tolist()
+  # pack / unpack are inverse at the packed positions; fillers read zeros and write nothing
+  x_bt = jnp.asarray(rng.normal(size=(b, t, 3)), jnp.float32)
+  packed = pack_rows(x_bt, packed_n)
+  assert packed.shape == (1, 40, 3) and not np.asarray(packed)[0, len(index_n):].any()
+  unpacked = np.asarray(unpack_rows(packed, packed_n, b, t))
+  np.testing.assert_array_equal(unpacked[real_bt], np.asarray(x_bt)[real_bt])
+  with pytest.raises(ValueError, match="needs a cache"):
+    model.forward(jnp.asarray(prompts), packed_n=packed_n)
 
 
 def _step(graphdef, state, tok, cache):
