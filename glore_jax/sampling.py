@@ -19,8 +19,9 @@ lands in or on the other rows.
 Shapes are bucketed (prompt length and row count rounded up to powers of two), so a run compiles
 a few programs rather than one per batch. An unsharded prefill also packs the prompt tokens: the
 projections and MLP run only on them (their count rounded up to 1/2, 3/4 or all of the batch's
-slots, so at most three prefill programs per bucket), attention and the cache on the rows. Weights go into the jitted functions as an argument
-(`nnx.split` outside, `nnx.merge` inside); the decode cache and output buffers are donated.
+slots, so at most three prefill programs per bucket), attention and the cache on the rows.
+Weights go into the jitted functions as an argument (`nnx.split` outside, `nnx.merge` inside);
+the decode cache and output buffers are donated.
 
 Text-level helpers (stop strings, decoding) live in `glore_jax.sampling_text`.
 

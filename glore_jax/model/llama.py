@@ -71,9 +71,8 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
 
 
 def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-  """(cos, sin) [B, T, H] of the rotary angles, computed once per forward pass and shared by
-  every layer (computed inside each layer, XLA:CPU fused the transcendentals into the rotation
-  and re-evaluated them for every head of every layer)."""
+  """(cos, sin) [B, T, H] of the rotary angles: computed once per forward pass and shared by
+  every layer, as they depend only on the positions."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
   angles_bth = jnp.concatenate([angles_bth, angles_bth], axis=-1)
