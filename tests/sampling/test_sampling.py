@@ -63,7 +63,7 @@ def _teacher_forced_batch(model, prompts, outputs):
 def test_greedy_equals_stepwise_argmax_of_full_forward(model, lengths):
   assert (len(lengths) > 4) == sampling._vocab_major(sampling._pow2(len(lengths)))
   rng = np.random.default_rng(0)
-  prompts = _prompts(rng, lengths)  # ragged, across two length buckets
+  prompts = _prompts(rng, lengths)  # ragged, left-padded in one batch
   out = sampling.generate(model, prompts, max_new_tokens=MAX_NEW, eos_token_id=None)
   all_logits = _teacher_forced_batch(model, prompts, [r[0].tokens for r in out])
   for (sample,), logits in zip(out, all_logits):
