@@ -98,6 +98,9 @@ def validate(config) -> None:
     _check(config, key, positive, "a positive integer")
   _check(config, "reward.targets", lambda v: v in ("hard", "soft"), "'hard' or 'soft'")
   _check(config, "evaluate.threshold", lambda v: 0.0 < v < 1.0, "a probability in (0, 1)")
+  _check(config, "evaluate.where_threshold", lambda v: 0.0 < v < 1.0, "a probability in (0, 1)")
+  for key in ("tune_where_threshold", "keep_confident_answer", "rollout_labels"):
+    _check(config, f"evaluate.{key}", lambda v: isinstance(v, bool), "True or False")
   _check(config, "evaluate.best_of", positive, "a positive integer")
   _check(config, "evaluate.num_questions", positive, "a positive integer")
   _check(config, "evaluate.heldout_fraction", lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")

@@ -78,6 +78,12 @@ def get_config() -> ml_collections.ConfigDict:
       max_pairs_per_question=2,
       max_length=384))  # question + draft + target: longer than a policy example
   c.evaluate = ml_collections.ConfigDict(dict(
-      num_questions=200, threshold=0.5, best_of=3, temperature=0.8, max_new_tokens=160,
+      num_questions=200,
+      threshold=0.5,  # ORM gate: refine only drafts the ORM scores below this
+      where_threshold=0.5,  # SORM: the first step scored below this is where to refine
+      tune_where_threshold=False,  # choose it on held-out training questions' rollout labels
+      keep_confident_answer=False,  # don't refine when only the answer line is flagged and ORM(D) >= threshold
+      rollout_labels=True,  # K rollouts per prefix of test solutions, for the step-level table
+      best_of=3, temperature=0.8, max_new_tokens=160,
       batch_size=256, bootstrap_resamples=1000, heldout_fraction=0.2))
   return c

@@ -21,28 +21,44 @@ __all__ = [
   "auroc",
   "bootstrap_ci",
   "calibration_bins",
+  "choose_where_threshold",
   "expected_calibration_error",
   "first_step_below",
   "gated_rerank",
+  "localisation",
+  "majority_vote",
   "markdown_table",
   "oracle",
+  "paired_difference",
   "reliability_diagram",
   "rerank",
+  "row_descriptions",
   "step_level_metrics",
+  "within_question_pairs",
 ]
 
-# Rows of the main table, in print order, with what each one means.
-ROWS: dict[str, str] = {
-  "greedy": "greedy draft D",
-  "best_of_3": "best of 3 policy samples, ORM rerank",
-  "global": "global refinement G",
-  "local": "local refinement L",
-  "draft_global": "{D, G}, ORM rerank",
-  "draft_local": "{D, L}, ORM rerank",
-  "draft_global_local": "{D, G, L}, ORM rerank",
-  "orm_gated": "refine only if ORM(D) < threshold, then rerank {D, G, L}",
-  "oracle": "oracle: any of D, G, L correct",
-}
+
+def row_descriptions(best_of: int) -> dict[str, str]:
+  """Rows of the main table, in print order, with what each one means; N = `best_of` samples."""
+  n = best_of
+  return {
+    "greedy": "greedy draft D",
+    "mean_sample": f"mean accuracy of the {n} policy samples (expected random pick)",
+    f"random_of_{n}": f"one of the {n} samples, picked at random (seeded)",
+    f"majority_of_{n}": f"majority vote over the {n} samples' answers",
+    f"likelihood_of_{n}": f"the sample with the highest mean token log-prob under the policy",
+    f"best_of_{n}": f"best of {n} policy samples, ORM rerank",
+    "global": "global refinement G",
+    "local": "local refinement L",
+    "draft_global": "{D, G}, ORM rerank",
+    "draft_local": "{D, L}, ORM rerank",
+    "draft_global_local": "{D, G, L}, ORM rerank",
+    "orm_gated": "refine only if ORM(D) < threshold, then rerank {D, G, L}",
+    "oracle": "oracle: any of D, G, L correct",
+  }
+
+
+ROWS: dict[str, str] = row_descriptions(3)  # the default evaluate.best_of
 STEP_LEVEL_MODELS = ("orm", "sorm")
 
 
@@ -156,7 +172,8 @@ def accuracy_row(
 ) -> dict[str, Any]:
   """{"accuracy", "n", "ci95": [lo, hi]} for one table row (None values when n = 0).
 
-  Takes per-question correctness flags, or a `Reranked` result (its `correct`).
+  Takes per-question correctness flags (or fractions, e.g. the share of a question's samples
+  that are right), or a `Reranked` result (its `correct`).
   """
   if isinstance(correct, Reranked):
     correct = correct.correct
@@ -164,7 +181,7 @@ def accuracy_row(
   if n == 0:
     return {"accuracy": None, "n": 0, "ci95": [None, None]}
   lo, hi = bootstrap_ci(correct, num_resamples=num_resamples, seed=seed)
-  return {"accuracy": sum(bool(c) for c in correct) / n, "n": n, "ci95": [lo, hi]}
+  return {"accuracy": sum(float(c) for c in correct) / n, "n": n, "ci95": [lo, hi]}
 
 
 def first_step_below(scores: Sequence[float], threshold: float) -> int | None:
@@ -173,6 +190,125 @@ def first_step_below(scores: Sequence[float], threshold: float) -> int | None:
     if s < threshold:
       return i
   return None
+
+
+def majority_vote(answers: Sequence[Any], correct: Sequence[bool]) -> bool:
+  """Whether the most common answer among samples is right (ties: the answer seen first).
+
+  `answers` are comparable keys (e.g. normalised numbers); None (no answer) does not vote, and
+  a question where no sample answers counts as wrong.
+  """
+  counts: dict[Any, int] = {}
+  first_correct: dict[Any, bool] = {}
+  for a, c in zip(answers, correct):
+    if a is None:
+      continue
+    counts[a] = counts.get(a, 0) + 1
+    first_correct.setdefault(a, bool(c))
+  if not counts:
+    return False
+  best = max(counts.values())
+  winner = next(a for a in counts if counts[a] == best)  # dicts keep first-seen order
+  return first_correct[winner]
+
+
+def paired_difference(
+  a: Sequence[float],
+  b: Sequence[float],
+  num_resamples: int = 1000,
+  seed: int = 0,
+  confidence: float = 0.95,
+) -> dict[str, Any]:
+  """Mean of a - b over the same questions with a percentile bootstrap interval.
+
+  Resampling questions (not the two rows independently) keeps the pairing, so the interval is
+  that of the difference itself, much tighter than comparing two separate intervals.
+  """
+  x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if x.shape != y.shape or x.size == 0:
+    raise ValueError(f"paired_difference needs two equal, non-empty rows: {x.shape} vs {y.shape}")
+  lo, hi = bootstrap_ci(x - y, num_resamples=num_resamples, seed=seed, confidence=confidence)
+  return {"difference": float((x - y).mean()), "ci95": [lo, hi], "n": int(x.size)}
+
+
+def within_question_pairs(
+  scores: Sequence[float], labels: Sequence[bool], groups: Sequence[Any]
+) -> dict[str, Any]:
+  """Does a verifier check the work? Compared only within each question.
+
+  pairwise: over every (right, wrong) pair of solutions of the same question, the fraction where
+  the right one scores higher (ties count 1/2): 0.5 is a verifier that only knows which
+  questions are hard. demeaned_auroc: AUROC after subtracting each question's mean score, over
+  questions with both right and wrong solutions. pooled_auroc: plain AUROC over everything.
+  """
+  s = np.asarray(scores, np.float64)
+  y = np.asarray(labels, bool)
+  by_group: dict[Any, list[int]] = {}
+  for i, g in enumerate(groups):
+    by_group.setdefault(g, []).append(i)
+  wins, pairs, kept = 0.0, 0, []
+  centred = np.zeros_like(s)
+  for idx in by_group.values():
+    idx = np.asarray(idx)
+    pos, neg = s[idx][y[idx]], s[idx][~y[idx]]
+    if pos.size == 0 or neg.size == 0:
+      continue
+    diff = pos[:, None] - neg[None, :]
+    wins += float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+    pairs += diff.size
+    centred[idx] = s[idx] - s[idx].mean()
+    kept.extend(idx.tolist())
+  kept_idx = np.asarray(kept, np.int64)
+  return {
+    "pairwise": wins / pairs if pairs else None,
+    "pairs": pairs,
+    "mixed_questions": sum(1 for i in by_group.values() if 0 < y[np.asarray(i)].sum() < len(i)),
+    "demeaned_auroc": auroc(centred[kept_idx], y[kept_idx].astype(int)) if kept else None,
+    "pooled_auroc": auroc(s, y.astype(int)) if s.size else None,
+  }
+
+
+def localisation(predicted: Sequence[int | None], truth: Sequence[int | None]) -> dict[str, Any]:
+  """ProcessBench-style first-error localisation.
+
+  On solutions with an error (truth not None): accuracy of predicting exactly its first wrong
+  step. On flawless ones: accuracy of predicting "no error" (None). f1: their harmonic mean.
+  """
+  wrong = [(p, t) for p, t in zip(predicted, truth) if t is not None]
+  right = [p for p, t in zip(predicted, truth) if t is None]
+  acc_wrong = sum(p == t for p, t in wrong) / len(wrong) if wrong else None
+  acc_right = sum(p is None for p in right) / len(right) if right else None
+  f1 = None
+  if acc_wrong is not None and acc_right is not None:
+    f1 = 0.0 if acc_wrong + acc_right == 0 else 2 * acc_wrong * acc_right / (acc_wrong + acc_right)
+  return {
+    "accuracy_on_wrong": acc_wrong,
+    "accuracy_on_right": acc_right,
+    "f1": f1,
+    "n_wrong": len(wrong),
+    "n_right": len(right),
+  }
+
+
+def choose_where_threshold(
+  step_scores: Sequence[Sequence[float]],
+  first_bad: Sequence[int | None],
+  grid: Sequence[float] = tuple(round(0.05 * i, 2) for i in range(1, 20)),
+) -> tuple[float, float | None]:
+  """The threshold whose "first step below it" best localises `first_bad` (by F1), with that F1.
+
+  Ties go to the threshold closest to 0.5 (the paper's default), then the lower one.
+  """
+  best: tuple[float, float | None] = (0.5, None)
+  best_key = None
+  for t in grid:
+    f1 = localisation([first_step_below(s, t) for s in step_scores], first_bad)["f1"]
+    if f1 is None:
+      continue
+    key = (f1, -abs(t - 0.5), -t)
+    if best_key is None or key > best_key:
+      best, best_key = (float(t), f1), key
+  return best
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,6 +468,10 @@ def _num(x: float | None, digits: int = 3) -> str:
   return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _signed(x: float | None) -> str:
+  return "n/a" if x is None else f"{100 * x:+.1f}"
+
+
 def markdown_table(results: Mapping[str, Any]) -> str:
   """The final tables as Markdown: accuracy rows (in `ROWS` order, then any others) and, when
   present, the step-level ORM vs SORM table.
@@ -340,20 +480,43 @@ def markdown_table(results: Mapping[str, Any]) -> str:
   "accuracy" (the layout of `evaluate/results.json`).
   """
   rows = results.get("rows", results)
-  names = [k for k in ROWS if k in rows]
+  described = row_descriptions(int(results.get("best_of", 3)))
+  names = [k for k in described if k in rows]
   names += sorted(
-    k for k, v in rows.items() if k not in ROWS and isinstance(v, Mapping) and "accuracy" in v
+    k for k, v in rows.items() if k not in described and isinstance(v, Mapping) and "accuracy" in v
   )
   lines = ["| method | | accuracy (%) | 95% CI (%) | n |", "|---|---|---:|---|---:|"]
   for k in names:
     r = rows[k]
     lo, hi = r.get("ci95") or [None, None]
     lines.append(
-      f"| {k} | {ROWS.get(k, '')} | {_pct(r['accuracy'])} | "
+      f"| {k} | {described.get(k, '')} | {_pct(r['accuracy'])} | "
       f"[{_pct(lo)}, {_pct(hi)}] | {r.get('n', 'n/a')} |"
     )
+  differences = results.get("differences")
+  if differences:
+    lines += ["", "| paired difference (same questions) | points | 95% CI (points) |",
+              "|---|---:|---|"]
+    for name, d in differences.items():
+      lo, hi = d["ci95"]
+      lines.append(f"| {name} | {_signed(d['difference'])} | [{_signed(lo)}, {_signed(hi)}] |")
   step = results.get("step_level")
-  if step:
+  if step and any("auroc_truth" in r for r in step.values()):
+    lines += [
+      "",
+      "| reward model (test questions) | step AUROC vs truth | step AUROC vs rollouts | "
+      "final AUROC | within-question pairs | first-error F1 | steps |",
+      "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in [m for m in STEP_LEVEL_MODELS if m in step]:
+      r = step[m]
+      loc = r.get("localisation") or {}
+      lines.append(
+        f"| {m} | {_num(r.get('auroc_truth'))} | {_num(r.get('auroc'))} | "
+        f"{_num(r.get('final_auroc'))} | {_num(r.get('within_question_pairs'))} | "
+        f"{_num(loc.get('f1'))} | {r.get('n_steps', 'n/a')} |"
+      )
+  elif step:
     lines += [
       "",
       "| reward model | step accuracy (%) | final accuracy (%) | step AUROC | step ECE | steps |",

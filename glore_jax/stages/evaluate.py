@@ -1,170 +1,309 @@
-"""Stage `evaluate`: the paper's tables for this run.
+"""Stage `evaluate`: the paper's tables for this run, and every candidate behind them.
 
-Per test question: a greedy draft D; the SORM scores D's steps and the first step under the
-threshold is where to refine; one global refinement G (question + D) and one local refinement L
-(D with the marker before that step); the ORM reranks the candidates. Plus best-of-N policy
-samples reranked by the ORM, and the step-level comparison of ORM and SORM on held-out steps.
+Per test question: a greedy draft D and N policy samples; the SORM scores D's steps and the first
+step under the "where" threshold is where to refine; one global refinement G (question + D) and
+one local refinement L (D with the marker before that step); the ORM reranks the candidates.
+Baselines beside best-of-N by the ORM: the mean sample, a random pick, a majority vote and the
+policy's own likelihood. On test questions, ORM and SORM are compared step by step against K
+rollouts from every prefix of D and the samples and, on the synthetic task, against each step's
+ground truth. `candidates.json` holds every candidate with its scores, so every row can be
+recomputed from it (tests/recompute_table.py does).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from glore_jax.data.grading import solution_correct
+from glore_jax.data.grading import extract_answer, normalize_number, solution_correct
+from glore_jax.data.step_truth import reference_equations, step_truth
 from glore_jax.data.steps import join_steps, split_steps
 from glore_jax.method import evaluation as ev
+from glore_jax.method.labels import hash_rank
 from glore_jax.sampling import generate
 from glore_jax.stages import models, sharded
 from glore_jax.stages.common import Context, is_heldout, problems, timed, tokenizer_for
+from glore_jax.stages.label import label_samples
 from glore_jax.stages.scoring import score_steps
 from glore_jax.workdir import read_json, write_json_atomic
 
-
-@dataclasses.dataclass
-class Candidate:
-  steps: list[str]
-  correct: bool
+POLICY_ROLES = ("draft", "sample")  # candidates the policy wrote (step-level metrics use these)
 
 
-def _grade(steps: Sequence[str], gold: str) -> bool:
-  return solution_correct(join_steps(steps), gold)
+def _candidate(role: str, steps: Sequence[str], gold: str, *, index: int = 0,
+               logprobs: Sequence[float] | None = None) -> dict[str, Any]:
+  text = join_steps(steps)
+  answer = extract_answer(text)
+  return {"role": role, "index": index, "steps": list(steps), "answer": answer,
+          "correct": solution_correct(text, gold),
+          "mean_logprob": (sum(logprobs) / len(logprobs)) if logprobs else None}
 
 
-def _greedy(ctx: Context, model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1,
-            temperature: float = 0.0, seed_offset: int = 0) -> list[list[list[str]]]:
+def _generate(ctx: Context, model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1,
+              temperature: float = 0.0, seed_offset: int = 0):
   section = ctx.config.evaluate
   ids = [tokenizer(p)["input_ids"] for p in prompts]
-  out = generate(model, ids, max_new_tokens=section.max_new_tokens, temperature=temperature,
-                 num_samples=num_samples, seed=ctx.config.seed + seed_offset, mesh=ctx.mesh,
-                 batch_size=section.batch_size)
-  return [[split_steps(tokenizer.decode(s.tokens, skip_special_tokens=True)) for s in row]
-          for row in out]
+  return generate(model, ids, max_new_tokens=section.max_new_tokens, temperature=temperature,
+                  num_samples=num_samples, seed=ctx.config.seed + seed_offset, mesh=ctx.mesh,
+                  batch_size=section.batch_size)
 
 
-def _scores(ctx, model, tokenizer, questions, solutions) -> list[list[float]]:
-  prompts = [ctx.prompts.reward_prompt(q) for q in questions]
-  return score_steps(model, tokenizer, prompts, solutions, max_length=ctx.config.data.max_length,
-                     mesh=ctx.mesh)
+def _steps(tokenizer, sample) -> list[str]:
+  return split_steps(tokenizer.decode(sample.tokens, skip_special_tokens=True))
 
 
-def _final(scores: list[float]) -> float:
-  return scores[-1] if scores else 0.0
+def _score(ctx: Context, kind: str, tokenizer, pairs: Sequence[tuple[str, list[str]]]):
+  """Per-step value-head scores of (question, steps) pairs under the ORM or the SORM."""
+  model = models.load(ctx, ctx.path(kind), value_head=True)
+  prompts = [ctx.prompts.reward_prompt(q) for q, _ in pairs]
+  scores = score_steps(model, tokenizer, prompts, [s for _, s in pairs],
+                       max_length=ctx.config.data.max_length, mesh=ctx.mesh)
+  del model
+  return scores
 
 
-def candidates(ctx: Context, tests) -> dict:
-  """Generates D, G, L and best-of-N for every test question, and their ORM scores."""
+def _attach_scores(ctx, kind, tokenizer, questions, cands) -> None:
+  """Sets c[kind + "_steps"] and, for the ORM, c["orm"] (the final step's score)."""
+  scores = _score(ctx, kind, tokenizer, [(questions[q], c["steps"]) for q, c in cands])
+  for (_, c), s in zip(cands, scores):
+    c[f"{kind}_steps"] = s
+    if kind == "orm":
+      c["orm"] = s[-1] if s else 0.0
+
+
+def _rollout_labels(ctx: Context, model, tokenizer, tests, records) -> None:
+  """K policy rollouts from every prefix of D and the samples: their SORM labels on test
+  questions (c["rollout_hard"], aligned with c["steps"] when the segmentations agree)."""
+  samples, owners = [], []
+  for q, rec in enumerate(records):
+    for c in rec["candidates"]:
+      if c["role"] in POLICY_ROLES and c.get("tokens"):
+        samples.append({"problem_id": rec["id"], "question_index": q, "tokens": c["tokens"],
+                        "sample_index": 1000 + c["index"] if c["role"] == "sample" else 0,
+                        "correct": c["correct"]})
+        owners.append(c)
+  gold = {p.id: p.answer for p in tests}
+  questions = {p.id: p.question for p in tests}
+  labelled = label_samples(ctx, model, tokenizer, samples, gold, questions)
+  for c, lab in zip(owners, labelled):
+    c["rollout_hard"] = lab["sorm_hard"] if lab["steps"] == c["steps"] else None
+
+
+def candidates(ctx: Context, tests) -> tuple[list[dict], dict]:
+  """Every test question's candidates (D, N samples, G, L) with answers, grades and scores."""
   section = ctx.config.evaluate
   policy_dir = ctx.require("policy", "evaluate")
-  paths = {k: ctx.require(k, "evaluate") for k in ("orm", "sorm", "global", "local")}
+  for kind in ("orm", "sorm", "global", "local"):
+    ctx.require(kind, "evaluate")
   tokenizer = tokenizer_for(ctx.config, policy_dir)
-  questions = [p.question for p in tests]
-  gold = [p.answer for p in tests]
   prompts = ctx.prompts
+  questions = [p.question for p in tests]
+  synthetic = ctx.config.data.source == "synthetic"
+  records = [{"id": p.id, "question": p.question, "gold": p.answer, "candidates": []}
+             for p in tests]
 
   policy = models.load(ctx, policy_dir)
-  drafts = [row[0] for row in _greedy(ctx, policy, tokenizer,
-                                      [prompts.policy_prompt(q) for q in questions])]
-  best_of = _greedy(ctx, policy, tokenizer, [prompts.policy_prompt(q) for q in questions],
-                    num_samples=section.best_of, temperature=section.temperature, seed_offset=7)
+  policy_prompts = [prompts.policy_prompt(q) for q in questions]
+  drafts = _generate(ctx, policy, tokenizer, policy_prompts)
+  samples = _generate(ctx, policy, tokenizer, policy_prompts, num_samples=section.best_of,
+                      temperature=section.temperature, seed_offset=7)
+  for rec, d, row in zip(records, drafts, samples):
+    for role, k, s in [("draft", 0, d[0])] + [("sample", k, s) for k, s in enumerate(row)]:
+      c = _candidate(role, _steps(tokenizer, s), rec["gold"], index=k, logprobs=s.logprobs)
+      c["tokens"] = list(s.tokens)
+      rec["candidates"].append(c)
+  if section.rollout_labels:
+    _rollout_labels(ctx, policy, tokenizer, tests, records)
   del policy
 
-  sorm = models.load(ctx, paths["sorm"], value_head=True)
-  sorm_draft_scores = _scores(ctx, sorm, tokenizer, questions, drafts)
-  del sorm
-  where = [ev.first_step_below(s, section.threshold) for s in sorm_draft_scores]
+  policy_cands = [(q, c) for q, rec in enumerate(records) for c in rec["candidates"]]
+  for kind in ("sorm", "orm"):
+    _attach_scores(ctx, kind, tokenizer, questions, policy_cands)
 
-  refiner_tok = tokenizer_for(ctx.config, paths["global"])
-  global_model = models.load(ctx, paths["global"])
-  globals_ = [row[0] for row in _greedy(ctx, global_model, refiner_tok,
-                                        [prompts.global_refine_input(q, d)
-                                         for q, d in zip(questions, drafts)])]
-  del global_model
+  threshold, tuned = _where_threshold(ctx, tokenizer)
+  for rec in records:
+    draft = rec["candidates"][0]
+    where = ev.first_step_below(draft["sorm_steps"], threshold)
+    if (where is not None and section.keep_confident_answer and where == len(draft["steps"]) - 1
+        and draft["orm"] >= section.threshold):
+      where = None  # only the answer line is doubted, and the ORM trusts the draft: keep it
+    rec["where"] = where if draft["steps"] else None
 
-  local_tok = tokenizer_for(ctx.config, paths["local"], with_marker=True)
-  local_model = models.load(ctx, paths["local"])
-  flagged = [i for i, w in enumerate(where) if w is not None and drafts[i]]
-  outputs = _greedy(ctx, local_model, local_tok,
-                    [prompts.local_refine_input(questions[i], drafts[i], where[i]) for i in flagged])
-  locals_ = [list(d) for d in drafts]  # no flagged step: the draft stands
-  for i, out in zip(flagged, outputs):
-    locals_[i] = list(drafts[i][:where[i]]) + list(out[0])
-  del local_model
+  drafts_steps = [rec["candidates"][0]["steps"] for rec in records]
+  refiner_tok = tokenizer_for(ctx.config, ctx.path("global"))
+  model = models.load(ctx, ctx.path("global"))
+  outs = _generate(ctx, model, refiner_tok,
+                   [prompts.global_refine_input(q, d) for q, d in zip(questions, drafts_steps)])
+  del model
+  for rec, out in zip(records, outs):
+    rec["candidates"].append(_candidate("global", _steps(refiner_tok, out[0]), rec["gold"]))
 
-  orm = models.load(ctx, paths["orm"], value_head=True)
-  flat = drafts + globals_ + locals_ + [s for row in best_of for s in row]
-  orm_scores = [_final(s) for s in _scores(ctx, orm, tokenizer, questions * 3 + [
-      q for q in questions for _ in range(section.best_of)], flat)]
-  del orm
-  n = len(tests)
-  return {
-      "gold": gold, "drafts": drafts, "globals": globals_, "locals": locals_, "best_of": best_of,
-      "where": where, "sorm_draft_scores": sorm_draft_scores,
-      "orm": {"draft": orm_scores[:n], "global": orm_scores[n:2 * n],
-              "local": orm_scores[2 * n:3 * n],
-              "best_of": [orm_scores[3 * n + i * section.best_of: 3 * n + (i + 1) * section.best_of]
-                          for i in range(n)]},
-  }
+  local_tok = tokenizer_for(ctx.config, ctx.path("local"), with_marker=True)
+  model = models.load(ctx, ctx.path("local"))
+  flagged = [i for i, rec in enumerate(records) if rec["where"] is not None]
+  outs = _generate(ctx, model, local_tok,
+                   [prompts.local_refine_input(questions[i], drafts_steps[i], records[i]["where"])
+                    for i in flagged])
+  del model
+  local_steps = {i: list(drafts_steps[i][:records[i]["where"]]) + _steps(local_tok, out[0])
+                 for i, out in zip(flagged, outs)}
+  for i, rec in enumerate(records):  # no flagged step: the draft stands
+    rec["candidates"].append(_candidate("local", local_steps.get(i, drafts_steps[i]), rec["gold"]))
 
+  refined = [(q, c) for q, rec in enumerate(records) for c in rec["candidates"][-2:]]
+  for kind in ("sorm", "orm"):
+    _attach_scores(ctx, kind, tokenizer, questions, refined)
 
-def answer_rows(c: dict, threshold: float, resamples: int, seed: int) -> dict:
-  """The main table: accuracy, n and a bootstrap 95% interval per strategy."""
-  gold = c["gold"]
-  correct = {k: [_grade(s, g) for s, g in zip(c[name], gold)]
-             for k, name in (("draft", "drafts"), ("global", "globals"), ("local", "locals"))}
-  best_correct = [[_grade(s, g) for s in row] for row, g in zip(c["best_of"], gold)]
-  orm = c["orm"]
-
-  def grid(names):
-    scores = [[orm[k][i] for k in names] for i in range(len(gold))]
-    corr = [[correct[k][i] for k in names] for i in range(len(gold))]
-    return scores, corr
-
-  def reranked(names):
-    return ev.rerank(*grid(names))
-
-  row = lambda corr: ev.accuracy_row(corr, num_resamples=resamples, seed=seed)
-  rows = {
-      "greedy": row(correct["draft"]),
-      "best_of_3": row(ev.rerank(orm["best_of"], best_correct)),
-      "global": row(correct["global"]),
-      "local": row(correct["local"]),
-      "draft_global": row(reranked(("draft", "global"))),
-      "draft_local": row(reranked(("draft", "local"))),
-      "draft_global_local": row(reranked(("draft", "global", "local"))),
-      "orm_gated": row(ev.gated_rerank(*grid(("draft", "global", "local")), threshold)),
-      "oracle": row([any(correct[k][i] for k in correct) for i in range(len(gold))]),
-  }
-  wrong = [i for i, ok in enumerate(correct["draft"]) if not ok]
-  fixes = {"wrong_drafts": len(wrong),
-           "fixed_by_global": sum(correct["global"][i] for i in wrong),
-           "fixed_by_local": sum(correct["local"][i] for i in wrong),
-           "fixed_by_both": sum(correct["global"][i] and correct["local"][i] for i in wrong),
-           "fixed_by_either": sum(correct["global"][i] or correct["local"][i] for i in wrong),
-           "refined_locally": sum(w is not None for w in c["where"])}
-  return {"rows": rows, "fixes": fixes}
+  for p, rec in zip(tests, records):
+    ref = reference_equations(p.reference) if synthetic else None
+    for c in rec["candidates"]:
+      c.pop("tokens", None)
+      c["truth"] = step_truth(c["steps"], ref, p.answer).to_json() if ref else None
+  return records, {"where_threshold": threshold, "where_threshold_heldout_f1": tuned}
 
 
-def step_level(ctx: Context) -> tuple[dict, dict]:
-  """ORM vs SORM on held-out training questions' steps, labelled by rollouts."""
-  records = [r for r in sharded.read(ctx, "label", "evaluate") if is_heldout(ctx.config, r["problem_id"])
-             and r["steps"]]
+def _where_threshold(ctx: Context, tokenizer) -> tuple[float, float | None]:
+  """evaluate.where_threshold, or (tune_where_threshold) the one that best localises the first
+  negative rollout label on held-out training questions' solutions."""
+  section = ctx.config.evaluate
+  if not section.tune_where_threshold:
+    return float(section.where_threshold), None
+  records = [r for r in sharded.read(ctx, "label", "evaluate")
+             if is_heldout(ctx.config, r["problem_id"]) and r["steps"]]
+  if not records:
+    return float(section.where_threshold), None
   questions = {p.id: p.question for p in problems(ctx.config, "train")}
-  tokenizer = tokenizer_for(ctx.config, ctx.path("policy"))
-  qs = [questions[r["problem_id"]] for r in records]
-  sols = [r["steps"] for r in records]
-  metrics, curves = {}, {}
-  for kind in ("orm", "sorm"):
-    model = models.load(ctx, ctx.path(kind), value_head=True)
-    scores = _scores(ctx, model, tokenizer, qs, sols)
-    del model
-    per_step = [s[:-1] for s in scores]  # intermediate steps (the last one is the outcome)
-    labels = [r["sorm_hard"][:len(s)] for r, s in zip(records, per_step)]
-    finals = [_final(s) for s in scores]
-    outcomes = [r["outcome"] for r in records]
-    metrics[kind] = ev.step_level_metrics(per_step, labels, finals, outcomes)
-    curves[kind] = ([p for s in per_step for p in s], [l for ls in labels for l in ls])
-  return metrics, curves
+  scores = _score(ctx, "sorm", tokenizer, [(questions[r["problem_id"]], r["steps"]) for r in records])
+  first_bad = [r["sorm_hard"].index(0) if 0 in r["sorm_hard"] else None for r in records]
+  return ev.choose_where_threshold(scores, first_bad)
+
+
+def _row_name(kind: str, n: int) -> str:
+  return f"{kind}_of_{n}"
+
+
+def per_question_rows(records: Sequence[dict], threshold: float, seed: int) -> dict[str, list]:
+  """Per-question correctness (a float for mean_sample) of every row of the main table."""
+  rows: dict[str, list] = {}
+  n = None
+  for rec in records:
+    by_role: dict[str, list[dict]] = {}
+    for c in rec["candidates"]:
+      by_role.setdefault(c["role"], []).append(c)
+    d, g, l = by_role["draft"][0], by_role["global"][0], by_role["local"][0]
+    samples = by_role.get("sample", [])
+    n = len(samples)
+    ok = [c["correct"] for c in samples]
+    picks: dict[str, bool | float] = {"greedy": d["correct"]}
+    if samples:
+      picks["mean_sample"] = sum(ok) / n
+      picks[_row_name("random", n)] = ok[hash_rank(seed, "random-pick", rec["id"]) % n]
+      picks[_row_name("majority", n)] = ev.majority_vote(
+          [normalize_number(c["answer"]) for c in samples], ok)
+      likelihood = [c["mean_logprob"] if c["mean_logprob"] is not None else float("-inf")
+                    for c in samples]
+      picks[_row_name("likelihood", n)] = ok[ev.rerank([likelihood], [ok]).chosen[0]]
+      picks[f"best_of_{n}"] = ev.rerank([[c["orm"] for c in samples]], [ok]).correct[0]
+    dgl = [d, g, l]
+    scores, correct = [[c["orm"] for c in dgl]], [[c["correct"] for c in dgl]]
+    picks.update({
+        "global": g["correct"], "local": l["correct"],
+        "draft_global": ev.rerank(scores, correct, [0, 1]).correct[0],
+        "draft_local": ev.rerank(scores, correct, [0, 2]).correct[0],
+        "draft_global_local": ev.rerank(scores, correct).correct[0],
+        "orm_gated": ev.gated_rerank(scores, correct, threshold).correct[0],
+        "oracle": any(c["correct"] for c in dgl)})
+    for k, v in picks.items():
+      rows.setdefault(k, []).append(v)
+  return rows
+
+
+def answer_rows(records: Sequence[dict], threshold: float, resamples: int, seed: int) -> dict:
+  """The main table (accuracy, n, bootstrap 95% interval per row), the paired differences that
+  decide the paper's claims, and how many wrong drafts each refiner fixes."""
+  per_q = per_question_rows(records, threshold, seed)
+  n = sum(c["role"] == "sample" for c in records[0]["candidates"]) if records else 0
+  rows = {k: ev.accuracy_row([float(x) for x in v], num_resamples=resamples, seed=seed)
+          if k == "mean_sample" else ev.accuracy_row(v, num_resamples=resamples, seed=seed)
+          for k, v in per_q.items()}
+  diff = lambda a, b: ev.paired_difference(per_q[a], per_q[b], num_resamples=resamples, seed=seed)
+  comparisons = [("draft_global_local", "greedy"), ("draft_global_local", f"best_of_{n}"),
+                 (f"best_of_{n}", "mean_sample"), (f"best_of_{n}", _row_name("random", n)),
+                 (f"best_of_{n}", _row_name("majority", n)), ("orm_gated", "greedy")]
+  differences = {f"{a} - {b}": diff(a, b) for a, b in comparisons if a in per_q and b in per_q}
+  d, g, l = (per_q["greedy"], per_q["global"], per_q["local"])
+  wrong = [i for i, ok in enumerate(d) if not ok]
+  right = [i for i, ok in enumerate(d) if ok]
+  fixes = {"wrong_drafts": len(wrong),
+           "fixed_by_global": sum(g[i] for i in wrong),
+           "fixed_by_local": sum(l[i] for i in wrong),
+           "fixed_by_both": sum(g[i] and l[i] for i in wrong),
+           "fixed_by_either": sum(g[i] or l[i] for i in wrong),
+           "broken_by_global": sum(not g[i] for i in right),
+           "broken_by_local": sum(not l[i] for i in right),
+           "refined_locally": sum(rec["where"] is not None for rec in records)}
+  return {"rows": rows, "differences": differences, "fixes": fixes, "best_of": n}
+
+
+def _intermediate(xs: Sequence) -> list:
+  return list(xs[:-1])  # the last step's label is the outcome itself
+
+
+def verifier_metrics(records: Sequence[dict], kind: str, threshold: float) -> dict[str, Any]:
+  """How well the ORM or SORM judges the policy's own solutions on test questions."""
+  cands = [(rec["id"], c) for rec in records for c in rec["candidates"] if c["role"] in POLICY_ROLES
+           and c.get(f"{kind}_steps") and len(c[f"{kind}_steps"]) == len(c["steps"])]
+  step_p, step_rollout, truth_p, truth_y = [], [], [], []
+  for _, c in cands:
+    p = _intermediate(c[f"{kind}_steps"])
+    if c.get("rollout_hard") is not None:
+      step_p.append(p)
+      step_rollout.append(_intermediate(c["rollout_hard"]))
+    if c.get("truth"):
+      truth_p.extend(p)
+      truth_y.extend(int(all(c["truth"]["ok"][:i + 1])) for i in range(len(p)))
+  finals = [c[f"{kind}_steps"][-1] for _, c in cands]
+  outcomes = [c["correct"] for _, c in cands]
+  out = ev.step_level_metrics(step_p, step_rollout, finals, outcomes) if cands else {}
+  out["auroc_truth"] = ev.auroc(truth_p, truth_y) if truth_y else None
+  out["n_truth_steps"] = len(truth_y)
+  out["final_auroc"] = ev.auroc(finals, [int(o) for o in outcomes]) if cands else None
+  within = ev.within_question_pairs(finals, outcomes, [pid for pid, _ in cands])
+  out["within_question_pairs"] = within["pairwise"]
+  out["within_question"] = within
+  with_truth = [c for _, c in cands if c.get("truth")]
+  if with_truth:
+    out["localisation"] = ev.localisation(
+        [ev.first_step_below(c[f"{kind}_steps"], threshold) for c in with_truth],
+        [c["truth"]["first_error"] for c in with_truth])
+  return out
+
+
+def label_quality(ctx: Context) -> dict[str, Any] | None:
+  """SORM (and ORM) training labels against each step's ground truth on the synthetic task."""
+  if ctx.config.data.source != "synthetic":
+    return None
+  refs = {p.id: (reference_equations(p.reference), p.answer) for p in problems(ctx.config, "train")}
+  agree = {"sorm": 0, "orm": 0}
+  total, first_hits, first_total = 0, 0, 0
+  for r in sharded.read(ctx, "label", "evaluate"):
+    ref, gold = refs[r["problem_id"]]
+    if not ref or len(r["steps"]) < 2:
+      continue
+    truth = step_truth(r["steps"], ref, gold)
+    sound = _intermediate(truth.prefix_sound)
+    for kind, labels in (("sorm", r["sorm_hard"]), ("orm", r["orm"])):
+      agree[kind] += sum(int(y) == int(t) for y, t in zip(_intermediate(labels), sound))
+    total += len(sound)
+    if truth.first_error is not None and truth.first_error < len(r["steps"]) - 1:
+      first_total += 1
+      hard = _intermediate(r["sorm_hard"])
+      first_hits += (hard.index(0) if 0 in hard else None) == truth.first_error
+  if not total:
+    return None
+  return {"sorm_label_accuracy": agree["sorm"] / total, "orm_label_accuracy": agree["orm"] / total,
+          "sorm_first_negative_is_first_error": first_hits / first_total if first_total else None,
+          "intermediate_steps": total}
 
 
 def run(ctx: Context) -> None:
@@ -177,17 +316,30 @@ def run(ctx: Context) -> None:
     return
   with timed(ctx, "evaluate") as summary:
     tests = problems(ctx.config, "test")[:section.num_questions]
-    c = candidates(ctx, tests)
-    table = answer_rows(c, section.threshold, section.bootstrap_resamples, ctx.config.seed)
-    steps, curves = step_level(ctx)
-    summary.update(questions=len(tests))
+    records, where = candidates(ctx, tests)
+    table = answer_rows(records, section.threshold, section.bootstrap_resamples, ctx.config.seed)
+    steps = {kind: verifier_metrics(records, kind, where["where_threshold"])
+             for kind in ("orm", "sorm")}
+    quality = label_quality(ctx)
+    summary.update(questions=len(tests), where_threshold=where["where_threshold"])
   if not ctx.is_leader:
     return
   out_dir.mkdir(parents=True, exist_ok=True)
-  ev.reliability_diagram(curves, out_dir / "reliability.png")
+  curves = {}
+  for kind in ("orm", "sorm"):
+    pairs = [(p, y) for rec in records for c in rec["candidates"]
+             if c["role"] in POLICY_ROLES and c.get("rollout_hard") is not None
+             and len(c.get(f"{kind}_steps", [])) == len(c["steps"])
+             for p, y in zip(_intermediate(c[f"{kind}_steps"]), _intermediate(c["rollout_hard"]))]
+    curves[kind] = ([p for p, _ in pairs], [y for _, y in pairs])
+  if all(c[0] for c in curves.values()):
+    ev.reliability_diagram(curves, out_dir / "reliability.png")
   timings_path = ctx.workdir / "timings.json"
-  results = {**table["rows"], "step_level": steps, "fixes": table["fixes"],
+  results = {**table["rows"], "best_of": table["best_of"], "differences": table["differences"],
+             "step_level": steps, "label_quality": quality, "fixes": table["fixes"], **where,
              "timings": read_json(timings_path) if timings_path.exists() else {}}
   write_json_atomic(out_dir / "results.json", results)
-  write_json_atomic(out_dir / "candidates.json", {k: c[k] for k in ("drafts", "globals", "locals", "where")})
+  write_json_atomic(out_dir / "candidates.json",
+                    {"threshold": section.threshold, "seed": ctx.config.seed, **where,
+                     "questions": records})
   print(ev.markdown_table(results), flush=True)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from glore_jax.method import evaluation as ev
 from glore_jax.method.evaluation import (
   ROWS,
   accuracy_row,
@@ -228,3 +229,74 @@ def test_markdown_table():
   assert "timings" not in text
   only_rows = markdown_table({"rows": {"greedy": results["greedy"]}})
   assert only_rows.splitlines()[2].startswith("| greedy |")
+
+
+# --------------------------------------------------------------------------------------------
+# Baselines and verifier diagnostics
+
+
+def test_majority_vote_counts_answers_and_breaks_ties_by_first_seen():
+  assert ev.majority_vote([8, 7, 8], [False, True, False]) is False
+  assert ev.majority_vote([7, 8, 7], [True, False, True]) is True
+  assert ev.majority_vote([8, 7, 9], [False, True, False]) is False  # all tied: the first, 8
+  assert ev.majority_vote([None, 7, None], [False, True, False]) is True  # no answer, no vote
+  assert ev.majority_vote([None, None], [False, False]) is False
+
+
+def test_paired_difference_is_the_mean_difference_with_a_paired_interval():
+  a = [1, 1, 0, 1, 0, 1, 1, 1]
+  b = [0, 1, 0, 1, 0, 0, 1, 1]
+  d = ev.paired_difference(a, b, num_resamples=500, seed=1)
+  assert d["difference"] == pytest.approx(0.25) and d["n"] == 8
+  assert 0.0 <= d["ci95"][0] <= 0.25 <= d["ci95"][1]  # a is never worse: the interval stays >= 0
+  same = ev.paired_difference(a, a, num_resamples=50)
+  assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
+  with pytest.raises(ValueError, match="equal"):
+    ev.paired_difference([1, 0], [1])
+
+
+def test_within_question_pairs_ignore_question_difficulty():
+  # A verifier that only knows question difficulty: every solution of an easy question scores
+  # high, every solution of a hard one low, whatever its correctness.
+  groups = ["easy"] * 4 + ["hard"] * 4
+  labels = [1, 1, 1, 0, 1, 0, 0, 0]
+  difficulty_only = [0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1]
+  r = ev.within_question_pairs(difficulty_only, labels, groups)
+  assert r["pooled_auroc"] > 0.7  # looks good pooled...
+  assert r["pairwise"] == 0.5 and r["demeaned_auroc"] == 0.5  # ...but checks no work
+  assert r["pairs"] == 3 + 3 and r["mixed_questions"] == 2
+  checks_work = [0.9, 0.8, 0.7, 0.6, 0.4, 0.1, 0.2, 0.3]
+  r = ev.within_question_pairs(checks_work, labels, groups)
+  assert r["pairwise"] == 1.0  # every right solution beats every wrong one of its question
+  assert r["demeaned_auroc"] == pytest.approx(13 / 16)  # centring mixes questions back together
+  one_class = ev.within_question_pairs([0.3, 0.4], [1, 1], ["q", "q"])
+  assert one_class["pairwise"] is None and one_class["pairs"] == 0
+
+
+def test_localisation_and_its_f1():
+  predicted = [1, 2, None, None, 0]
+  truth = [1, 1, None, 2, None]
+  r = ev.localisation(predicted, truth)
+  assert r["n_wrong"] == 3 and r["n_right"] == 2
+  assert r["accuracy_on_wrong"] == pytest.approx(1 / 3)  # only the first is exact
+  assert r["accuracy_on_right"] == pytest.approx(1 / 2)
+  assert r["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+  assert ev.localisation([None], [None])["f1"] is None  # no wrong solutions: undefined
+
+
+def test_choose_where_threshold_finds_the_separating_value():
+  # first bad step is where the score drops under 0.3 exactly; 0.5 would flag good steps too
+  scores = [[0.9, 0.4, 0.2], [0.8, 0.45, 0.35], [0.9, 0.1, 0.1], [0.6, 0.4, 0.4]]
+  first_bad = [2, None, 1, None]
+  t, f1 = ev.choose_where_threshold(scores, first_bad)
+  assert f1 == 1.0 and 0.2 < t <= 0.35
+  assert ev.localisation([ev.first_step_below(s, t) for s in scores], first_bad)["f1"] == 1.0
+
+
+def test_row_descriptions_follow_best_of():
+  rows = ev.row_descriptions(8)
+  assert {"best_of_8", "random_of_8", "majority_of_8", "likelihood_of_8", "mean_sample"} <= set(rows)
+  assert "best_of_3" not in rows and "best_of_3" in ev.ROWS
+  table = ev.markdown_table({"best_of": 8, "best_of_8": {"accuracy": 0.5, "n": 2, "ci95": [0, 1]},
+                             "greedy": {"accuracy": 0.5, "n": 2, "ci95": [0, 1]}})
+  assert table.index("| greedy") < table.index("| best_of_8 | best of 8 policy samples")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from glore_jax.method import evaluation as ev
-from glore_jax.stages.evaluate import answer_rows
+from glore_jax.stages.evaluate import answer_rows, per_question_rows
 
 GOLD = ["12", "7", "1200", "5", "9", "30"]
 T, F = True, False
@@ -16,11 +16,19 @@ ORM = [(.9, .2, .1), (.3, .8, .4), (.6, .1, .7), (.2, .5, .5), (.1, .2, .3), (.4
 # best-of-3 policy samples: correctness and ORM scores (ties go to the first sample)
 BEST = [((F, T, T), (.9, .5, .1)), ((T, F, F), (.7, .2, .6)), ((F, F, F), (.5, .5, .5)),
         ((F, T, F), (.3, .3, .1)), ((T, F, F), (.8, .2, .1)), ((F, F, T), (.1, .2, .3))]
+# their mean token log-probs under the policy (the likelihood row picks the highest)
+LOGPROB = [(-.5, -.1, -.9), (-.2, -.3, -.1), (-.1, -.2, -.3), (-.9, -.8, -.1), (-.1, -.2, -.3),
+           (-.3, -.2, -.1)]
+# wrong samples' answers: offsets from gold (same offset = same wrong answer, for the vote)
+WRONG_OFFSET = [(1, 0, 0), (0, 1, 1), (1, 2, 2), (1, 0, 1), (0, 3, 4), (5, 5, 0)]
 WHERE = [None, 1, 0, 0, None, 2]  # SORM's first step under the threshold (None: not refined)
 THRESHOLD, RESAMPLES, SEED = 0.5, 200, 3
 
 EXPECTED = {  # per-question correctness of each row, worked out by hand
     "greedy": [T, F, F, F, F, T],
+    "mean_sample": [2 / 3, 1 / 3, 0, 1 / 3, 1 / 3, 1 / 3],
+    "majority_of_3": [T, F, F, F, T, F],  # q1: wrong answer 8 twice; q4: three distinct, first
+    "likelihood_of_3": [T, F, F, F, T, T],
     "best_of_3": [F, T, F, F, T, T],
     "global": [F, T, F, T, F, T],
     "local": [F, F, T, T, F, F],
@@ -32,30 +40,37 @@ EXPECTED = {  # per-question correctness of each row, worked out by hand
 }
 
 
-def solution(q: int, ok: bool, variant: int = 0) -> list[str]:
-  answer = GOLD[q] if ok else str(int(GOLD[q]) + 1 + variant)
+def solution(q: int, ok: bool, offset: int = 1) -> list[str]:
+  answer = GOLD[q] if ok else str(int(GOLD[q]) + offset)
   if ok and q == 2:
     answer = "1,200.00"  # graded as a number, not as a string
-  return [f"Step {variant}: 3+4=7.", f"#### {answer}"]
+  return [f"Step {offset}: 3+4=7.", f"#### {answer}"]
 
 
-def candidates() -> dict:
-  return {
-      "gold": GOLD,
-      "drafts": [solution(q, c[0], 0) for q, c in enumerate(CORRECT)],
-      "globals": [solution(q, c[1], 1) for q, c in enumerate(CORRECT)],
-      "locals": [solution(q, c[2], 2) for q, c in enumerate(CORRECT)],
-      "best_of": [[solution(q, ok, 3 + k) for k, ok in enumerate(b[0])] for q, b in enumerate(BEST)],
-      "where": WHERE,
-      "orm": {"draft": [s[0] for s in ORM], "global": [s[1] for s in ORM],
-              "local": [s[2] for s in ORM], "best_of": [list(b[1]) for b in BEST]},
-  }
+def candidate(role, q, ok, orm, index=0, offset=1, logprob=None):
+  steps = solution(q, ok, offset)
+  return {"role": role, "index": index, "steps": steps, "answer": steps[-1][5:], "correct": ok,
+          "orm": orm, "mean_logprob": logprob}
+
+
+def records() -> list[dict]:
+  out = []
+  for q in range(len(GOLD)):
+    (d, g, l), (sd, sg, sl) = CORRECT[q], ORM[q]
+    cands = [candidate("draft", q, d, sd, offset=1)]
+    for k, (ok, s) in enumerate(zip(*BEST[q])):
+      cands.append(candidate("sample", q, ok, s, index=k, offset=1 + WRONG_OFFSET[q][k],
+                             logprob=LOGPROB[q][k]))
+    cands += [candidate("global", q, g, sg, offset=2), candidate("local", q, l, sl, offset=3)]
+    out.append({"id": f"q{q}", "gold": GOLD[q], "where": WHERE[q], "candidates": cands})
+  return out
 
 
 def test_answer_rows_known_accuracies():
-  table = answer_rows(candidates(), THRESHOLD, RESAMPLES, SEED)
+  table = answer_rows(records(), THRESHOLD, RESAMPLES, SEED)
   rows = table["rows"]
-  assert list(rows) == list(EXPECTED)
+  assert table["best_of"] == 3
+  assert set(rows) == set(EXPECTED) | {"random_of_3"}
   for name, per_question in EXPECTED.items():
     row = rows[name]
     assert row["n"] == len(GOLD), name
@@ -68,19 +83,44 @@ def test_answer_rows_known_accuracies():
       pytest.approx([2 / 6, 4 / 6, 5 / 6])
 
 
+def test_random_pick_is_one_of_the_samples_and_seeded():
+  per_q = per_question_rows(records(), THRESHOLD, SEED)
+  for q, pick in enumerate(per_q["random_of_3"]):
+    assert pick in BEST[q][0]
+  assert per_question_rows(records(), THRESHOLD, SEED)["random_of_3"] == per_q["random_of_3"]
+  picks = {tuple(per_question_rows(records(), THRESHOLD, s)["random_of_3"]) for s in range(20)}
+  assert len(picks) > 1  # the seed matters
+
+
+def test_paired_differences_match_the_rows():
+  table = answer_rows(records(), THRESHOLD, RESAMPLES, SEED)
+  d = table["differences"]["draft_global_local - greedy"]
+  assert d["difference"] == pytest.approx(4 / 6 - 2 / 6)
+  lo, hi = d["ci95"]
+  assert lo <= d["difference"] <= hi
+  per_q = [float(a) - float(b) for a, b in zip(EXPECTED["draft_global_local"], EXPECTED["greedy"])]
+  assert [lo, hi] == pytest.approx(list(ev.bootstrap_ci(per_q, num_resamples=RESAMPLES, seed=SEED)))
+  mean = table["differences"]["best_of_3 - mean_sample"]["difference"]
+  assert mean == pytest.approx(3 / 6 - sum(EXPECTED["mean_sample"]) / 6)
+
+
 def test_answer_rows_fix_counts():
-  fixes = answer_rows(candidates(), THRESHOLD, RESAMPLES, SEED)["fixes"]
-  # wrong drafts: q1..q4; G fixes q1, q3; L fixes q2, q3
+  fixes = answer_rows(records(), THRESHOLD, RESAMPLES, SEED)["fixes"]
+  # wrong drafts: q1..q4; G fixes q1, q3; L fixes q2, q3; right drafts q0, q5: G breaks q0, L both
   assert fixes == {"wrong_drafts": 4, "fixed_by_global": 2, "fixed_by_local": 2,
-                   "fixed_by_both": 1, "fixed_by_either": 3, "refined_locally": 4}
+                   "fixed_by_both": 1, "fixed_by_either": 3, "broken_by_global": 1,
+                   "broken_by_local": 2, "refined_locally": 4}
 
 
 def test_degenerate_rows_have_exact_intervals():
-  c = candidates()
-  c["drafts"] = [solution(q, True) for q in range(len(GOLD))]  # every draft right
-  c["globals"] = [solution(q, False, 1) for q in range(len(GOLD))]  # every refinement wrong
-  c["orm"]["draft"] = [0.0] * len(GOLD)  # the ORM prefers the (wrong) refinements
-  rows = answer_rows(c, THRESHOLD, RESAMPLES, SEED)["rows"]
+  recs = records()
+  for q, rec in enumerate(recs):
+    for c in rec["candidates"]:
+      if c["role"] == "draft":
+        c.update(correct=True, orm=0.0)  # every draft right, and the ORM prefers the others
+      if c["role"] == "global":
+        c["correct"] = False  # every global refinement wrong
+  rows = answer_rows(recs, THRESHOLD, RESAMPLES, SEED)["rows"]
   assert rows["greedy"] == {"accuracy": 1.0, "n": 6, "ci95": [1.0, 1.0]}
   assert rows["global"] == {"accuracy": 0.0, "n": 6, "ci95": [0.0, 0.0]}
   assert rows["oracle"]["accuracy"] == 1.0
