@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.refine = ml_collections.ConfigDict(dict(
       train=train(steps=300, learning_rate=1e-3, warmup_steps=30, max_epochs=4.0),
       max_pairs_per_question=2,
+      correct_draft_pairs=0,  # > 0: also train G on right -> right pairs (keep right drafts)
       max_length=384))  # question + draft + target: longer than a policy example
   c.evaluate = ml_collections.ConfigDict(dict(
       num_questions=200,

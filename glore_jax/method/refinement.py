@@ -94,19 +94,28 @@ def global_pairs(
   *,
   seed: int = 0,
   max_pairs_per_question: int | None = None,
+  correct_draft_pairs: int = 0,
 ) -> CountedList:
   """Pair each distinct incorrect solution with a correct solution of the same question.
 
   Per question, the distinct incorrect and correct solutions are put in a seeded order; the k-th
   incorrect one is paired with the (k mod #correct)-th correct one, so targets are spread evenly,
   and at most `max_pairs_per_question` pairs are kept. Questions without both kinds give none.
-  counts: pairs, questions_with_pairs, questions_without_correct, questions_without_incorrect.
+  With `correct_draft_pairs` > 0, up to that many correct drafts per question are also paired
+  with a correct solution (another one when there is one, else itself): the paper's pairs are
+  all wrong -> right, which teaches a small refiner that every draft must change, so it rewrites
+  right drafts too; right -> right pairs teach it to keep what is already right.
+  counts: pairs, correct_draft_pairs, questions_with_pairs, questions_without_correct,
+  questions_without_incorrect.
   """
   if max_pairs_per_question is not None and max_pairs_per_question < 0:
     raise ValueError(f"max_pairs_per_question must be >= 0 or None, got {max_pairs_per_question}")
+  if correct_draft_pairs < 0:
+    raise ValueError(f"correct_draft_pairs must be >= 0, got {correct_draft_pairs}")
   pairs: list[GlobalPair] = []
   counts = collections.Counter(
-    questions_with_pairs=0, questions_without_correct=0, questions_without_incorrect=0
+    questions_with_pairs=0, questions_without_correct=0, questions_without_incorrect=0,
+    correct_draft_pairs=0,
   )
   for pid, sols in problems_solutions.items():
     wrong = _shuffled(seed, pid, "draft", _distinct(s.steps for s in sols if not s.outcome))
@@ -114,6 +123,9 @@ def global_pairs(
     if not right:
       counts["questions_without_correct"] += 1
       continue
+    kept = right[:correct_draft_pairs]
+    pairs += [GlobalPair(pid, d, right[(k + 1) % len(right)]) for k, d in enumerate(kept)]
+    counts["correct_draft_pairs"] += len(kept)
     if not wrong:
       counts["questions_without_incorrect"] += 1
       continue

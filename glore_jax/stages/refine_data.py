@@ -20,7 +20,8 @@ def build(ctx: Context, records: list[dict]) -> tuple[list, list, dict]:
     by_question[r["problem_id"]].append((sol, StepLabels(r["sorm_hard"], r["sorm_soft"])))
   seed = ctx.config.seed
   pairs = global_pairs({pid: [s for s, _ in v] for pid, v in by_question.items()}, seed=seed,
-                       max_pairs_per_question=ctx.config.refine.max_pairs_per_question)
+                       max_pairs_per_question=ctx.config.refine.max_pairs_per_question,
+                       correct_draft_pairs=ctx.config.refine.correct_draft_pairs)
   triples = local_triples(by_question, consistency=ctx.config.sorm.consistency, seed=seed)
   counts = {**{f"global_{k}": v for k, v in pairs.counts.items()},
             **{f"local_{k}": v for k, v in triples.counts.items()}}

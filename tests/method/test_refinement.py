@@ -53,6 +53,7 @@ def test_global_pairs_pair_each_incorrect_with_a_correct_solution():
   assert sorted(tuple(p.target_steps) for p in pairs) == sorted([tuple(RIGHT_C), tuple(RIGHT_D)])
   assert pairs.counts == {
     "pairs": 2,
+    "correct_draft_pairs": 0,
     "questions_with_pairs": 1,
     "questions_without_correct": 1,
     "questions_without_incorrect": 1,
@@ -75,6 +76,25 @@ def test_global_pairs_cap_seed_and_order_independence():
   assert drafts == {tuple(WRONG_A), tuple(WRONG_B)}
   with pytest.raises(ValueError, match="max_pairs_per_question"):
     global_pairs(problems, max_pairs_per_question=-1)
+
+
+def test_correct_draft_pairs_teach_keeping_right_drafts():
+  problems = {
+    "p1": [sol(WRONG_A, False), sol(RIGHT_C, True), sol(RIGHT_D, True)],
+    "p3": [sol(RIGHT_C, True)],  # nothing to fix: its one right solution maps to itself
+  }
+  plain = global_pairs(problems, seed=0)
+  pairs = global_pairs(problems, seed=0, correct_draft_pairs=2)
+  assert pairs.counts["correct_draft_pairs"] == 3 and pairs.counts["pairs"] == len(pairs) == 4
+  keep = [p for p in pairs if p not in plain]
+  assert all(p.target_steps in (RIGHT_C, RIGHT_D) for p in keep)
+  p1 = {(tuple(p.draft_steps), tuple(p.target_steps)) for p in keep if p.problem_id == "p1"}
+  assert p1 == {(tuple(RIGHT_C), tuple(RIGHT_D)), (tuple(RIGHT_D), tuple(RIGHT_C))}  # another one
+  assert [(p.draft_steps, p.target_steps) for p in keep if p.problem_id == "p3"] == [(RIGHT_C, RIGHT_C)]
+  assert [p for p in pairs if not p.draft_steps in (RIGHT_C, RIGHT_D)] == list(plain)
+  assert len(global_pairs(problems, seed=0, correct_draft_pairs=1)) == 3
+  with pytest.raises(ValueError, match="correct_draft_pairs"):
+    global_pairs(problems, correct_draft_pairs=-1)
 
 
 # --- local triples ---------------------------------------------------------------------------------
