@@ -98,6 +98,9 @@ def validate(config) -> None:
     _check(config, key, positive, "a positive integer")
   _check(config, "reward.targets", lambda v: v in ("hard", "soft"), "'hard' or 'soft'")
   _check(config, "evaluate.threshold", lambda v: 0.0 < v < 1.0, "a probability in (0, 1)")
+  _check(config, "reward.orm_rollouts", lambda v: isinstance(v, bool), "True or False")
+  _check(config, "reward.truth_labels", lambda v: v is False or (v is True and config.data.source == "synthetic"),
+         "False, or True with data.source='synthetic' (the only source with per-step ground truth)")
   _check(config, "refine.correct_draft_pairs", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
   _check(config, "evaluate.where_threshold", lambda v: 0.0 < v < 1.0, "a probability in (0, 1)")
   for key in ("tune_where_threshold", "keep_confident_answer", "rollout_labels"):

@@ -72,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.reward = ml_collections.ConfigDict(dict(
       train=train(steps=300, learning_rate=1e-3, warmup_steps=30, max_epochs=3.0),
       train_backbone=True,
+      orm_rollouts=False,
+      truth_labels=False,  # diagnostic (synthetic task only): SORM trained on ground-truth steps  # also train the ORM on the label stage's rollouts (prefix + continuation)
       targets="hard"))  # hard | soft (fraction of rollouts that succeeded)
   c.refine = ml_collections.ConfigDict(dict(
       train=train(steps=300, learning_rate=1e-3, warmup_steps=30, max_epochs=4.0),

@@ -40,6 +40,13 @@ def recompute(candidates: dict) -> dict[str, float]:
     rows["draft_global_local"] = _top([d, g, l], orm)["correct"]
     rows["orm_gated"] = d["correct"] if d["orm"] >= candidates["threshold"] else \
         rows["draft_global_local"]
+    if "orm_lik" in d:  # the same reranks by ORM + policy likelihood
+      mixed = lambda c: c["orm_lik"]
+      rows["draft_global+lik"] = _top([d, g], mixed)["correct"]
+      rows["draft_local+lik"] = _top([d, l], mixed)["correct"]
+      rows["draft_global_local+lik"] = _top([d, g, l], mixed)["correct"]
+      if n:
+        rows[f"best_of_{n}+lik"] = _top(samples, mixed)["correct"]
     if n:
       rows["mean_sample"] = sum(c["correct"] for c in samples) / n
       rows[f"best_of_{n}"] = _top(samples, orm)["correct"]

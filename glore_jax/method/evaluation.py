@@ -55,6 +55,10 @@ def row_descriptions(best_of: int) -> dict[str, str]:
     "draft_global_local": "{D, G, L}, ORM rerank",
     "orm_gated": "refine only if ORM(D) < threshold, then rerank {D, G, L}",
     "oracle": "oracle: any of D, G, L correct",
+    f"best_of_{n}+lik": f"best of {n} samples, ORM + policy likelihood rerank",
+    "draft_global+lik": "{D, G}, ORM + policy likelihood rerank",
+    "draft_local+lik": "{D, L}, ORM + policy likelihood rerank",
+    "draft_global_local+lik": "{D, G, L}, ORM + policy likelihood rerank",
   }
 
 

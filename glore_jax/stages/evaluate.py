@@ -12,6 +12,7 @@ recomputed from it (tests/recompute_table.py does).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,19 +25,16 @@ from glore_jax.sampling import generate
 from glore_jax.stages import models, sharded
 from glore_jax.stages.common import Context, is_heldout, problems, timed, tokenizer_for
 from glore_jax.stages.label import label_samples
-from glore_jax.stages.scoring import score_steps
+from glore_jax.stages.scoring import score_steps, solution_logprobs
 from glore_jax.workdir import read_json, write_json_atomic
 
 POLICY_ROLES = ("draft", "sample")  # candidates the policy wrote (step-level metrics use these)
 
 
-def _candidate(role: str, steps: Sequence[str], gold: str, *, index: int = 0,
-               logprobs: Sequence[float] | None = None) -> dict[str, Any]:
+def _candidate(role: str, steps: Sequence[str], gold: str, *, index: int = 0) -> dict[str, Any]:
   text = join_steps(steps)
-  answer = extract_answer(text)
-  return {"role": role, "index": index, "steps": list(steps), "answer": answer,
-          "correct": solution_correct(text, gold),
-          "mean_logprob": (sum(logprobs) / len(logprobs)) if logprobs else None}
+  return {"role": role, "index": index, "steps": list(steps), "answer": extract_answer(text),
+          "correct": solution_correct(text, gold)}
 
 
 def _generate(ctx: Context, model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1,
@@ -109,7 +107,7 @@ def candidates(ctx: Context, tests) -> tuple[list[dict], dict]:
                       temperature=section.temperature, seed_offset=7)
   for rec, d, row in zip(records, drafts, samples):
     for role, k, s in [("draft", 0, d[0])] + [("sample", k, s) for k, s in enumerate(row)]:
-      c = _candidate(role, _steps(tokenizer, s), rec["gold"], index=k, logprobs=s.logprobs)
+      c = _candidate(role, _steps(tokenizer, s), rec["gold"], index=k)
       c["tokens"] = list(s.tokens)
       rec["candidates"].append(c)
   if section.rollout_labels:
@@ -154,12 +152,77 @@ def candidates(ctx: Context, tests) -> tuple[list[dict], dict]:
   for kind in ("sorm", "orm"):
     _attach_scores(ctx, kind, tokenizer, questions, refined)
 
+  every = [(q, c) for q, rec in enumerate(records) for c in rec["candidates"]]
+  policy = models.load(ctx, policy_dir)
+  logprobs = solution_logprobs(policy, tokenizer, [prompts.policy_prompt(questions[q]) for q, _ in every],
+                               [c["steps"] for _, c in every],
+                               max_length=ctx.config.data.max_length, mesh=ctx.mesh)
+  for (_, c), lp in zip(every, logprobs):
+    c["mean_logprob"] = lp
+  selector = _likelihood_weight(ctx, policy, tokenizer)
+  del policy
+  for _, c in every:
+    c["orm_lik"] = combined_score(c["orm"], c["mean_logprob"], selector)
+
   for p, rec in zip(tests, records):
     ref = reference_equations(p.reference) if synthetic else None
     for c in rec["candidates"]:
       c.pop("tokens", None)
       c["truth"] = step_truth(c["steps"], ref, p.answer).to_json() if ref else None
-  return records, {"where_threshold": threshold, "where_threshold_heldout_f1": tuned}
+  return records, {"where_threshold": threshold, "where_threshold_heldout_f1": tuned,
+                   "orm_lik": selector}
+
+
+def combined_score(orm: float, mean_logprob: float | None, selector: dict) -> float:
+  """The ORM's logit plus the policy's likelihood, each standardised on held-out questions and
+  mixed with the weight chosen there: (1 - w) z(logit ORM) + w z(mean log-prob)."""
+  if mean_logprob is None:
+    return float("-inf")
+  p = min(max(orm, 1e-6), 1 - 1e-6)
+  logit = math.log(p / (1 - p))
+  w = selector["weight"]
+  return ((1 - w) * (logit - selector["logit_mean"]) / selector["logit_std"]
+          + w * (mean_logprob - selector["logprob_mean"]) / selector["logprob_std"])
+
+
+def _likelihood_weight(ctx: Context, policy, tokenizer) -> dict[str, Any]:
+  """How much of the policy's own likelihood to mix into the ORM's score, chosen on held-out
+  training questions (never trained on by the ORM) by within-question pairwise accuracy."""
+  records = [r for r in sharded.read(ctx, "sample", "evaluate")
+             if is_heldout(ctx.config, r["problem_id"]) and r["steps"]]
+  questions = {p.id: p.question for p in problems(ctx.config, "train")}
+  pairs = [(questions[r["problem_id"]], r["steps"]) for r in records]
+  orm = [s[-1] if s else 0.5 for s in _score(ctx, "orm", tokenizer, pairs)]
+  lp = solution_logprobs(policy, tokenizer, [ctx.prompts.policy_prompt(q) for q, _ in pairs],
+                         [s for _, s in pairs], max_length=ctx.config.data.max_length,
+                         mesh=ctx.mesh)
+  keep = [i for i, x in enumerate(lp) if x is not None]
+  logits = [math.log(min(max(orm[i], 1e-6), 1 - 1e-6) / (1 - min(max(orm[i], 1e-6), 1 - 1e-6)))
+            for i in keep]
+  lps = [lp[i] for i in keep]
+  stats = {"logit_mean": _mean(logits), "logit_std": _std(logits),
+           "logprob_mean": _mean(lps), "logprob_std": _std(lps)}
+  best = {"weight": 0.0, "heldout_pairwise": None}
+  for w in [round(0.1 * i, 1) for i in range(11)]:
+    sel = {**stats, "weight": w}
+    scores = [combined_score(orm[i], lp[i], sel) for i in keep]
+    r = ev.within_question_pairs(scores, [records[i]["correct"] for i in keep],
+                                 [records[i]["problem_id"] for i in keep])
+    if r["pairwise"] is not None and (best["heldout_pairwise"] is None
+                                      or r["pairwise"] > best["heldout_pairwise"]):
+      best = {"weight": w, "heldout_pairwise": r["pairwise"]}
+  return {**stats, **best, "heldout_solutions": len(keep)}
+
+
+def _mean(xs: Sequence[float]) -> float:
+  return sum(xs) / len(xs) if xs else 0.0
+
+
+def _std(xs: Sequence[float]) -> float:
+  if len(xs) < 2:
+    return 1.0
+  m = _mean(xs)
+  return max(math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs)), 1e-6)
 
 
 def _where_threshold(ctx: Context, tokenizer) -> tuple[float, float | None]:
@@ -213,6 +276,13 @@ def per_question_rows(records: Sequence[dict], threshold: float, seed: int) -> d
         "draft_global_local": ev.rerank(scores, correct).correct[0],
         "orm_gated": ev.gated_rerank(scores, correct, threshold).correct[0],
         "oracle": any(c["correct"] for c in dgl)})
+    if "orm_lik" in d:  # the same reranks by ORM + policy likelihood
+      mixed = [[c["orm_lik"] for c in dgl]]
+      if samples:
+        picks[f"best_of_{n}+lik"] = ev.rerank([[c["orm_lik"] for c in samples]], [ok]).correct[0]
+      picks["draft_global+lik"] = ev.rerank(mixed, correct, [0, 1]).correct[0]
+      picks["draft_local+lik"] = ev.rerank(mixed, correct, [0, 2]).correct[0]
+      picks["draft_global_local+lik"] = ev.rerank(mixed, correct).correct[0]
     for k, v in picks.items():
       rows.setdefault(k, []).append(v)
   return rows
@@ -229,7 +299,9 @@ def answer_rows(records: Sequence[dict], threshold: float, resamples: int, seed:
   diff = lambda a, b: ev.paired_difference(per_q[a], per_q[b], num_resamples=resamples, seed=seed)
   comparisons = [("draft_global_local", "greedy"), ("draft_global_local", f"best_of_{n}"),
                  (f"best_of_{n}", "mean_sample"), (f"best_of_{n}", _row_name("random", n)),
-                 (f"best_of_{n}", _row_name("majority", n)), ("orm_gated", "greedy")]
+                 (f"best_of_{n}", _row_name("majority", n)), ("orm_gated", "greedy"),
+                 ("draft_global_local+lik", "greedy"), ("draft_global_local+lik", f"best_of_{n}+lik"),
+                 (f"best_of_{n}+lik", "mean_sample"), (f"best_of_{n}+lik", _row_name("likelihood", n))]
   differences = {f"{a} - {b}": diff(a, b) for a, b in comparisons if a in per_q and b in per_q}
   d, g, l = (per_q["greedy"], per_q["global"], per_q["local"])
   wrong = [i for i, ok in enumerate(d) if not ok]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from glore_jax.data.step_truth import reference_equations, step_truth
+from glore_jax.data.steps import split_steps
 from glore_jax.method.labels import balance_by_step_index
 from glore_jax.stages import models, sharded
 from glore_jax.stages.common import (Context, is_heldout, problems, timed, tokenizer_for,
@@ -33,15 +35,55 @@ def value_example(ctx: Context, tokenizer, question: str, steps: Sequence[str],
                       None if soft is None else [float(soft[i]) for i in idx])
 
 
+def rollout_solutions(label_records: Sequence[dict]) -> list[dict]:
+  """The label stage's rollouts as more graded policy solutions for the ORM: prefix P_i of a
+  sample followed by one of its K continuations. They are policy samples too (conditioned on a
+  prefix), K x steps times as many as the samples, and rollouts from one prefix differ only after
+  it: right and wrong solutions that share their start, the contrast a verifier learns from.
+  Duplicates of a solution already seen for the same question are dropped."""
+  seen: set[tuple[str, str]] = set()
+  out = []
+  for r in label_records:
+    seen.add((r["problem_id"], "\n".join(r["steps"])))
+  for r in label_records:
+    for i, rollouts in enumerate(r["rollouts"]):
+      for x in rollouts:
+        steps = list(r["steps"][:i + 1]) + split_steps(x["text"])
+        key = (r["problem_id"], "\n".join(steps))
+        if key in seen:
+          continue
+        seen.add(key)
+        out.append({"problem_id": r["problem_id"], "sample_index": -1, "steps": steps,
+                    "correct": bool(x["correct"])})
+  return out
+
+
+def truth_rows(ctx: Context, records: Sequence[dict]) -> list[tuple]:
+  """A diagnostic upper bound, not GLoRe: SORM targets from each step's ground truth on the
+  synthetic task (prefix sound or not) instead of rollouts, i.e. what a verifier of this size
+  could learn from perfect step labels."""
+  refs = {p.id: (reference_equations(p.reference), p.answer) for p in problems(ctx.config, "train")}
+  rows = []
+  for r in records:
+    ref, gold = refs[r["problem_id"]]
+    sound = [float(x) for x in step_truth(r["steps"], ref, gold).prefix_sound]
+    rows.append((r, sound, sound))
+  return rows
+
+
 def reward_examples(ctx: Context, kind: str, tokenizer) -> tuple[list, list]:
   """(train, held-out) ValueExamples for the ORM or the SORM."""
   questions = {p.id: p.question for p in problems(ctx.config, "train")}
   if kind == "orm":
     records = sharded.read(ctx, "sample", "train_orm")
+    if ctx.config.reward.orm_rollouts:
+      records = records + rollout_solutions(sharded.read(ctx, "label", "train_orm"))
     rows = [(r, [float(r["correct"])] * len(r["steps"]), None) for r in records]
   else:
     records = sharded.read(ctx, "label", "train_sorm")
     rows = [(r, r["sorm_hard"], r["sorm_soft"]) for r in records]
+    if ctx.config.reward.truth_labels:
+      rows = truth_rows(ctx, records)
   train, heldout = [], []
   train_rows = [row for row in rows if not is_heldout(ctx.config, row[0]["problem_id"])]
   keeps = [None] * len(train_rows)

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow  # one micro pipeline run: ~1-2 min of compiles on
 
 ROW_KEYS = ("greedy", "mean_sample", "random_of_3", "majority_of_3", "likelihood_of_3",
             "best_of_3", "global", "local", "draft_global", "draft_local", "draft_global_local",
-            "orm_gated", "oracle")
+            "orm_gated", "oracle", "best_of_3+lik", "draft_global+lik", "draft_local+lik",
+            "draft_global_local+lik")
 STEP_KEYS = {"step_accuracy", "final_accuracy", "auroc", "ece", "n_steps", "auroc_truth",
              "n_truth_steps", "final_auroc", "within_question_pairs", "within_question",
              "localisation"}
@@ -38,7 +39,7 @@ def test_micro_pipeline_results(micro_run):
     assert 0.0 <= lo <= hi <= 1.0, key
   # The oracle (any of D, G, L correct) bounds every strategy that picks among D, G, L.
   for key in ("greedy", "global", "local", "draft_global", "draft_local", "draft_global_local",
-              "orm_gated"):
+              "orm_gated", "draft_global+lik", "draft_local+lik", "draft_global_local+lik"):
     assert results[key]["accuracy"] <= results["oracle"]["accuracy"], key
 
   step = results["step_level"]
@@ -78,7 +79,8 @@ def test_every_row_recomputes_from_candidates_json(micro_run):
     roles = [c["role"] for c in q["candidates"]]
     assert roles == ["draft"] + ["sample"] * 3 + ["global", "local"]
     for c in q["candidates"]:
-      assert {"steps", "answer", "correct", "orm", "orm_steps", "sorm_steps", "truth"} <= set(c)
+      assert {"steps", "answer", "correct", "orm", "orm_steps", "sorm_steps", "truth",
+              "mean_logprob", "orm_lik"} <= set(c)
       assert len(c["orm_steps"]) == len(c["sorm_steps"]) <= len(c["steps"])
       assert c["truth"] is None or len(c["truth"]["ok"]) == len(c["steps"])
   recomputed = recompute(candidates)
