@@ -23,9 +23,16 @@ def get_config():
   c.sorm.update(num_rollouts=4, temperature=0.8, shard_size=100, max_new_tokens=64)
   c.reward.train.update(steps=400, batch_size=32, learning_rate=2e-3, warmup_steps=20,
                         max_epochs=5.0, checkpoint_every=200, eval_every=400)
-  c.refine.train.update(steps=400, batch_size=32, learning_rate=2e-3, warmup_steps=20,
+  # Levers from docs/fidelity_notebook.md: the ORM also learns from the label stage's rollouts
+  # (right and wrong solutions sharing a prefix); the global refiner also sees right -> right
+  # pairs, at a lower rate; "where" is tuned on held-out questions and the answer line alone is
+  # not refined when the ORM trusts the draft.
+  c.reward.orm_rollouts = True
+  c.refine.train.update(steps=400, batch_size=32, learning_rate=5e-4, warmup_steps=20,
                         max_epochs=6.0, checkpoint_every=200, eval_every=400)
   c.refine.max_pairs_per_question = 4
+  c.refine.correct_draft_pairs = 2
   c.refine.max_length = 256
-  c.evaluate.update(num_questions=200, max_new_tokens=64, heldout_fraction=0.2)
+  c.evaluate.update(num_questions=200, max_new_tokens=64, heldout_fraction=0.2,
+                    tune_where_threshold=True, keep_confident_answer=True)
   return c
