@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
       path="",  # gsm8k: folder with train.jsonl/test.jsonl; gsm8k_tfds: TFDS data_dir
       train_size=2000, test_size=200, on_error="raise",  # or "skip" (counted, logged)
       synthetic=ml_collections.ConfigDict(dict(min_steps=2, max_steps=4, max_operand=30,
-                                               max_multiplier=9, max_value=999)),
+                                               max_multiplier=9, max_value=999, distractors=0)),
       max_length=256,  # tokens of prompt + solution; longer examples drop whole trailing steps
       bucket_multiple=0,  # pad training batches to a multiple of this; 0 = powers of two
   ))

@@ -75,6 +75,10 @@ class SyntheticConfig:
   max_value: int = 999  # bound on every intermediate result (keeps numbers <= 3 digits)
   operations: tuple[str, ...] = ("+", "-", "*")
   test_fraction: float = 0.2  # share of signature buckets reserved for the test split
+  # Sentences about a second person (same objects) mixed into the question; the solution must
+  # ignore them. Their numbers make "used the wrong quantity" a possible mistake, one a verifier
+  # can see by reading the question, unlike an arithmetic slip. 0 = the original task.
+  distractors: int = 0
 
   def __post_init__(self) -> None:
     ops = tuple(self.operations)
@@ -91,6 +95,8 @@ class SyntheticConfig:
       raise ValueError("max_value is too small for the operand ranges")
     if not 0.0 < self.test_fraction < 1.0:
       raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+    if not isinstance(self.distractors, int) or self.distractors < 0:
+      raise ValueError(f"distractors must be an integer >= 0, got {self.distractors!r}")
 
   @classmethod
   def from_dict(cls, overrides: Mapping[str, Any] | None) -> "SyntheticConfig":
@@ -191,9 +197,38 @@ def _try_sample(rng: random.Random, cfg: SyntheticConfig) -> tuple[str, str, int
     x = y
   if 1 + len(ops) < cfg.min_steps:
     return None
+  if cfg.distractors:
+    q = _with_distractors(rng, q, name, pron, obj, cfg)
   q.append(f"How many {obj} does {name} have?")
   sol.append(f"#### {x}")
   return " ".join(q), "\n".join(sol), x, problem_signature((a, first_op, b), ops)
+
+
+def _with_distractors(rng: random.Random, q: list[str], name: str, pron: str, obj: str,
+                      cfg: SyntheticConfig) -> list[str]:
+  """The question's sentences with `cfg.distractors` sentences about someone else mixed in after
+  the first one; the main person's sentences name them instead of a pronoun (both could be
+  "He")."""
+  other = rng.choice([n for n, _ in _NAMES if n != name])
+  main = [q[0]] + [sentence.replace(f"{pron} ", f"{name} ", 1) for sentence in q[1:]]
+  count = rng.randint(3, cfg.max_operand)
+  extra = [f"{other} has {count} {obj}."]
+  for _ in range(cfg.distractors - 1):
+    if count > 2 and rng.random() < 0.5:  # never more than they have
+      v = rng.randint(1, min(cfg.max_operand, count - 1))
+      extra.append(f"{other} gives away {v}.")
+      count -= v
+    else:
+      v = rng.randint(2, cfg.max_operand)
+      extra.append(f"{other} buys {v} more.")
+      count += v
+  out = main[:1]
+  rest = main[1:]
+  for sentence in extra:  # keep each list's own order, interleave them at random
+    while rest and rng.random() < 0.5:
+      out.append(rest.pop(0))
+    out.append(sentence)
+  return out + rest
 
 
 def make_split(

@@ -83,3 +83,27 @@ def test_random_single_mutations_are_located(seed):
     truth = step_truth(steps[:i] + [bad] + steps[i + 1:], ref, p.answer)
     assert truth.first_error == i
     assert truth.arithmetic_ok[i] is False
+
+
+def test_distractor_questions_keep_the_computation_and_expose_quantity_errors():
+  plain = SyntheticConfig(max_steps=3)
+  with_d = SyntheticConfig(max_steps=3, distractors=3)
+  assert make_split(5, 40, "test", SyntheticConfig(max_steps=3, distractors=0)) == \
+      make_split(5, 40, "test", plain)  # distractors=0 is the original task, draw for draw
+  for p in make_split(5, 40, "test", with_d):
+    ref = reference_equations(p.reference)
+    assert step_truth(split_steps(p.reference), ref, p.answer).first_error is None
+    main, *_ = p.question.split(" ", 1)
+    others = {w for w in p.question.replace(".", "").split() if w.istitle() and w not in
+              (main, "How")}
+    assert len(others) == 1  # one other person, never the asker
+    # using the other person's count instead of the right operand is a quantity error
+    other_count = int(p.question.split(f"{others.pop()} has ")[1].split()[0])
+    steps = split_steps(p.reference)
+    eq = ref[-1]
+    if eq.op in "+-" and other_count != eq.right:
+      value = eq.left + other_count if eq.op == "+" else eq.left - other_count
+      bad = steps[-2].replace(f"{eq.op}{eq.right}={eq.result}", f"{eq.op}{other_count}={value}")
+      truth = step_truth(steps[:-2] + [bad, f"#### {value}"], ref, p.answer)
+      assert truth.first_error == len(ref) - 1
+      assert truth.arithmetic_ok[len(ref) - 1] and not truth.quantities_ok[len(ref) - 1]
