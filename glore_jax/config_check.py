@@ -62,6 +62,9 @@ def validate(config) -> None:
   checkpoint = _get(config, "model.checkpoint")
   if checkpoint and not (epath.Path(checkpoint) / "config.json").exists():
     raise ConfigError(f"config.model.checkpoint={checkpoint!r}: no HF config.json there")
+  for key, folder in (getattr(config, "inputs", None) or {}).items():
+    if folder and not (epath.Path(folder) / "config.json").exists():
+      raise ConfigError(f"config.inputs.{key}={folder!r}: expected an HF model folder (config.json)")
   for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
               "max_position_embeddings"):
     _check(config, f"model.{key}", positive, "a positive integer")

@@ -30,6 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
       max_position_embeddings=512,
       dtype="float32", param_dtype="float32", remat=False,
   ))
+  # Model folders given from outside (HF folders, local or gs://): each replaces the work
+  # directory's own output of that stage, which then is not trained (an eval-only run takes
+  # orm, sorm and the refiners; `policy` also replaces model.checkpoint's SFT).
+  c.inputs = ml_collections.ConfigDict(dict(policy="", orm="", sorm="", refiner_global="",
+                                            refiner_local=""))
   # "embedded-bpe" (byte-level BPE trained on the synthetic task, offline), "embedded"
   # (characters), or a tokenizer folder / tokenizer.json; ignored with model.checkpoint.
   c.tokenizer = "embedded-bpe"

@@ -37,6 +37,7 @@ __all__ = [
   "embedded_bpe_tokenizer",
   "embedded_tokenizer",
   "load_tokenizer",
+  "padding_id",
 ]
 
 EMBEDDED_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, in this order
@@ -217,3 +218,27 @@ def add_special_token(tokenizer: PreTrainedTokenizerFast, token: str = "[BAD]") 
     return existing
   tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
   return tokenizer.convert_tokens_to_ids(token)
+
+
+def padding_id(tokenizer: PreTrainedTokenizerFast) -> int:
+  """The id to fill padded positions with: the pad token, else EOS, else the unknown token.
+
+  Llama-2's tokenizer (like transformers' own) has no pad token. Adding one would grow the
+  user's vocabulary behind their back, so padding reuses EOS (or <unk>) as transformers users
+  do; every padded position is masked (attention, loss and value-head masks), so which id fills
+  it never changes a result.
+
+  Args:
+    tokenizer: any fast tokenizer.
+
+  Returns:
+    A token id inside the tokenizer's vocabulary.
+  """
+  for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
+    value = getattr(tokenizer, name, None)
+    if value is not None:
+      return int(value)
+  raise ValueError(
+    "the tokenizer has no pad, eos or unk token to pad batches with: set one in its "
+    "tokenizer_config.json (e.g. \"pad_token\": \"</s>\")"
+  )

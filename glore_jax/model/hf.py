@@ -26,6 +26,11 @@ from glore_jax.model.sharding import tree_shardings
 log = logging.getLogger(__name__)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+# The value head is saved in model.safetensors under the names of transformers'
+# `LlamaForTokenClassification` classifier, so that
+# `AutoModelForTokenClassification.from_pretrained(folder, num_labels=1)` returns our value
+# logits. Folders written before kept it in VALUE_HEAD_FILE under the names on the left.
+_LEGACY_HEAD_NAMES = {"value_head.weight": "score.weight", "value_head.bias": "score.bias"}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
@@ -80,8 +85,8 @@ def _tensor_map(cfg: LlamaConfig) -> dict[str, _Mapping]:
 
 def _value_head_map(cfg: LlamaConfig) -> dict[str, _Mapping]:
   d = cfg.hidden_size
-  return {"value_head.weight": _Mapping(("value_head",), (1, d), lambda x: x.T, lambda x: x.T),
-          "value_head.bias": _Mapping(("value_bias",), (1,), lambda x: x, lambda x: x)}
+  return {"score.weight": _Mapping(("value_head",), (1, d), lambda x: x.T, lambda x: x.T),
+          "score.bias": _Mapping(("value_bias",), (1,), lambda x: x, lambda x: x)}
 
 
 def _safetensor_files(folder: Path) -> list[Path]:
@@ -145,9 +150,11 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
   graphdef, abstract_state = _abstract(cfg)
   shardings = None if mesh is None else tree_shardings(abstract_state, mesh)
   table = _tensor_map(cfg.replace(vocab_size=ckpt_vocab))
-  if value_head and (folder / VALUE_HEAD_FILE).exists():
-    table.update(_value_head_map(cfg))
-    files = files + [folder / VALUE_HEAD_FILE]
+  head_table = _value_head_map(cfg)
+  if value_head:
+    table.update(head_table)
+    if (folder / VALUE_HEAD_FILE).exists():  # written by glore-jax before the head moved
+      files = files + [folder / VALUE_HEAD_FILE]
 
   names = {name for name, _, _ in _iter_tensors(files)}
   # A tied checkpoint may store the shared matrix under either name (safetensors' dedup
@@ -156,6 +163,10 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
                 and "model.embed_tokens.weight" not in names)
   loaded: dict[str, jax.Array] = {}
   for name, file, read in _iter_tensors(files):
+    if file.name == VALUE_HEAD_FILE:
+      name = _LEGACY_HEAD_NAMES.get(name, name)
+    if name in head_table and not value_head:
+      continue  # a reward model read as a plain LM
     if tied_alias and name == "lm_head.weight":
       name = "model.embed_tokens.weight"
     if name.endswith(_IGNORED_SUFFIXES) or (cfg.tie_word_embeddings and name == "lm_head.weight"):
@@ -179,11 +190,11 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
     assert value.shape == target.shape, (name, value.shape, target.shape)
     loaded[name] = value
     target.set_value(value)
-  missing = sorted(set(table) - set(loaded))
+  missing = sorted(set(table) - set(loaded) - set(head_table))  # a new head starts fresh
   if missing:
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     raise CheckpointError(f"{folder}: missing tensors {shown}")
-  if value_head and "value_head.weight" not in loaded:
+  if value_head and "score.weight" not in loaded:
     fresh = {("value_head",): _INIT_STD * jax.random.normal(
                  jax.random.key(seed), (cfg.hidden_size, 1), jnp.float32).astype(cfg.weight_dtype),
              ("value_bias",): jnp.zeros((1,), cfg.weight_dtype)}
@@ -210,7 +221,9 @@ def _host_array(value: jax.Array) -> np.ndarray:
 
 def save_hf(model: Llama, path: str | Path) -> Path:
   """Writes an HF folder that `transformers.AutoModelForCausalLM.from_pretrained` loads; the
-  value head (if any) goes beside it in `value_head.safetensors`. Only process 0 writes."""
+  value head (if any) goes into the same file as `score.weight` and `score.bias`, the names of
+  `LlamaForTokenClassification`'s classifier, so `AutoModelForTokenClassification` loads it
+  (one label) and returns our value logits. Only process 0 writes."""
   folder = Path(path)
   cfg = model.cfg
   state = nnx.state(model)
@@ -223,9 +236,9 @@ def save_hf(model: Llama, path: str | Path) -> Path:
   if jax.process_index() != 0:
     return folder
   folder.mkdir(parents=True, exist_ok=True)
-  save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-  if heads:
-    save_file(heads, str(folder / VALUE_HEAD_FILE), metadata={"format": "pt"})
+  save_file({**tensors, **heads}, str(folder / "model.safetensors"), metadata={"format": "pt"})
   hf_config = cfg.to_hf()
+  if heads:
+    hf_config.update(id2label={"0": "value"}, label2id={"value": 0})  # one logit per token
   (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
   return folder

@@ -70,6 +70,9 @@ def run_stages(config, workdir: str) -> Context:
   ctx = make_context(config, workdir)
   log.info("devices: %d x %s, %d process(es); mesh %s; workdir %s", jax.device_count(),
            jax.devices()[0].device_kind, jax.process_count(), dict(ctx.mesh.shape), workdir)
+  if ctx.is_leader:
+    from glore_jax.provenance import write_run_config
+    write_run_config(config, ctx.workdir)  # what this run is, before any compute
   for stage in stage_list(config):
     _runner(stage)(stage_context(ctx, stage))
   return ctx

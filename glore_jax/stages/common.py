@@ -35,6 +35,9 @@ LAYOUT = {
     "local": "refiner_local/model",
     "evaluate": "evaluate",
 }
+# Outputs a config can give from outside (config.inputs.KEY, an HF folder) instead of training.
+INPUT_KEYS = {"policy": "policy", "orm": "orm", "sorm": "sorm", "global": "refiner_global",
+              "local": "refiner_local"}
 # Which stage produces each output, for "run stage X first" messages.
 PRODUCER = {"policy": "policy", "sample": "sample", "label": "label", "orm": "train_orm",
             "sorm": "train_sorm", "refine_data": "refine_data", "global": "train_global",
@@ -53,7 +56,14 @@ class Context:
   mesh: jax.sharding.Mesh
 
   def path(self, output: str) -> epath.Path:
-    return self.workdir / LAYOUT[output]
+    """Where `output` is: the folder given in config.inputs, else its place in the workdir."""
+    given = self.given(output)
+    return epath.Path(given) if given else self.workdir / LAYOUT[output]
+
+  def given(self, output: str) -> str:
+    """The folder config.inputs names for `output` ('' when the workdir's own is used)."""
+    inputs = getattr(self.config, "inputs", None) or {}
+    return inputs.get(INPUT_KEYS.get(output, ""), "") or ""
 
   def require(self, output: str, stage: str) -> epath.Path:
     """The folder of `output`; a clear error naming the stage to run when it is not finished."""
@@ -61,6 +71,9 @@ class Context:
     from glore_jax import workdir
     model = output in ("policy", "orm", "sorm", "global", "local")
     if not ((path / "config.json").exists() if model else workdir.stage_done(path)):
+      if self.given(output):
+        raise MissingInputError(f"stage {stage!r}: config.inputs.{INPUT_KEYS[output]}={path} "
+                                "has no config.json (expected an HF model folder)")
       raise MissingInputError(
           f"stage {stage!r} needs the output of stage {PRODUCER[output]!r} ({path}), which is "
           f"missing or unfinished: run it first, e.g. --config.stages={PRODUCER[output]},{stage}")

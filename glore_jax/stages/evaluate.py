@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from glore_jax import provenance
 from glore_jax.data.grading import extract_answer, normalize_number, solution_correct
 from glore_jax.data.step_truth import reference_equations, step_truth
 from glore_jax.data.steps import join_steps, split_steps
@@ -409,7 +410,8 @@ def run(ctx: Context) -> None:
   timings_path = ctx.workdir / "timings.json"
   results = {**table["rows"], "best_of": table["best_of"], "differences": table["differences"],
              "step_level": steps, "label_quality": quality, "fixes": table["fixes"], **where,
-             "timings": read_json(timings_path) if timings_path.exists() else {}}
+             "timings": read_json(timings_path) if timings_path.exists() else {},
+             "provenance": provenance.record(ctx.config)}
   write_json_atomic(out_dir / "results.json", results)
   write_json_atomic(out_dir / "candidates.json",
                     {"threshold": section.threshold, "seed": ctx.config.seed, **where,

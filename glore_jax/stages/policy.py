@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from glore_jax.data.steps import split_steps
+from glore_jax.data.tokenizer import padding_id
 from glore_jax.stages import models
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for, try_encode
 from glore_jax.training import SFTExample
@@ -32,7 +33,7 @@ def run(ctx: Context) -> None:
     eval_examples = sft_examples(ctx, tokenizer, train[:cut])
     model = models.new_policy(ctx, tokenizer)
     model, metrics = models.fit(ctx, model, examples, eval_examples, ctx.config.policy, loss="lm",
-                                run_dir=folder.parent / "train", pad_id=tokenizer.pad_token_id)
+                                run_dir=folder.parent / "train", pad_id=padding_id(tokenizer))
     models.save(ctx, model, tokenizer, folder)
     summary.update(examples=len(examples), **{k: round(v, 4) for k, v in metrics.items()
                                                if isinstance(v, float)})

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from glore_jax.data.tokenizer import padding_id
 from glore_jax.model import Llama
 from glore_jax.stages.common import try_encode
 from glore_jax.training import bucket_length
@@ -34,7 +35,7 @@ def score_steps(model: Llama, tokenizer, prompts: Sequence[str], steps: Sequence
     for start in range(0, len(order), batch_size):
       rows = order[start:start + batch_size]
       width = bucket_length(max(len(encoded[i].ids) for i in rows))
-      tokens = np.full((batch_size, width), tokenizer.pad_token_id or 0, np.int32)
+      tokens = np.full((batch_size, width), padding_id(tokenizer), np.int32)
       mask = np.zeros((batch_size, width), np.int32)
       for r, i in enumerate(rows):
         ids = encoded[i].ids

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from glore_jax.data.tokenizer import padding_id
 from glore_jax.stages import models
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for, try_encode
 from glore_jax.stages.refine_data import read_examples
@@ -51,7 +52,7 @@ def run(ctx: Context, kind: str) -> None:
     if examples:
       model, metrics = models.fit(ctx, model, examples[cut:], examples[:cut], ctx.config.refine,
                                   loss="lm", run_dir=folder.parent / "train",
-                                  pad_id=tokenizer.pad_token_id,
+                                  pad_id=padding_id(tokenizer),
                                   max_length=ctx.config.refine.max_length)
     else:
       # A policy that never (or always) succeeds gives no pairs; the pipeline still completes

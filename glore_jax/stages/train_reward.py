@@ -11,6 +11,7 @@ from typing import Sequence
 
 from glore_jax.data.step_truth import reference_equations, step_truth
 from glore_jax.data.steps import split_steps
+from glore_jax.data.tokenizer import padding_id
 from glore_jax.method.labels import balance_by_step_index
 from glore_jax.stages import models, sharded
 from glore_jax.stages.common import (Context, is_heldout, problems, timed, tokenizer_for,
@@ -122,7 +123,7 @@ def run(ctx: Context, kind: str) -> None:
     section = ctx.config.reward
     model, metrics = models.fit(
         ctx, model, train, heldout, section, loss="value", run_dir=folder.parent / "train",
-        pad_id=tokenizer.pad_token_id, value_targets=section.targets,
+        pad_id=padding_id(tokenizer), value_targets=section.targets,
         train_backbone=section.train_backbone)
     models.save(ctx, model, tokenizer, folder)
     positives = sum(sum(ex.labels) for ex in train)

@@ -94,6 +94,13 @@ def bucket_length(n: int, *, multiple: int | None = None, minimum: int = 16,
   return length
 
 
+def _check_pad_id(pad_id: Any) -> None:
+  """A tokenizer without a pad token gives pad_id=None: say what to pass instead."""
+  if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
+    raise ValueError(f"pad_id={pad_id!r}: expected a token id; a tokenizer without a pad token "
+                     "pads with EOS (glore_jax.data.tokenizer.padding_id)")
+
+
 def collate_lm(records: Sequence[Any], *, length: int | None = None, batch_size: int | None = None,
                pad_id: int = 0, bucket_multiple: int | None = None) -> dict[str, np.ndarray]:
   """Records with `ids` and `prompt_length` (SFTExample, EncodedSteps, or dicts) -> an LM batch.
@@ -103,6 +110,7 @@ def collate_lm(records: Sequence[Any], *, length: int | None = None, batch_size:
   batch_size = batch_size or len(records)
   if len(records) > batch_size:
     raise ValueError(f"{len(records)} records for batch_size={batch_size}")
+  _check_pad_id(pad_id)
   lengths = [len(_get(r, "ids")) for r in records]
   length = length or bucket_length(max(lengths, default=1), multiple=bucket_multiple)
   tokens = np.full((batch_size, length), pad_id, np.int32)
@@ -135,6 +143,7 @@ def collate_value(records: Sequence[Any], *, targets: Literal["hard", "soft"] = 
     raise ValueError(f"{len(records)} records for batch_size={batch_size}")
   lengths = [len(_get(r, "ids")) for r in records]
   length = length or bucket_length(max(lengths, default=1), multiple=bucket_multiple)
+  _check_pad_id(pad_id)
   most = max((len(_get(r, "step_ends")) for r in records), default=1)
   num_steps = num_steps or bucket_length(most, minimum=4)
   tokens = np.full((batch_size, length), pad_id, np.int32)
