@@ -4,13 +4,7 @@
       --config.model.checkpoint=/path/to/Llama-2-13b-hf --config.data.path=/path/to/gsm8k
 """
 
-import importlib.util
-import pathlib
-
-_spec = importlib.util.spec_from_file_location(
-    "llama2_7b_gsm8k", pathlib.Path(__file__).with_name("llama2_7b_gsm8k.py"))
-_seven = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_seven)
+from glore_jax.configs import llama2_7b_gsm8k as _seven
 
 
 def get_config():

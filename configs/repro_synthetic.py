@@ -7,12 +7,7 @@ answers table has tighter intervals. About 25 minutes on a 2-core CPU.
 Its tables are in README.md ("Reproducing the paper's claims at small scale").
 """
 
-import importlib.util
-import pathlib
-
-_spec = importlib.util.spec_from_file_location("demo", pathlib.Path(__file__).with_name("demo.py"))
-_demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_demo)
+from glore_jax.configs import demo as _demo
 
 
 def get_config():

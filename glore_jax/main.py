@@ -81,6 +81,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def run() -> None:
   from glore_jax.cpu_malloc import reexec_with_malloc_tunables
   reexec_with_malloc_tunables()  # CPU-only installs: keep XLA:CPU's buffers (see cpu_malloc.py)
+  from glore_jax.config_files import resolve_config_argv
+  sys.argv = resolve_config_argv(sys.argv)  # configs/X.py from the installed package too
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
 
 

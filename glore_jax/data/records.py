@@ -16,6 +16,8 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
+from etils import epath
+
 from glore_jax.data.grading import extract_answer
 from glore_jax.data.steps import split_steps
 
@@ -246,9 +248,10 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
 def iter_jsonl_objects(
   path: str | os.PathLike, *, on_error: OnError = "raise", skipped: list[DataError] | None = None
 ):
-  """Yield (line_number, parsed JSON object) for each non-blank line of a JSONL file."""
+  """Yield (line_number, parsed JSON object) for each non-blank line of a JSONL file (a local
+  path or any etils.epath URI such as gs://bucket/gsm8k/train.jsonl)."""
   _check_on_error(on_error)
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open("r", encoding="utf-8") as f:
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
         continue

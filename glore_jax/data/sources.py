@@ -11,8 +11,9 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
+
+from etils import epath  # data folders may be gs:// URIs, which pathlib would mangle
 
 from glore_jax.data.grading import (
   extract_answer,
@@ -104,7 +105,7 @@ def load_gsm8k_jsonl(
   """GSM8K in its official JSONL format; ids are "<source>-<file stem>-<0-based line index>"."""
   _check_on_error(on_error)
   out = RecordList()
-  stem = Path(path).stem
+  stem = epath.Path(path).stem
   for lineno, obj in iter_jsonl_objects(path, on_error=on_error, skipped=out.skipped):
     try:
       out.append(
@@ -199,7 +200,7 @@ def load_svamp(path: str | os.PathLike, *, on_error: OnError = "raise") -> Recor
   """
   _check_on_error(on_error)
   try:
-    with open(path, encoding="utf-8") as f:
+    with epath.Path(path).open("r", encoding="utf-8") as f:
       data = json.load(f)
   except json.JSONDecodeError as e:
     raise DataError(path, e.lineno, None, f"not valid JSON ({e.msg})") from e
@@ -266,7 +267,7 @@ def _gsm8k_source(
         "source 'gsm8k' needs data_dir=<folder with train.jsonl/test.jsonl> "
         "or path=<file.jsonl> (or use source 'gsm8k_tfds' or 'synthetic')"
       )
-    path = Path(data_dir) / f"{split}.jsonl"
+    path = epath.Path(data_dir) / f"{split}.jsonl"
   return load_gsm8k_jsonl(path, **kw)
 
 
@@ -282,7 +283,7 @@ def _svamp_source(
   if path is None:
     if data_dir is None:
       raise ValueError("source 'svamp' needs path=<SVAMP.json> or data_dir=<its folder>")
-    path = Path(data_dir) / "SVAMP.json"
+    path = epath.Path(data_dir) / "SVAMP.json"
   return load_svamp(path, **kw)
 
 

@@ -152,6 +152,5 @@ def timed(ctx: Context, stage: str, *, record: bool = True) -> Iterator[dict]:
     timings = read_json(path) if path.exists() else {}
     timings[stage] = round(seconds, 2)
     write_json_atomic(path, timings)
-  details = " ".join(f"{k}={v}" for k, v in summary.items())
-  log.info("stage %s done in %.1f s %s", stage, seconds, details)
-  print(f"[{stage}] {seconds:.1f} s  {details}", flush=True)
+  from glore_jax.console import format_summary
+  print(f"[{stage}] {seconds:.1f} s  {format_summary(summary)}", flush=True)  # once, on stdout

@@ -143,6 +143,7 @@ def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequ
         **overrides: Any):
   """Trains on examples (SFTExample / ValueExample) with checkpoints under `run_dir`; resumes."""
   cfg = train_config(section, loss=loss, seed=ctx.config.seed, **overrides)
+  name = run_dir.parent.name  # the stage's output folder: policy, orm, sorm, refiner_global, ...
   max_length = max_length or ctx.config.data.max_length
   kind = "lm" if loss == "lm" else "value"
   batches = make_batches(examples, batch_size=section.train.batch_size, kind=kind,
@@ -161,9 +162,9 @@ def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequ
   if epochs and cfg.total_steps > epochs * len(batches):
     # small data sets (a few hundred refinement pairs) would otherwise be seen 50+ times
     steps = max(1, math.ceil(epochs * len(batches)))
-    log.info("%s: %d steps cover max_epochs=%s of %d batches (config asked %d)", run_dir.name,
-             steps, epochs, len(batches), cfg.total_steps)
+    log.info("%s: %d steps cover max_epochs=%s of %d batches (config asked %d)", name, steps,
+             epochs, len(batches), cfg.total_steps)
     cfg = dataclasses.replace(cfg, total_steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10))
-  log.info("training %s: %d examples in %d batches, %d steps", run_dir.name, len(examples),
+  log.info("%s: training on %d examples in %d batches, %d steps", name, len(examples),
            len(batches), cfg.total_steps)
   return train(model, batches, cfg, run_dir, eval_batches=eval_batches, mesh=ctx.mesh)

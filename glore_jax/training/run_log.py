@@ -59,7 +59,9 @@ class RunLog:
         self.lines = self.jsonl_path.read_text().splitlines(keepends=True)
     if progress:
       from tqdm.auto import tqdm
-      self.bar = tqdm(total=total_steps, initial=start, desc=f"train[{loss}]",
+      # a stage's run folder is <stage output>/train: name the bar after the stage
+      name = workdir.parent.name if workdir.name == "train" else workdir.name
+      self.bar = tqdm(total=total_steps, initial=start, desc=f"{name} [{loss}]",
                       unit="step", dynamic_ncols=True)
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:

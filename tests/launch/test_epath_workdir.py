@@ -190,3 +190,59 @@ def test_training_checkpoints_on_gs_and_resumes(orbax_bucket, tmp_path):
   # the same weights as an uninterrupted local run
   straight, _ = train(create_model(preset("tiny"), seed=0), batches, cfg, tmp_path / "local")
   _same_weights(straight, resumed)
+
+
+# ---- inputs on gs://: the GSM8K folder (data.path) and the HF checkpoint (model.checkpoint)
+
+GSM8K_LINES = [
+    {"question": "Tom has 3 apples and buys 4 more. How many apples?",
+     "answer": "Tom has 3 + 4 = <<3+4=7>>7 apples.\n#### 7"},
+    {"question": "A box holds 6 eggs. How many eggs are in 2 boxes?",
+     "answer": "2 boxes hold 2 * 6 = <<2*6=12>>12 eggs.\n#### 12"},
+]
+
+
+def _gsm8k_folder(root) -> None:
+  import json
+  root.mkdir(parents=True, exist_ok=True)
+  for split in ("train", "test"):
+    (root / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in GSM8K_LINES))
+
+
+def test_gsm8k_data_path_on_gs(bucket, tmp_path):
+  from glore_jax.config_check import validate
+  from glore_jax.stages.common import problems
+  _gsm8k_folder(bucket / "b" / "gsm8k")
+  _gsm8k_folder(tmp_path / "gsm8k-local")
+  config = get_config()
+  config.data.update(source="gsm8k", path="gs://b/gsm8k", train_size=10)
+  validate(config)  # the folder is found through epath
+  remote = problems(config, "train")
+  config.data.path = str(tmp_path / "gsm8k-local")
+  local = problems(config, "train")
+  assert [p.id for p in remote] == [p.id for p in local] == ["gsm8k-train-0", "gsm8k-train-1"]
+  assert [(p.question, p.answer) for p in remote] == [(p.question, p.answer) for p in local]
+
+
+def test_missing_gs_inputs_fail_validation(bucket):
+  from glore_jax.config_check import ConfigError, validate
+  config = get_config()
+  config.data.update(source="gsm8k", path="gs://b/nothing-here")
+  with pytest.raises(ConfigError, match="data.path"):
+    validate(config)
+  config = get_config()
+  config.model.checkpoint = "gs://b/no-model"
+  with pytest.raises(ConfigError, match="model.checkpoint"):
+    validate(config)
+
+
+def test_policy_from_a_gs_checkpoint(bucket, tmp_path):
+  from glore_jax.stages.common import tokenizer_for
+  model, tokenizer = _tiny()
+  models.save(_ctx(tmp_path / "unused"), model, tokenizer, epath.Path("gs://b/ckpt"))
+  config = get_config()
+  config.model.checkpoint = "gs://b/ckpt"
+  ctx = Context(config=config, workdir=epath.Path("gs://b/run"), mesh=None)
+  loaded_tokenizer = tokenizer_for(config)
+  assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+  _same_weights(model, models.new_policy(ctx, loaded_tokenizer))
