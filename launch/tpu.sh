@@ -7,8 +7,9 @@
 #
 # Commands
 #   create                      create the TPU VM / slice; reuses it when it already exists
-#   setup                       install Python 3.11 (uv), this checkout (or --repo) and
-#                               glore-jax[tpu] on every worker
+#   setup                       install uv (pinned: UV_VERSION), Python 3.11, this checkout
+#                               (or --repo) and glore-jax[tpu] (jax's TPU runtime, gcsfs for
+#                               gs://) on every worker
 #   copy-in SRC DEST            copy an HF checkpoint folder (gs://... or a local folder) to DEST
 #                               on every worker's local disk
 #   run CONFIG [OVERRIDES...]   python -m glore_jax.main --config=CONFIG --workdir=WORKDIR
@@ -55,6 +56,8 @@ BRANCH="${BRANCH:-main}"
 DRY_RUN="${DRY_RUN:-0}"
 WORKERS="${WORKERS:-}"           # hosts in the slice; derived from the accelerator type if empty
 PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
+# The installer is a pinned PyPI package (pip checks what it downloads), not a piped script.
+UV_VERSION="${UV_VERSION:-0.13.8}"
 REMOTE_DIR="glore-jax"           # on each worker, relative to the home directory
 REMOTE_VENV="glore-venv"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -168,8 +171,8 @@ cmd_setup() {
   fi
   local script
   script="set -euo pipefail; "
-  script+="command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh; "
   script+="export PATH=\$HOME/.local/bin:\$PATH; "
+  script+="uv --version 2>/dev/null | grep -qx 'uv ${UV_VERSION}' || python3 -m pip install --user --quiet 'uv==${UV_VERSION}'; "
   script+="${fetch}; "
   script+="uv venv --allow-existing --python ${PYTHON_VERSION} \$HOME/${REMOTE_VENV}; "
   script+="uv pip install --python \$HOME/${REMOTE_VENV}/bin/python -e \"\$HOME/${REMOTE_DIR}[tpu]\"; "

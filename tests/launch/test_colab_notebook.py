@@ -25,6 +25,8 @@ def test_notebook_is_valid_and_parameterised():
       "commit the notebook without outputs"
   source = "\n".join(c.source for c in nb.cells)
   assert "glore_jax.main" in source and "configs/demo.py" in source and "[tpu]" in source
+  assert "YOUR-ORG" not in source, "no placeholder URL: GLORE_REPO is a parameter"
+  assert "about 10 minutes" not in source  # the demo takes 4-5 minutes on 2 cores (README)
 
 
 @pytest.mark.slow

@@ -97,6 +97,8 @@ def test_setup_installs_this_checkout_with_the_tpu_extra_on_every_worker(tpu):
   remote = _remote(ssh)
   assert "tar -xzf" in remote and "--python 3.11" in remote
   assert 'uv pip install --python $HOME/glore-venv/bin/python -e "$HOME/glore-jax[tpu]"' in remote
+  # the installer is pinned and comes from PyPI through pip, not a piped script
+  assert "python3 -m pip install --user --quiet 'uv==0.13.8'" in remote and "curl" not in remote
 
 
 def test_setup_from_a_git_url(tpu):
