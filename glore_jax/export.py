@@ -175,5 +175,10 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `glore-jax-export` console script."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()
