@@ -29,7 +29,8 @@ def _requirements(text: str) -> list[Requirement]:
 
 
 def _pins() -> dict[str, str]:
-  lines = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+  text = (REPO / "requirements.txt").read_text()
+  lines = [line.split("#")[0].strip() for line in text.splitlines()]
   reqs = [Requirement(line) for line in lines if line]
   pins = {}
   for r in reqs:

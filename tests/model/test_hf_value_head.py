@@ -52,6 +52,7 @@ def test_token_classification_returns_our_value_logits(tmp_path, tie):
     assert logits.shape == tokens.shape + (1,)
     real = mask.astype(bool)
     diff = np.abs(logits[..., 0] - expected)[real].max()
+    print(f"tie={tie} {kwargs}: max |HF - ours| value logit = {diff:.2e}")
     assert diff < 1e-4, f"max |HF - ours| = {diff:.2e}"
     head = hf.score.weight.detach().numpy()
     np.testing.assert_array_equal(head, np.asarray(ours.value_head[...]).T)

@@ -72,7 +72,8 @@ def test_export_writes_trl_stepwise_and_chat_rows(workdir, probs, capsys):  # no
         assert user["content"] == ctx.prompts.global_refine_input(q, r["draft_steps"])
         assert assistant["content"] == "\n".join(r["target_steps"])
       else:
-        assert user["content"] == ctx.prompts.local_refine_input(q, r["draft_steps"], r["bad_index"])
+        marked = ctx.prompts.local_refine_input(q, r["draft_steps"], r["bad_index"])
+        assert user["content"] == marked
         assert "[BAD]" in user["content"]
         assert assistant["content"] == "\n".join(r["target_steps"][r["bad_index"]:])
   printed = capsys.readouterr().out
