@@ -53,11 +53,14 @@ def test_save_hf_round_trip_loads_in_transformers(tmp_path):
   assert np.array_equal(np.asarray(again(jnp.asarray(tokens))), np.asarray(ours(jnp.asarray(tokens))))
 
 
-def test_value_head_saved_beside_hf_weights(tmp_path):
+def test_value_head_saved_with_hf_weights(tmp_path):
+  from safetensors import safe_open
   make_hf_llama(tmp_path / "src")
   ours = load_hf(tmp_path / "src", value_head=True, seed=3)
   save_hf(ours, tmp_path / "export")
-  assert (tmp_path / "export" / "value_head.safetensors").exists()
+  # under the names of transformers' token-classification head (tests/model/test_hf_value_head.py)
+  with safe_open(str(tmp_path / "export" / "model.safetensors"), framework="numpy") as f:
+    assert {"score.weight", "score.bias"} <= set(f.keys())
   again = load_hf(tmp_path / "export", value_head=True, seed=99)  # seed unused: loaded from file
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, 128, size=(2, 9)))
   v1 = ours.values(ours.forward(tokens)[0])
