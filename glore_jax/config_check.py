@@ -62,6 +62,11 @@ def validate(config) -> None:
   checkpoint = _get(config, "model.checkpoint")
   if checkpoint and not (epath.Path(checkpoint) / "config.json").exists():
     raise ConfigError(f"config.model.checkpoint={checkpoint!r}: no HF config.json there")
+  from glore_jax.tracking import TrackingError, check
+  try:
+    check(config)  # a tracker asked for but not installed
+  except TrackingError as e:
+    raise ConfigError(str(e)) from None
   for key, folder in (getattr(config, "inputs", None) or {}).items():
     if folder and not (epath.Path(folder) / "config.json").exists():
       raise ConfigError(f"config.inputs.{key}={folder!r}: expected an HF model folder (config.json)")

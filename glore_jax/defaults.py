@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   # orm, sorm and the refiners; `policy` also replaces model.checkpoint's SFT).
   c.inputs = ml_collections.ConfigDict(dict(policy="", orm="", sorm="", refiner_global="",
                                             refiner_local=""))
+  # Optional trackers fed by the trainer's metrics (glore_jax/tracking.py; the `wandb` extra).
+  c.tracking = ml_collections.ConfigDict(dict(wandb=False, wandb_project="glore-jax",
+                                              wandb_entity="", wandb_group=""))
   # "embedded-bpe" (byte-level BPE trained on the synthetic task, offline), "embedded"
   # (characters), or a tokenizer folder / tokenizer.json; ignored with model.checkpoint.
   c.tokenizer = "embedded-bpe"

@@ -167,4 +167,6 @@ def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequ
     cfg = dataclasses.replace(cfg, total_steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10))
   log.info("%s: training on %d examples in %d batches, %d steps", name, len(examples),
            len(batches), cfg.total_steps)
-  return train(model, batches, cfg, run_dir, eval_batches=eval_batches, mesh=ctx.mesh)
+  from glore_jax.tracking import metrics_hook
+  return train(model, batches, cfg, run_dir, eval_batches=eval_batches, mesh=ctx.mesh,
+               metrics_hook=metrics_hook(ctx.config, name))

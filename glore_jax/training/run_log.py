@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 from etils import epath
@@ -36,8 +36,10 @@ class RunLog:
   and events go to a local temporary folder copied to `<workdir>/tensorboard` on close."""
 
   def __init__(self, workdir: epath.Path, *, start: int, total_steps: int, loss: str,
-               progress: bool = True):
+               progress: bool = True,
+               hook: Callable[[int, Mapping[str, float]], None] | None = None):
     self.main = jax.process_index() == 0
+    self.hook = hook  # also gets every record (trackers such as W&B)
     self.writer = self.bar = self.jsonl = None
     self.local = is_local_path(workdir)
     self.jsonl_path = workdir / "metrics.jsonl"
@@ -70,6 +72,8 @@ class RunLog:
     for k, v in values.items():
       if isinstance(v, (int, float)) and math.isfinite(v):
         self.writer.add_scalar(k, v, step)
+    if self.hook is not None:
+      self.hook(step, values)
     line = json.dumps({"step": step, **values}) + "\n"
     if self.jsonl is not None:
       self.jsonl.write(line)

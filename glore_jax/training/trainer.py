@@ -39,7 +39,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import jax
@@ -363,10 +363,13 @@ def evaluate(model: Llama, batches: Iterable[Mapping], *, mesh=None,
 
 def train(model: Llama, train_batches: Iterable[Mapping[str, np.ndarray]], config: TrainConfig,
           workdir: epath.PathLike, *, eval_batches: Iterable[Mapping] | None = None,
-          mesh: jax.sharding.Mesh | None = None) -> tuple[Llama, dict[str, Any]]:
+          mesh: jax.sharding.Mesh | None = None,
+          metrics_hook: Callable[[int, Mapping[str, float]], None] | None = None,
+          ) -> tuple[Llama, dict[str, Any]]:
   """Trains `model` (updated in place and returned) on `train_batches` (batch format in
   `glore_jax.training.batch`; one batch per optimizer step), resuming from
-  `<workdir>/checkpoints` when it holds a checkpoint. Returns the model and a metrics dict."""
+  `<workdir>/checkpoints` when it holds a checkpoint. Returns the model and a metrics dict.
+  `metrics_hook(step, metrics)` also receives every logged record (process 0), e.g. for W&B."""
   workdir = epath.Path(workdir)  # local or gs:// (see the module docstring)
   workdir.mkdir(parents=True, exist_ok=True)
   keys = _required_keys(config)
@@ -437,6 +440,7 @@ def train(model: Llama, train_batches: Iterable[Mapping[str, np.ndarray]], confi
         return last_eval
 
       logger = RunLog(workdir, start=start, total_steps=config.total_steps, loss=config.loss,
+                      hook=metrics_hook,
                       progress=config.progress)
       data = _iterate_from(train_batches, position, shuffle=config.shuffle, seed=config.seed)
       pending = None  # (step, device metrics, tokens, padded slots) not yet read back
