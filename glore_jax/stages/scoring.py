@@ -69,7 +69,7 @@ def solution_logprobs(model: Llama, tokenizer, prompts: Sequence[str],
     for start in range(0, len(order), batch_size):
       rows = order[start:start + batch_size]
       width = bucket_length(max(len(encoded[i].ids) for i in rows))
-      tokens = np.full((batch_size, width), tokenizer.pad_token_id or 0, np.int32)
+      tokens = np.full((batch_size, width), padding_id(tokenizer), np.int32)
       mask = np.zeros((batch_size, width), np.int32)
       for r, i in enumerate(rows):
         ids = encoded[i].ids
