@@ -93,7 +93,7 @@ def test_micro_pipeline_printed_tables_and_summaries(micro_run):
   out = micro_run.first.stdout
   assert "| method |" in out and "| reward model (test questions) |" in out
   for key in ROW_KEYS:
-    assert re.search(rf"^\| {key} \|", out, re.M), f"row {key} not printed"
+    assert re.search(rf"^\| {re.escape(key)} \|", out, re.M), f"row {key} not printed"
   for kind in ("orm", "sorm"):
     assert re.search(rf"^\| {kind} \|", out, re.M), f"step-level row {kind} not printed"
   for stage in STAGES:  # one summary line per stage
