@@ -47,7 +47,11 @@ def make_context(config, workdir: str) -> Context:
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   path = epath.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  return Context(config=config, workdir=path, mesh=mesh)
+  ctx = Context(config=config, workdir=path, mesh=mesh)
+  if ctx.is_leader:
+    from glore_jax.provenance import write_run_config
+    write_run_config(config, path)  # what this run is, before any compute
+  return ctx
 
 
 # Stages whose generation each process runs alone, on its own shards of the items (sample,
@@ -70,9 +74,6 @@ def run_stages(config, workdir: str) -> Context:
   ctx = make_context(config, workdir)
   log.info("devices: %d x %s, %d process(es); mesh %s; workdir %s", jax.device_count(),
            jax.devices()[0].device_kind, jax.process_count(), dict(ctx.mesh.shape), workdir)
-  if ctx.is_leader:
-    from glore_jax.provenance import write_run_config
-    write_run_config(config, ctx.workdir)  # what this run is, before any compute
   for stage in stage_list(config):
     _runner(stage)(stage_context(ctx, stage))
   return ctx

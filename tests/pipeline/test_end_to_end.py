@@ -128,6 +128,9 @@ def test_micro_pipeline_stage_outputs(micro_run):
       assert r["sorm_hard"][-1] == int(r["outcome"])
   for model in ("policy", "orm", "sorm", "refiner_global", "refiner_local"):
     assert (w / model / "model" / "config.json").exists(), model
+  # the resolved config, written when the run started (glore_jax/provenance.py)
+  assert json.loads((w / "resolved_config.json").read_text())["config"] == \
+      json.loads(json.dumps(cfg.to_dict()))
 
 
 def _snapshot(workdir):
