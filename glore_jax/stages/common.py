@@ -56,15 +56,10 @@ class Context:
     return self.workdir / LAYOUT[output]
 
   def require(self, output: str, stage: str) -> epath.Path:
-    """The folder of `output`; a clear error naming the stage to run when it is not finished."""
-    path = self.path(output)
-    from glore_jax import workdir
-    model = output in ("policy", "orm", "sorm", "global", "local")
-    if not ((path / "config.json").exists() if model else workdir.stage_done(path)):
-      raise MissingInputError(
-          f"stage {stage!r} needs the output of stage {PRODUCER[output]!r} ({path}), which is "
-          f"missing or unfinished: run it first, e.g. --config.stages={PRODUCER[output]},{stage}")
-    return path
+    """The folder of `output`; a clear error naming the stage to run when it is not finished,
+    or to recompute when it was computed under another configuration (`stages.outputs`)."""
+    from glore_jax.stages import outputs  # lazily: outputs imports this module
+    return outputs.require(self, output, stage)
 
   @property
   def prompts(self) -> PromptFormat:
