@@ -48,9 +48,9 @@ def _known() -> list[tuple[type, int]]:
   from glore_jax.model.hf import CheckpointError
   from glore_jax.stages.common import MissingInputError
   from glore_jax.training.trainer import TrainingDivergedError
-  from glore_jax.workdir import CorruptShardError, FingerprintMismatchError, MissingStageError
+  from glore_jax.workdir import CorruptFileError, FingerprintMismatchError, MissingStageError
   return [(GloreError, -1), (MissingInputError, EXIT_INPUT), (MissingStageError, EXIT_INPUT),
-          (FingerprintMismatchError, EXIT_INPUT), (CorruptShardError, EXIT_INPUT),
+          (FingerprintMismatchError, EXIT_INPUT), (CorruptFileError, EXIT_INPUT),
           (DataError, EXIT_INPUT),
           (CheckpointError, EXIT_INPUT), (UnsupportedConfigError, EXIT_INPUT),
           (UnicodeDecodeError, EXIT_INPUT), (TrainingDivergedError, EXIT_OTHER)]

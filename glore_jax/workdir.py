@@ -29,6 +29,7 @@ from etils import epath
 __all__ = [
   "MANIFEST",
   "FingerprintMismatchError",
+  "CorruptFileError",
   "CorruptShardError",
   "MissingStageError",
   "damaged_shards",
@@ -60,7 +61,11 @@ class MissingStageError(FileNotFoundError):
   """A stage's outputs are absent or incomplete."""
 
 
-class CorruptShardError(ValueError):
+class CorruptFileError(ValueError):
+  """A file of the work directory cannot be read back (truncated, damaged, edited)."""
+
+
+class CorruptShardError(CorruptFileError):
   """A shard does not match the record count / checksum written beside it."""
 
 
@@ -91,7 +96,13 @@ def write_json_atomic(path: PathLike, obj: Any) -> None:
 
 
 def read_json(path: PathLike) -> Any:
-  return json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  """A JSON file of the work directory; a damaged one raises CorruptFileError naming it."""
+  try:
+    return json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    raise CorruptFileError(f"{path}: not valid JSON ({e}); the file is truncated or damaged: "
+                           "delete its stage folder (or use --config.recompute) to recompute it"
+                           ) from None
 
 
 def _canonical(config: Any) -> Any:

@@ -68,7 +68,10 @@ def _has_content(ctx: Context, stage: str) -> bool:
 
 def _stale_reason(ctx: Context, stage: str) -> tuple[str, list[str]] | None:
   """None when `stage`'s output (if any) matches the config; else (why, changed keys)."""
-  have = stored(ctx, stage)
+  try:
+    have = stored(ctx, stage)
+  except wd.CorruptFileError as e:
+    return f"its fingerprint file is damaged ({e})", []
   want = fp.record(ctx.config, stage)
   if have is None:
     if _has_content(ctx, stage):
