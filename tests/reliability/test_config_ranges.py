@@ -90,10 +90,12 @@ def test_issue_cases(tmp_path, capsys, key):
 
 def test_context_shorter_than_prompt_plus_generation(tmp_path, capsys):
   config = micro_config()
-  config.model.max_position_embeddings = 64  # the micro config generates 64 new tokens
-  err = _expect_config_error(tmp_path, capsys, config, "max_new_tokens",
-                             "config.model.max_position_embeddings=64")
-  assert "-" not in err.split("exceed")[0].split("=")[-1]  # no "at most -32 tokens"
+  # training sequences fit; 64 sampled + 64 rollout tokens (+ the prompt) do not
+  config.data.max_length = config.refine.max_length = 64
+  config.model.max_position_embeddings = 96
+  err = _expect_config_error(tmp_path, capsys, config, "sample.max_new_tokens + sorm.max_new_tokens",
+                             "config.model.max_position_embeddings=96")
+  assert "at most -" not in err
 
 
 def test_training_sequences_longer_than_the_context(tmp_path, capsys):
