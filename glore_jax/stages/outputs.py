@@ -106,7 +106,7 @@ def _discard(ctx: Context, stage: str) -> None:
   from glore_jax.stages.sharded import barrier
   path = root(ctx, stage)
   if ctx.is_leader and path.exists():
-    print(f"[{stage}] --config.recompute: discarding {path}", flush=True)
+    print(f"[{stage}] discarding {path}: computed under another config, or damaged", flush=True)
     path.rmtree()
   barrier(f"discard-{stage}")
 
@@ -129,7 +129,10 @@ def start(ctx: Context, stage: str) -> bool:
   fingerprint of a model stage or evaluate is written). Raises StaleOutputError otherwise."""
   reason = _stale_reason(ctx, stage)
   if reason is not None:
-    if stage not in fp.recompute_list(ctx.config):
+    if _nothing_computed(ctx, stage):
+      # e.g. a run that failed before its first shard: nothing to lose, nothing to reuse
+      log.info("stage %s: replacing an output of another config with no finished work", stage)
+    elif stage not in fp.recompute_list(ctx.config):
       raise StaleOutputError(_stale_message(ctx, stage, *reason))
     _discard(ctx, stage)
   remove_orphans(ctx, stage)
@@ -152,12 +155,25 @@ def write_record(ctx: Context, stage: str) -> None:
                        {"stage": stage, "fingerprint": wd.fingerprint(record), "config": record})
 
 
+def _nothing_computed(ctx: Context, stage: str) -> bool:
+  """Whether `stage`'s folder holds no finished piece of work (shard, checkpoint, model)."""
+  path = ctx.path(OUTPUT[stage])
+  if stage in SHARDED:
+    return not path.exists() or not list(path.glob("shard-*.jsonl"))
+  if stage in MODELS:
+    checkpoints = root(ctx, stage) / "train" / "checkpoints"
+    return not (path / "config.json").exists() and not (
+        checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+  return not (path / "results.json").exists()
+
+
 def _repair_shards(ctx: Context, stage: str) -> bool:
   """True when every shard of a finished sharded stage matches its checksum; else the damaged
   shards are deleted (to be recomputed by this run) and False."""
   from glore_jax.stages.sharded import barrier
   path = ctx.path(OUTPUT[stage])
   bad = wd.damaged_shards(path)
+  barrier(f"check-{stage}")  # every process has looked before any shard is deleted
   if not bad:
     return True
   if ctx.is_leader:

@@ -59,7 +59,7 @@ def test_recompute_replaces_a_stale_evaluation(micro_run, subprocess_env, tmp_pa
   (rc, out, err), = run_many(subprocess_env, {"r": (w, args + ["--config.recompute=evaluate"])}
                               ).values()
   assert rc == 0, err[-3000:]
-  assert "--config.recompute: discarding" in out and "| method |" in out
+  assert "[evaluate] discarding" in out and "| method |" in out
   new = json.loads((w / "evaluate" / "fingerprint.json").read_text())
   assert new["fingerprint"] != old and new["config"]["keys"]["evaluate.threshold"] == 0.3
   # the same command again: current, so reprinted; the old threshold is now the stale one
@@ -153,3 +153,20 @@ def test_every_top_level_key_is_classified():
   read = {name.split(".")[0] for spec in fp.SPECS.values() for name in spec.reads} | set(fp.SHARED)
   unclassified = set(get_config().keys()) - read - set(fp.RUN_ONLY)
   assert not unclassified, f"add {unclassified} to a stage's reads or to RUN_ONLY in fingerprint.py"
+
+
+def test_a_run_that_failed_before_any_shard_does_not_block_the_corrected_one(tmp_path):
+  """The issue's `top_p=1.5` case: its manifest refused the corrected rerun."""
+  from glore_jax import fingerprint as fp
+  from glore_jax.stages import outputs
+  ctx = make_ctx(tmp_path, micro_config(**{"sample.top_p": 0.5}))
+  wd.ShardedStage(ctx.path("sample"), "sample", config=fp.record(ctx.config, "sample"),
+                  num_items=4, shard_size=2)  # started, then failed: a manifest, no shard
+  ctx.config.sample.top_p = 0.9
+  assert outputs.start(ctx, "sample") is False
+  stage = wd.ShardedStage(ctx.path("sample"), "sample", config=fp.record(ctx.config, "sample"),
+                          num_items=4, shard_size=2)
+  stage.run([1, 2, 3, 4], lambda chunk: [{"v": v} for v in chunk])
+  ctx.config.sample.top_p = 0.5  # now there is finished work under 0.9: refused
+  with pytest.raises(Exception, match="sample.top_p: 0.9 -> 0.5"):
+    outputs.start(ctx, "sample")
