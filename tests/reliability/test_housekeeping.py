@@ -8,8 +8,6 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -28,39 +26,35 @@ def test_orphaned_partial_model_folders_are_removed_on_the_next_run(tmp_path):
   assert not orphan.exists()
 
 
-def _as_nobody(cmd):
-  """`cmd` as an unprivileged user (root ignores file permissions), or None when impossible."""
+def _read_only(cmd, workdir):
+  """`cmd` with `workdir` read-only: a read-only bind mount in a private mount namespace as
+  root (which ignores file modes), the write bits removed otherwise; None when impossible."""
   if os.geteuid() != 0:
+    for path in [workdir, *workdir.rglob("*")]:
+      os.chmod(path, os.lstat(path).st_mode & ~0o222)
     return cmd
-  setpriv = shutil.which("setpriv")
-  if setpriv is None:
+  unshare = shutil.which("unshare")
+  if unshare is None:
     return None
-  return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+  script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"'
+  probe = subprocess.run([unshare, "-m", "sh", "-c", script, str(workdir), "true"],
+                         capture_output=True)
+  return [unshare, "-m", "sh", "-c", script, str(workdir), *cmd] if probe.returncode == 0 else None
 
 
 @pytest.mark.slow
 def test_read_only_finished_workdir_reprints_results(micro_run, subprocess_env, tmp_path):
-  cmd = _as_nobody(["true"])
-  if cmd is None:
-    pytest.skip("running as root without setpriv: cannot make a directory read-only")
-  tmp_path = Path(tempfile.mkdtemp(prefix="glore-ro-"))  # pytest's folders are private (0700)
-  os.chmod(tmp_path, 0o755)
-  (tmp_path / "ro").mkdir(mode=0o755)
-  w = copy_workdir(micro_run.workdir, tmp_path / "ro" / "w")
-  cmd = _as_nobody(main_command(w))
-  for path in [w, *w.rglob("*")]:
-    mode = os.lstat(path).st_mode
-    os.chmod(path, (mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH) & ~0o222
-             | (0o111 if stat.S_ISDIR(mode) else 0))
+  w = copy_workdir(micro_run.workdir, tmp_path / "w")
   before = snapshot(w)
-  env = {**subprocess_env, "HOME": str(tmp_path / "ro"),
-         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "ro" / "no-cache")}
+  cmd = _read_only(main_command(w), w)
+  if cmd is None:
+    pytest.skip("cannot make a directory read-only here (root without unshare/mount)")
   try:
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True,
+                       timeout=300)
   finally:
     for path in [w, *w.rglob("*")]:
       os.chmod(path, os.lstat(path).st_mode | stat.S_IWUSR)
-    shutil.rmtree(tmp_path, ignore_errors=True)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "| method |" in p.stdout and "[evaluate] already done" in p.stdout
   assert snapshot(w) == before
