@@ -38,20 +38,23 @@ class StageSpec:
   reads: tuple[str, ...]  # config sections or dotted keys, besides SHARED
   inputs: tuple[str, ...] = ()  # stages whose outputs it reads
   exclude: tuple[str, ...] = ()  # dotted keys (glob patterns) of `reads` it does not use
+  # (stage, dotted bool key): an input read only when the key is true
+  optional_inputs: tuple[tuple[str, str], ...] = ()
 
 
 SPECS: dict[str, StageSpec] = {
     "policy": StageSpec(("policy",)),
     "sample": StageSpec(("sample",), ("policy",)),
     "label": StageSpec(("sorm",), ("policy", "sample"), exclude=("sorm.balance",)),
-    "train_orm": StageSpec(("reward", "evaluate.heldout_fraction"), ("policy", "sample")),
+    "train_orm": StageSpec(("reward", "evaluate.heldout_fraction"), ("policy", "sample"),
+                           optional_inputs=(("label", "reward.orm_rollouts"),)),
     "train_sorm": StageSpec(("reward", "sorm.balance", "evaluate.heldout_fraction"),
                             ("policy", "label")),
     "refine_data": StageSpec(("refine", "sorm.consistency"), ("label",),
                              exclude=("refine.train.*",)),
     "train_global": StageSpec(("refine",), ("policy", "refine_data")),
     "train_local": StageSpec(("refine",), ("policy", "refine_data")),
-    "evaluate": StageSpec(("evaluate",), ("policy", "label", "train_orm", "train_sorm",
+    "evaluate": StageSpec(("evaluate",), ("policy", "sample", "label", "train_orm", "train_sorm",
                                           "train_global", "train_local")),
 }
 
@@ -92,12 +95,27 @@ def own_keys(config, stage: str) -> dict[str, Any]:
   return out
 
 
-def closure(stage: str) -> list[str]:
-  """`stage` and every stage it depends on, in pipeline order."""
+def inputs(stage: str, config=None) -> tuple[str, ...]:
+  """The stages whose outputs `stage` reads under `config` (None: every one it may read)."""
+  spec = SPECS[stage]
+  optional = tuple(s for s, key in spec.optional_inputs
+                   if config is None or bool(_get_or(config, key, False)))
+  return spec.inputs + optional
+
+
+def _get_or(config, dotted: str, default: Any) -> Any:
+  try:
+    return _read(config, dotted)
+  except (KeyError, AttributeError):
+    return default
+
+
+def closure(stage: str, config=None) -> list[str]:
+  """`stage` and every stage it depends on (under `config`), in pipeline order."""
   seen = {stage}
   todo = [stage]
   while todo:
-    for inp in SPECS[todo.pop()].inputs:
+    for inp in inputs(todo.pop(), config):
       if inp not in seen:
         seen.add(inp)
         todo.append(inp)
@@ -113,10 +131,10 @@ def record(config, stage: str) -> dict[str, Any]:
   """What determines `stage`'s output: its keys and its inputs' keys, and its inputs'
   fingerprints. JSON-ready; stored in the output's manifest."""
   keys: dict[str, Any] = {}
-  for s in closure(stage):
+  for s in closure(stage, config):
     keys.update(own_keys(config, s))
-  inputs = {s: fingerprint(config, s) for s in SPECS[stage].inputs}
-  return {"stage": stage, "keys": dict(sorted(keys.items())), "inputs": inputs}
+  fingerprints = {s: fingerprint(config, s) for s in inputs(stage, config)}
+  return {"stage": stage, "keys": dict(sorted(keys.items())), "inputs": fingerprints}
 
 
 def fingerprint(config, stage: str) -> str:
