@@ -105,6 +105,7 @@ def _run_stages(ctx: Context) -> list[str]:
 def _discard(ctx: Context, stage: str) -> None:
   from glore_jax.stages.sharded import barrier
   path = root(ctx, stage)
+  barrier(f"stale-{stage}")  # every process has seen the stale output before it goes
   if ctx.is_leader and path.exists():
     print(f"[{stage}] discarding {path}: computed under another config, or damaged", flush=True)
     path.rmtree()

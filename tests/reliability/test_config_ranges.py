@@ -144,3 +144,26 @@ def test_hf_config_json_missing_keys_and_wrong_types(tmp_path, capsys, broken, n
   config = micro_config()
   config.model.checkpoint = str(ckpt)
   _expect_config_error(tmp_path, capsys, config, str(ckpt / "config.json"), needle)
+
+
+def test_command_line_exit_codes_and_verbose(tmp_path, subprocess_env):
+  """Through `python -m glore_jax.main`: one line and exit 2 for a bad value or a bad type;
+  --verbose (or GLORE_VERBOSE=1) adds the traceback."""
+  import subprocess
+
+  from .conftest import REPO, main_command, run_many
+  results = run_many(subprocess_env, {
+      "range": (tmp_path / "a", ["--config.policy.train.grad_clip=-1"]),
+      "type": (tmp_path / "b", ["--config.sample.top_k=abc"]),
+      "verbose": (tmp_path / "c", ["--config.sample.top_p=1.5", "--verbose"]),
+  })
+  for name in ("range", "type"):
+    rc, _, err = results[name]
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("config error: ") and "Traceback" not in err, err
+  rc, _, err = results["verbose"]
+  assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("config error")
+  p = subprocess.run(main_command(tmp_path / "d", "--config.sample.top_p=1.5"), cwd=REPO,
+                     env={**subprocess_env, "GLORE_VERBOSE": "1"}, capture_output=True, text=True)
+  assert p.returncode == 2 and "Traceback" in p.stderr
+  assert not any((tmp_path / d).exists() for d in "abcd")

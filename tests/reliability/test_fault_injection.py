@@ -28,9 +28,7 @@ EVENTS = [
     ("sample: mid-stage", "sample/shard-*.jsonl"),
     ("label: mid-stage", "label/shard-*.jsonl"),
     ("train_orm: mid-training", "orm/train/checkpoints/*"),
-    ("train_sorm: starting", "sorm/fingerprint.json"),
     ("refine_data: stage boundary", "refine_data/manifest.json"),
-    ("train_local: mid-training", "refiner_local/train/checkpoints/*"),
     ("evaluate: mid-generation", "evaluate/fingerprint.json"),
 ]
 MIN_KILLS = 6
