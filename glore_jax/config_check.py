@@ -87,9 +87,9 @@ RULES: dict[str, Rule] = {
     "distributed.process_id": _int_rule("-1 (detected) or a process index >= 0",
                                         lambda v: v >= -1, (-2,)),
     "data.bucket_multiple": _int_rule("an integer >= 0 (0: powers of two)", lambda v: v >= 0, (-1,)),
-    # the synthetic task's own checks (SyntheticConfig) run below; here only the type
-    "data.synthetic.*": _num_rule("a number the synthetic task accepts (glore_jax/data/synthetic.py)",
-                                  lambda v: True, (0, -1)),
+    # here a number >= 0; the synthetic task's own checks (SyntheticConfig) run below
+    "data.synthetic.*": _num_rule("a number >= 0 the synthetic task accepts "
+                                  "(glore_jax/data/synthetic.py)", lambda v: v >= 0, (-1,)),
     "*.train.learning_rate": POSITIVE,
     "*.train.weight_decay": NONNEGATIVE,
     # negative: the fused AdamW would scale the update by it, i.e. gradient ascent
