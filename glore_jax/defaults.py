@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Comma-separated, run in this order; each skips work already finished in the workdir.
   c.stages = ",".join(STAGES)
+  # Comma-separated stages whose outputs may be discarded and computed again when they are
+  # stale (computed under another config) or damaged; without it such outputs stop the run.
+  c.recompute = ""
   c.seed = 0
 
   # Devices: sizes of the ('data', 'fsdp', 'tensor') mesh; -1 takes the remaining devices.

@@ -11,6 +11,7 @@ import difflib
 import logging
 import os
 import sys
+import traceback
 
 # transformers is used for tokenizers only; its "PyTorch was not found" advice is noise here.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -21,6 +22,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (local path or gs://bucket/run).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of an error, not only its "
+                             "one-line message (also: GLORE_VERBOSE=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,22 +33,39 @@ def main(argv: list[str]) -> int:
   # orbax and friends log every checkpoint step through absl; keep the console for our stages.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("glore_jax").setLevel(logging.INFO)
-  from glore_jax.config_check import ConfigError, validate
-  config = _CONFIG.value
+  from glore_jax.errors import one_line, verbose_from_env
+  try:
+    _CONFIG.value.keys()  # ml_collections reports a config file that failed to load only now
+  except OSError as e:
+    print(f"config error: --config: {one_line(e)}", file=sys.stderr)
+    return 2
+  return run_pipeline(_CONFIG.value, _WORKDIR.value,
+                      verbose=_VERBOSE.value or verbose_from_env())
+
+
+def run_pipeline(config, workdir: str, *, verbose: bool = False) -> int:
+  """Validates `config` (before anything touches `workdir`), then runs its stages.
+
+  Returns the exit code (glore_jax/errors.py): 0, 2 for a config error, 3 for a missing, stale
+  or corrupt input, 1 for the other known errors, each printed as one line on stderr (with the
+  traceback when `verbose`); an unexpected exception propagates with its traceback.
+  """
+  from glore_jax import errors
+  from glore_jax.config_check import validate
   try:
     validate(config)
-  except ConfigError as e:
-    logging.error("%s", e)
-    print(f"config error: {e}", file=sys.stderr)
-    return 2
-  from glore_jax.stages import MissingInputError, run_stages
-  from glore_jax.workdir import FingerprintMismatchError, MissingStageError
-  try:
-    run_stages(config, _WORKDIR.value)
-  except (MissingInputError, MissingStageError, FingerprintMismatchError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 3
-  return 0
+    from glore_jax.stages import run_stages
+    run_stages(config, workdir)
+  except Exception as e:  # noqa: BLE001  (classified below; unknown ones are re-raised)
+    code = errors.exit_code(e)
+    if code is None:
+      raise
+    if verbose:
+      traceback.print_exc()
+    prefix = "config error" if code == errors.EXIT_CONFIG else "error"
+    print(f"{prefix}: {errors.one_line(e)}", file=sys.stderr, flush=True)
+    return code
+  return errors.EXIT_OK
 
 
 def _unknown_overrides(argv: list[str]) -> list[str]:
@@ -68,14 +88,23 @@ def _unknown_overrides(argv: list[str]) -> list[str]:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing; an override of a key the config lacks (ml_collections raises a bare
-  AttributeError from inside the parser) becomes a message naming the key, exit code 2."""
+  AttributeError from inside the parser) or a value of the wrong type becomes a one-line
+  message naming the key, exit code 2."""
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"config error: {errors_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
   except (AttributeError, KeyError) as e:
     keys = ", ".join(f"config.{k}" for k in _unknown_overrides(argv)) or str(e)
     print(f"config error: unknown key {keys}: the config has no such key (every key and its "
           "default is in glore_jax/defaults.py)", file=sys.stderr)
     sys.exit(2)
+
+
+def errors_one_line(e: BaseException) -> str:
+  from glore_jax.errors import one_line
+  return one_line(e)
 
 
 def run() -> None:

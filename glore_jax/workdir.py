@@ -29,7 +29,11 @@ from etils import epath
 __all__ = [
   "MANIFEST",
   "FingerprintMismatchError",
+  "CorruptFileError",
+  "CorruptShardError",
   "MissingStageError",
+  "damaged_shards",
+  "mark_undone",
   "ShardedStage",
   "fingerprint",
   "iter_all",
@@ -55,6 +59,14 @@ class FingerprintMismatchError(RuntimeError):
 
 class MissingStageError(FileNotFoundError):
   """A stage's outputs are absent or incomplete."""
+
+
+class CorruptFileError(ValueError):
+  """A file of the work directory cannot be read back (truncated, damaged, edited)."""
+
+
+class CorruptShardError(CorruptFileError):
+  """A shard does not match the record count / checksum written beside it."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,7 +96,13 @@ def write_json_atomic(path: PathLike, obj: Any) -> None:
 
 
 def read_json(path: PathLike) -> Any:
-  return json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  """A JSON file of the work directory; a damaged one raises CorruptFileError naming it."""
+  try:
+    return json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    raise CorruptFileError(f"{path}: not valid JSON ({e}); the file is truncated or damaged: "
+                           "delete its stage folder (or use --config.recompute) to recompute it"
+                           ) from None
 
 
 def _canonical(config: Any) -> Any:
@@ -205,10 +223,19 @@ class ShardedStage:
     self._remove_stale_temps()
 
   def _remove_stale_temps(self) -> None:
-    """Delete temp files a killed run left for this process's shards (only the owner writes)."""
+    """Delete temp files a killed run left for this process's shards (only the owner writes),
+    and this process's shards that fail their checksum, so that they are computed again."""
     for i in self.my_shards:
-      for tmp in self.dir.glob(f".{shard_name(i, self.num_shards)}.tmp-*"):
-        tmp.unlink()
+      path = self.shard_path(i)
+      for pattern in (f".{path.name}.tmp-*", f".{_check_path(path).name}.tmp-*"):
+        for tmp in self.dir.glob(pattern):
+          tmp.unlink()
+      if path.exists():
+        try:
+          _verify_shard(path, path.read_bytes())
+        except CorruptShardError as e:
+          print(f"[{self.name}] {e}; recomputing it", flush=True)
+          path.unlink()
 
   def _check(self, have: Mapping[str, Any], want: Mapping[str, Any]) -> None:
     layout = ("stage", "fingerprint", "num_items", "shard_size", "num_shards")
@@ -248,7 +275,11 @@ class ShardedStage:
     """Write one shard atomically (records: dicts, dataclasses, or objects with `to_json`)."""
     self.shard_bounds(index)  # validates the index
     lines = [json.dumps(_to_json(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records]
-    _write_atomic(self.shard_path(index), "".join(lines))
+    text = "".join(lines)
+    # the check first: a shard file never exists without the record count and checksum
+    _write_atomic(_check_path(self.shard_path(index)),
+                  json.dumps(_shard_check(text.encode("utf-8"), len(lines)), sort_keys=True) + "\n")
+    _write_atomic(self.shard_path(index), text)
     return len(lines)
 
   def run(
@@ -276,6 +307,62 @@ class ShardedStage:
     return done
 
 
+def _check_path(shard: epath.Path) -> epath.Path:
+  """`check-00003-of-00010.json`: the record count and sha256 of shard-00003-of-00010.jsonl."""
+  return shard.parent / ("check-" + shard.name.removeprefix("shard-").removesuffix(".jsonl") + ".json")
+
+
+def _shard_check(data: bytes, records: int) -> dict[str, Any]:
+  return {"records": records, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _verify_shard(path: epath.Path, data: bytes) -> None:
+  """Raises CorruptShardError naming `path` when its bytes do not match its check file."""
+  check = _check_path(path)
+  if not check.exists():
+    raise CorruptShardError(f"{path}: no {check.name} (record count and checksum)")
+  try:
+    want = json.loads(check.read_text(encoding="utf-8"))
+    want_records, want_sha = int(want["records"]), str(want["sha256"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise CorruptShardError(f"{check}: unreadable record count and checksum ({e})") from None
+  records = sum(1 for line in data.split(b"\n") if line.strip())
+  if records != want_records or hashlib.sha256(data).hexdigest() != want_sha:
+    raise CorruptShardError(
+      f"{path}: {records} records and {len(data)} bytes, but it was written with "
+      f"{want_records} records and {want.get('bytes')} bytes (checksum differs): the file is "
+      "damaged or was edited"
+    )
+
+
+def damaged_shards(stage_dir: PathLike) -> list[tuple[str, str]]:
+  """(shard name, why) of every present shard that fails its record count or checksum."""
+  stage_dir = epath.Path(stage_dir)
+  manifest = read_manifest(stage_dir)
+  if manifest is None:
+    return []
+  n = manifest["num_shards"]
+  bad = []
+  for i in range(n):
+    path = stage_dir / shard_name(i, n)
+    if path.exists():
+      try:
+        _verify_shard(path, path.read_bytes())
+      except CorruptShardError as e:
+        bad.append((path.name, str(e).removeprefix(f"{path}: ")))
+  return bad
+
+
+def mark_undone(stage_dir: PathLike) -> None:
+  """Marks a stage unfinished again (some of its shards are to be recomputed)."""
+  stage_dir = epath.Path(stage_dir)
+  manifest = read_manifest(stage_dir)
+  if manifest is not None and manifest.get("done"):
+    manifest["done"] = False
+    manifest.pop("completed_shards", None)
+    write_json_atomic(stage_dir / MANIFEST, manifest)
+
+
 def _shard_status(stage_dir: epath.Path) -> tuple[dict[str, Any], str, int, list[int]]:
   """(manifest, stage name, number of shards, missing shard indices); no manifest is an error."""
   manifest = read_manifest(stage_dir)
@@ -298,16 +385,29 @@ def iter_all(stage_dir: PathLike) -> Iterator[dict[str, Any]]:
     )
   for i in range(n):
     path = stage_dir / shard_name(i, n)
-    with path.open("r", encoding="utf-8") as f:
-      for lineno, line in enumerate(f, start=1):
-        if line.strip():
-          try:
-            yield json.loads(line)
-          except json.JSONDecodeError as e:
-            raise ValueError(
-              f"{path}:{lineno}: not valid JSON ({e.msg}); delete this "
-              f"shard and rerun stage {name!r}"
-            ) from e
+    data = path.read_bytes()
+    records = []
+    try:
+      text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise CorruptShardError(f"{path}: not valid UTF-8 at byte {e.start}; rerun stage {name!r} "
+                              "to recompute the damaged shard") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise CorruptShardError(
+            f"{path}:{lineno}: not valid JSON ({e.msg}); delete this "
+            f"shard and rerun stage {name!r}"
+          ) from None
+    try:
+      _verify_shard(path, data)
+    except CorruptShardError as e:
+      raise CorruptShardError(
+        f"{e}; rerun stage {name!r} (--config.stages={name}) to recompute the damaged shard"
+      ) from None
+    yield from records
 
 
 def read_all(stage_dir: PathLike, parse: Callable[[dict[str, Any]], T] | None = None) -> list[Any]:
@@ -335,7 +435,13 @@ def mark_done(stage_dir: PathLike, summary: Mapping[str, Any] | None = None) -> 
       f"cannot mark stage {name!r} done: shards {missing} of {n} missing "
       f"in {stage_dir}; run stage {name!r} on every process first"
     )
-  manifest.update(done=True, completed_shards=list(range(n)))
+  bad = damaged_shards(stage_dir)
+  if bad:
+    raise CorruptShardError(f"cannot mark stage {name!r} done: {stage_dir / bad[0][0]}: {bad[0][1]}")
+  checks = [read_json(_check_path(stage_dir / shard_name(i, n))) for i in range(n)]
+  manifest.update(done=True, completed_shards=list(range(n)),
+                  records=sum(c["records"] for c in checks),
+                  shard_checks={shard_name(i, n): c for i, c in enumerate(checks)})
   if summary is not None:
     manifest["summary"] = _canonical(summary)
   write_json_atomic(stage_dir / MANIFEST, manifest)

@@ -174,7 +174,8 @@ cmd_setup() {
   script+="export PATH=\$HOME/.local/bin:\$PATH; "
   script+="uv --version 2>/dev/null | grep -qx 'uv ${UV_VERSION}' || python3 -m pip install --user --quiet 'uv==${UV_VERSION}'; "
   script+="${fetch}; "
-  script+="uv venv --allow-existing --python ${PYTHON_VERSION} \$HOME/${REMOTE_VENV}; "
+  [[ "${PYTHON_VERSION}" =~ ^[0-9]+(\.[0-9]+){0,2}$ ]] || die "PYTHON_VERSION=${PYTHON_VERSION@Q}: expected a version such as 3.11"
+  script+="uv venv --allow-existing --python $(printf '%q' "${PYTHON_VERSION}") \$HOME/${REMOTE_VENV}; "
   script+="uv pip install --python \$HOME/${REMOTE_VENV}/bin/python -e \"\$HOME/${REMOTE_DIR}[tpu]\"; "
   script+="\$HOME/${REMOTE_VENV}/bin/python -c 'import jax, glore_jax; print(jax.__version__, glore_jax.__version__)'"
   on_all_workers "${script}"
@@ -188,7 +189,8 @@ cmd_copy_in() {
   else
     require
     location_flags
-    run gcloud compute tpus tpu-vm scp --recurse "${src%/}" "${TPU_NAME}:${dest}" "${LOCATION[@]}" --worker=all
+    # the remote side of an scp path goes through the remote shell: quote it for that shell
+    run gcloud compute tpus tpu-vm scp --recurse "${src%/}" "${TPU_NAME}:$(printf '%q' "${dest}")" "${LOCATION[@]}" --worker=all
   fi
 }
 
@@ -236,7 +238,7 @@ cmd_copy_out() {
     else
       require
       location_flags
-      run gcloud compute tpus tpu-vm scp --recurse "${TPU_NAME}:${WORKDIR%/}/${path}" "${dest}/" \
+      run gcloud compute tpus tpu-vm scp --recurse "${TPU_NAME}:$(printf '%q' "${WORKDIR%/}/${path}")" "${dest}/" \
         "${LOCATION[@]}" --worker=0
     fi
   done

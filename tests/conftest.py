@@ -44,3 +44,28 @@ def smollm2_hf_dir() -> Path:
   except (ImportError, FileNotFoundError) as e:
     pytest.skip(f"SmolLM2 weights unavailable: {e}")
   return convert_gguf_to_hf(gguf, cache_dir() / "smollm2-135m-instruct-hf")
+
+
+# ---- one real micro pipeline run per session, shared by tests/pipeline and tests/reliability ----
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(tmp_path_factory) -> dict[str, str]:
+  env = dict(os.environ)  # the 8 simulated CPU devices set above carry over
+  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory, subprocess_env):
+  """The whole micro pipeline, once, as a real `python -m glore_jax.main` subprocess
+  (helpers in tests/pipeline/conftest.py)."""
+  from tests.pipeline.conftest import MicroRun, run_main
+  workdir = tmp_path_factory.mktemp("micro") / "run"
+  first = run_main(subprocess_env, workdir)
+  if first.returncode != 0:
+    pytest.fail(f"micro pipeline failed (exit {first.returncode}):\n{first.stdout[-4000:]}\n"
+                f"{first.stderr[-8000:]}")
+  return MicroRun(workdir, first)

@@ -146,7 +146,8 @@ def test_temp_files_are_never_visible_as_shards(tmp_path, monkeypatch):
   monkeypatch.setattr(type(stage.dir), "replace", failing_replace)
   with pytest.raises(OSError, match="disk full"):
     stage.write_shard(1, square(ITEMS[5:10]))
-  assert sorted(path.name for path in stage.dir.iterdir()) == ["manifest.json", shard_name(0, 5)]
+  assert sorted(path.name for path in stage.dir.iterdir()) == [
+      "check-00000-of-00005.json", "manifest.json", shard_name(0, 5)]
 
 
 def test_stale_temp_files_from_a_killed_run_are_ignored_and_cleaned(tmp_path):

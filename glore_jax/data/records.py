@@ -245,14 +245,43 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
   return n
 
 
+# A JSONL line longer than this is an error, found without reading the line into memory
+# (GSM8K's longest line is about 2 KB; one bad 50 MB line must not cost gigabytes).
+MAX_LINE_BYTES = 1 << 20
+
+
+def _lines(f, path, max_line_bytes: int, on_error: OnError, skipped):
+  """(line number, text) of a binary file, each line capped and decoded as UTF-8."""
+  lineno = 0
+  while True:
+    raw = f.readline(max_line_bytes + 1)
+    if not raw:
+      return
+    lineno += 1
+    if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+      while raw and not raw.endswith(b"\n"):  # skip the rest of the line, a block at a time
+        raw = f.readline(1 << 20)
+      _handle(DataError(path, lineno, None, f"line longer than {max_line_bytes} bytes (the cap "
+                        "of glore_jax.data.records.MAX_LINE_BYTES); is this a JSONL file?"),
+              on_error, skipped)
+      continue
+    try:
+      yield lineno, raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      _handle(DataError(path, lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start} of "
+                        "the line)"), on_error, skipped)
+
+
 def iter_jsonl_objects(
-  path: str | os.PathLike, *, on_error: OnError = "raise", skipped: list[DataError] | None = None
+  path: str | os.PathLike, *, on_error: OnError = "raise", skipped: list[DataError] | None = None,
+  max_line_bytes: int = MAX_LINE_BYTES,
 ):
   """Yield (line_number, parsed JSON object) for each non-blank line of a JSONL file (a local
-  path or any etils.epath URI such as gs://bucket/gsm8k/train.jsonl)."""
+  path or any etils.epath URI such as gs://bucket/gsm8k/train.jsonl); lines longer than
+  `max_line_bytes` or not UTF-8 are errors naming the file and line."""
   _check_on_error(on_error)
-  with epath.Path(path).open("r", encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
+  with epath.Path(path).open("rb") as f:
+    for lineno, line in _lines(f, path, max_line_bytes, on_error, skipped):
       if not line.strip():
         continue
       try:

@@ -106,18 +106,26 @@ def load_gsm8k_jsonl(
   _check_on_error(on_error)
   out = RecordList()
   stem = epath.Path(path).stem
+  first_line: dict[str, int] = {}  # problem id -> the line it came from
   for lineno, obj in iter_jsonl_objects(path, on_error=on_error, skipped=out.skipped):
     try:
-      out.append(
-        gsm8k_problem(
-          obj,
-          problem_id=f"{source}-{stem}-{lineno - 1}",
-          source=source,
-          keep_calculator_marks=keep_calculator_marks,
-        )
+      problem = gsm8k_problem(
+        obj,
+        problem_id=f"{source}-{stem}-{lineno - 1}",
+        source=source,
+        keep_calculator_marks=keep_calculator_marks,
       )
+      if problem.id in first_line:
+        # stages key answers by id: a duplicate would grade one question against another's
+        raise FieldError("id", f"duplicate problem id {problem.id!r} (first on line "
+                               f"{first_line[problem.id]})")
+      first_line[problem.id] = lineno
+      out.append(problem)
     except FieldError as e:
       _handle(DataError(path, lineno, e.field, e.message), on_error, out.skipped)
+  if not out and not out.skipped:
+    raise DataError(path, 1, None, "no problems: the file is empty (GSM8K JSONL has one "
+                    '{"question": ..., "answer": ...} object per line)')
   _log_skips(path, out)
   return out
 

@@ -98,8 +98,14 @@ class LlamaConfig:
       where = str(path)
       if not path.exists():
         raise FileNotFoundError(f"{where}: no HF config.json here")
-      source = json.loads(path.read_text())
+      try:
+        source = json.loads(path.read_text(encoding="utf-8"))
+      except (ValueError, UnicodeDecodeError) as e:
+        raise UnsupportedConfigError(f"{where}: not valid JSON ({e})") from None
+      if not isinstance(source, Mapping):
+        raise UnsupportedConfigError(f"{where}: expected a JSON object")
     hf = dict(source)
+    _check_hf_fields(hf, where)
     model_type = hf.get("model_type", "llama")
     if model_type != "llama":
       raise UnsupportedConfigError(f"{where}: model_type={model_type!r}; only 'llama' is supported")
@@ -167,6 +173,34 @@ class LlamaConfig:
         "eos_token_id": self.eos_token_id,
         "torch_dtype": self.param_dtype,
     }
+
+
+# config.json fields we read: required ones, then optional ones with their expected kind.
+_HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads")
+_HF_POSITIVE_INTS = _HF_REQUIRED + ("num_key_value_heads", "head_dim", "max_position_embeddings")
+_HF_NUMBERS = ("rope_theta", "rms_norm_eps")
+
+
+def _check_hf_fields(hf: Mapping[str, Any], where: str) -> None:
+  """Missing keys and wrong types as one message naming the file and field."""
+  for key in _HF_REQUIRED:
+    if key not in hf:
+      raise UnsupportedConfigError(f"{where}: field {key!r} is missing (an HF Llama config.json "
+                                   "needs it)")
+  for key in _HF_POSITIVE_INTS:
+    value = hf.get(key)
+    if key in _HF_REQUIRED or value is not None:
+      if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        if key == "head_dim" and value == 0:
+          continue
+        raise UnsupportedConfigError(f"{where}: field {key!r} = {value!r}; expected a positive "
+                                     "integer")
+  for key in _HF_NUMBERS:
+    value = hf.get(key)
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                  and value > 0):
+      raise UnsupportedConfigError(f"{where}: field {key!r} = {value!r}; expected a positive number")
 
 
 PRESETS: dict[str, LlamaConfig] = {

@@ -92,10 +92,23 @@ def _value_head_map(cfg: LlamaConfig) -> dict[str, _Mapping]:
 def _safetensor_files(folder: Path) -> list[Path]:
   index = folder / "model.safetensors.index.json"
   if index.exists():
-    weight_map = json.loads(index.read_text()).get("weight_map")
+    try:
+      weight_map = json.loads(index.read_text()).get("weight_map")
+    except (ValueError, AttributeError) as e:
+      raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
     if not isinstance(weight_map, dict):
       raise CheckpointError(f"{index}: expected a 'weight_map' object")
-    return [folder / name for name in sorted(set(weight_map.values()))]
+    files = []
+    for name in sorted(set(map(str, weight_map.values()))):
+      path = (folder / name).resolve()
+      # an index names files of its own folder; "../x" or "/etc/x" would read anything
+      if path.parent != folder.resolve() or not name.endswith(".safetensors"):
+        raise CheckpointError(f"{index}: weight_map entry {name!r} is not a .safetensors file "
+                              "in the model folder")
+      if not path.is_file():
+        raise CheckpointError(f"{index}: weight_map names {name!r}, which is not in {folder}")
+      files.append(folder / name)
+    return files
   single = folder / "model.safetensors"
   if single.exists():
     return [single]
@@ -107,9 +120,25 @@ def _safetensor_files(folder: Path) -> list[Path]:
 
 def _iter_tensors(files: list[Path]) -> Iterator[tuple[str, Path, Callable[[], np.ndarray]]]:
   for path in files:
-    with safe_open(str(path), framework="numpy") as f:
+    try:
+      handle = safe_open(str(path), framework="numpy")
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
+      raise CheckpointError(f"{path}: not a readable safetensors file (truncated or damaged?): "
+                            f"{e}") from None
+    with handle as f:
       for name in f.keys():
-        yield name, path, lambda f=f, name=name: f.get_tensor(name)
+        yield name, path, lambda f=f, name=name, path=path: _read_tensor(f, name, path)
+
+
+def _read_tensor(f, name: str, path: Path) -> np.ndarray:
+  try:
+    array = f.get_tensor(name)
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{path}: tensor {name!r} cannot be read (truncated or damaged?): "
+                          f"{e}") from None
+  from glore_jax.integrity import check_finite
+  check_finite(array, f"{path}: tensor {name!r}")
+  return array
 
 
 def _get_path(state, path):

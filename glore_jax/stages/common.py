@@ -66,18 +66,17 @@ class Context:
     return inputs.get(INPUT_KEYS.get(output, ""), "") or ""
 
   def require(self, output: str, stage: str) -> epath.Path:
-    """The folder of `output`; a clear error naming the stage to run when it is not finished."""
-    path = self.path(output)
-    from glore_jax import workdir
-    model = output in ("policy", "orm", "sorm", "global", "local")
-    if not ((path / "config.json").exists() if model else workdir.stage_done(path)):
-      if self.given(output):
+    """The folder of `output`; a clear error naming the stage to run when it is not finished,
+    or to recompute when it was computed under another configuration (`stages.outputs`). A
+    folder given in config.inputs is the user's: it must be an HF model folder, no more."""
+    if self.given(output):
+      path = self.path(output)
+      if not (path / "config.json").exists():
         raise MissingInputError(f"stage {stage!r}: config.inputs.{INPUT_KEYS[output]}={path} "
                                 "has no config.json (expected an HF model folder)")
-      raise MissingInputError(
-          f"stage {stage!r} needs the output of stage {PRODUCER[output]!r} ({path}), which is "
-          f"missing or unfinished: run it first, e.g. --config.stages={PRODUCER[output]},{stage}")
-    return path
+      return path
+    from glore_jax.stages import outputs  # lazily: outputs imports this module
+    return outputs.require(self, output, stage)
 
   @property
   def prompts(self) -> PromptFormat:

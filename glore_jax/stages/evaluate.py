@@ -23,7 +23,7 @@ from glore_jax.data.steps import join_steps, split_steps
 from glore_jax.method import evaluation as ev
 from glore_jax.method.labels import hash_rank
 from glore_jax.sampling import generate
-from glore_jax.stages import models, sharded
+from glore_jax.stages import models, outputs, sharded
 from glore_jax.stages.common import Context, is_heldout, problems, timed, tokenizer_for
 from glore_jax.stages.label import label_samples
 from glore_jax.stages.scoring import score_steps, solution_logprobs
@@ -382,7 +382,7 @@ def label_quality(ctx: Context) -> dict[str, Any] | None:
 def run(ctx: Context) -> None:
   section = ctx.config.evaluate
   out_dir = ctx.path("evaluate")
-  if (out_dir / "results.json").exists() and (out_dir / "candidates.json").exists():
+  if outputs.start(ctx, "evaluate"):
     print(f"[evaluate] already done: {out_dir / 'results.json'}", flush=True)
     if ctx.is_leader:
       print(ev.markdown_table(read_json(out_dir / "results.json")), flush=True)

@@ -13,7 +13,7 @@ from glore_jax.data.steps import step_ends_from_tokens
 from glore_jax.method.labels import (Rollout, StepLabels, StepRollouts, label_statistics,
                                      orm_labels, sorm_labels)
 from glore_jax.sampling import rollouts_from_prefixes_batch
-from glore_jax.stages import models, sharded
+from glore_jax.stages import models, outputs, sharded
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for
 
 
@@ -73,12 +73,15 @@ def _grade(tokenizer, tokens: Sequence[int], gold: str) -> Rollout:
 
 def run(ctx: Context) -> None:
   section = ctx.config.sorm
+  if outputs.start(ctx, "label"):
+    print(f"[label] already done: {ctx.path('label')}", flush=True)
+    return
   policy_dir = ctx.require("policy", "label")
   samples = sharded.read(ctx, "sample", "label")
   train = problems(ctx.config, "train")
   gold = {p.id: p.answer for p in train}
   questions = {p.id: p.question for p in train}
-  with timed(ctx, "label", record=not sharded.is_done(ctx, "label")) as summary:
+  with timed(ctx, "label") as summary:
     tokenizer = tokenizer_for(ctx.config, policy_dir)
     model = None
 
@@ -87,10 +90,7 @@ def run(ctx: Context) -> None:
       model = model or models.load(ctx, policy_dir)
       return label_samples(ctx, model, tokenizer, chunk, gold, questions)
 
-    records = sharded.run(ctx, "label", samples, work, shard_size=section.shard_size,
-                          fingerprint=sharded.result_keys(ctx, section, "num_rollouts", "temperature",
-                                                          "max_new_tokens", "consistency",
-                                                          "propagate_positive"))
+    records = sharded.run(ctx, "label", samples, work, shard_size=section.shard_size)
     stats = label_statistics([StepLabels(r["sorm_hard"], r["sorm_soft"]) for r in records],
                              [r["outcome"] for r in records])
     counts = {k: sum(r[k] for r in records) for k in ("prefill_tokens", "naive_prefill_tokens")}

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from etils import epath
 
+from glore_jax import integrity
 from glore_jax.model import Llama, LlamaConfig, create_model, load_hf, preset, save_hf
 from glore_jax.stages.common import Context
 from glore_jax.training import TrainConfig, make_batches, train
@@ -87,11 +88,19 @@ def load(ctx: Context, folder: epath.Path, *, value_head: bool = False,
   """Loads a model folder (local or gs://) onto `mesh` (default: the run's global mesh)."""
   m = ctx.config.model
   folder = local_copy(folder)
+  integrity.verify_model_folder(folder, stage=_stage_of(folder))
   if vocab_size is not None and vocab_size <= LlamaConfig.from_hf(folder).vocab_size:
     vocab_size = None  # the checkpoint already has a row for every token
   return load_hf(folder, mesh=ctx.mesh if mesh is None else mesh, dtype=m.dtype,
                  param_dtype=m.param_dtype, value_head=value_head, vocab_size=vocab_size,
                  seed=ctx.config.seed)
+
+
+def _stage_of(folder) -> str | None:
+  """The stage that writes a workdir model folder (for "recompute" advice)."""
+  from glore_jax.stages.common import LAYOUT, PRODUCER
+  parent = epath.Path(folder).parent.name
+  return next((PRODUCER[k] for k, v in LAYOUT.items() if v == f"{parent}/model"), None)
 
 
 def save(ctx: Context, model: Llama, tokenizer, folder: epath.Path) -> None:
@@ -112,8 +121,10 @@ def save(ctx: Context, model: Llama, tokenizer, folder: epath.Path) -> None:
   tmp = epath.Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-",
                                     dir=None if local_parent is None else os.fspath(local_parent)))
   try:
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a model folder is shared like any
     tokenizer.save_pretrained(os.fspath(tmp))
     save_hf(model, tmp)
+    integrity.write_model_manifest(tmp)  # file sizes, sha256, tensor counts: checked on load
     if folder.exists():
       folder.rmtree()
     if local_parent is not None:
@@ -126,6 +137,12 @@ def save(ctx: Context, model: Llama, tokenizer, folder: epath.Path) -> None:
     if tmp.exists():
       shutil.rmtree(tmp)
   barrier(f"save-{folder.name}")
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def train_config(section, *, loss: str, seed: int, **overrides: Any) -> TrainConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from glore_jax.data.steps import split_steps
 from glore_jax.data.tokenizer import padding_id
-from glore_jax.stages import models
+from glore_jax.stages import models, outputs
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for, try_encode
 from glore_jax.training import SFTExample
 
@@ -22,7 +22,7 @@ def sft_examples(ctx: Context, tokenizer, items) -> list[SFTExample]:
 
 def run(ctx: Context) -> None:
   folder = ctx.path("policy")
-  if (folder / "config.json").exists():
+  if outputs.start(ctx, "policy"):
     print(f"[policy] already trained: {folder}")
     return
   with timed(ctx, "policy") as summary:

@@ -7,7 +7,8 @@ import dataclasses
 
 from glore_jax.method.labels import StepLabels, StepRollouts
 from glore_jax.method.refinement import global_pairs, local_triples
-from glore_jax.stages import sharded
+from glore_jax import fingerprint
+from glore_jax.stages import outputs, sharded
 from glore_jax.stages.common import Context, timed
 from glore_jax.workdir import ShardedStage
 
@@ -29,7 +30,7 @@ def build(ctx: Context, records: list[dict]) -> tuple[list, list, dict]:
 
 
 def run(ctx: Context) -> None:
-  if sharded.is_done(ctx, "refine_data"):
+  if outputs.start(ctx, "refine_data"):
     print(f"[refine_data] already built: {ctx.path('refine_data')}")
     return
   records = sharded.read(ctx, "label", "refine_data")
@@ -40,7 +41,7 @@ def run(ctx: Context) -> None:
       rows = ([{"kind": "global", **dataclasses.asdict(p)} for p in pairs]
               + [{"kind": "local", **dataclasses.asdict(t)} for t in triples])
       stage = ShardedStage(ctx.path("refine_data"), "refine_data",
-                           config={"seed": ctx.config.seed, "refine": ctx.config.refine.to_dict()},
+                           config=fingerprint.record(ctx.config, "refine_data"),
                            num_items=len(rows), shard_size=max(len(rows), 1))
       stage.write_shard(0, rows)
     summary.update(counts)

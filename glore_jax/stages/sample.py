@@ -8,7 +8,7 @@ from glore_jax.data.grading import extract_answer, solution_correct
 from glore_jax.data.records import Problem
 from glore_jax.data.steps import split_steps
 from glore_jax.sampling import generate
-from glore_jax.stages import models, sharded
+from glore_jax.stages import models, outputs, sharded
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for
 
 
@@ -40,9 +40,12 @@ def sample_problems(ctx: Context, model, tokenizer, items: Sequence[tuple[int, P
 
 def run(ctx: Context) -> None:
   section = ctx.config.sample
+  if outputs.start(ctx, "sample"):
+    print(f"[sample] already done: {ctx.path('sample')}", flush=True)
+    return
   policy_dir = ctx.require("policy", "sample")
   items = list(enumerate(problems(ctx.config, "train")[:section.num_questions]))
-  with timed(ctx, "sample", record=not sharded.is_done(ctx, "sample")) as summary:
+  with timed(ctx, "sample") as summary:
     tokenizer = tokenizer_for(ctx.config, policy_dir)
     model = None
 
@@ -52,9 +55,7 @@ def run(ctx: Context) -> None:
       return sample_problems(ctx, model, tokenizer, chunk, num_samples=section.num_samples,
                              temperature=section.temperature, section=section)
 
-    records = sharded.run(ctx, "sample", items, work, shard_size=section.shard_size,
-                          fingerprint=sharded.result_keys(ctx, section, "num_samples", "temperature",
-                                                          "top_k", "top_p", "max_new_tokens"))
+    records = sharded.run(ctx, "sample", items, work, shard_size=section.shard_size)
     correct = sum(r["correct"] for r in records)
     summary.update(samples=len(records), questions=len(items),
                    accuracy=round(correct / max(len(records), 1), 4))

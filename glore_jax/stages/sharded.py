@@ -7,8 +7,9 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 from tqdm.auto import tqdm
 
+from glore_jax import fingerprint as fp
 from glore_jax import workdir as wd
-from glore_jax.stages.common import PRODUCER, Context, MissingInputError
+from glore_jax.stages.common import Context
 
 
 def barrier(name: str) -> None:
@@ -18,10 +19,12 @@ def barrier(name: str) -> None:
 
 
 def run(ctx: Context, name: str, items: Sequence[Any], work: Callable[[Sequence[Any]], list],
-        *, shard_size: int, fingerprint: Mapping[str, Any]) -> list[dict]:
+        *, shard_size: int) -> list[dict]:
   """Runs `work` on this process's unfinished shards of `items`, then returns every record of
-  the stage (all processes' shards, in item order). A rerun skips finished shards."""
-  stage = wd.ShardedStage(ctx.path(name), name, config=fingerprint, num_items=len(items),
+  the stage (all processes' shards, in item order). A rerun skips finished shards; the
+  manifest carries the stage's fingerprint (`glore_jax.fingerprint`)."""
+  stage = wd.ShardedStage(ctx.path(name), name, config=fp.record(ctx.config, name),
+                          num_items=len(items),
                           shard_size=shard_size, process_index=jax.process_index(),
                           process_count=jax.process_count())
   pending = stage.pending_shards()
@@ -35,14 +38,6 @@ def run(ctx: Context, name: str, items: Sequence[Any], work: Callable[[Sequence[
   return wd.read_all(stage.dir)
 
 
-def result_keys(ctx: Context, section, *keys: str) -> dict[str, Any]:
-  """The settings that change a stage's records (not batch or shard sizes, which a resumed run
-  on another machine may change freely): the stage's fingerprint."""
-  return {"seed": ctx.config.seed, "model": ctx.config.model.to_dict(),
-          "data": ctx.config.data.to_dict(), "prompts": ctx.config.prompts.to_dict(),
-          **{k: section[k] for k in keys}}
-
-
 def finish(ctx: Context, name: str, summary: Mapping[str, Any] | None = None) -> None:
   """Marks the stage complete (process 0), with its figures in the manifest."""
   if ctx.is_leader:
@@ -51,13 +46,8 @@ def finish(ctx: Context, name: str, summary: Mapping[str, Any] | None = None) ->
 
 
 def read(ctx: Context, name: str, needed_by: str) -> list[dict]:
-  """All records of a finished stage, or an error naming the stage to run first."""
-  if not wd.stage_done(ctx.path(name)):
-    raise MissingInputError(
-        f"stage {needed_by!r} needs the output of stage {PRODUCER[name]!r} ({ctx.path(name)}), "
-        f"which is missing or unfinished: run it first, e.g. "
-        f"--config.stages={PRODUCER[name]},{needed_by}")
-  return wd.read_all(ctx.path(name))
+  """All records of a finished, current stage, or an error naming the stage to run first."""
+  return wd.read_all(ctx.require(name, needed_by))
 
 
 def is_done(ctx: Context, name: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from glore_jax.data.tokenizer import padding_id
-from glore_jax.stages import models
+from glore_jax.stages import models, outputs
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for, try_encode
 from glore_jax.stages.refine_data import read_examples
 from glore_jax.training import SFTExample
@@ -38,7 +38,7 @@ def refiner_examples(ctx: Context, kind: str, tokenizer, rows: list[dict]) -> li
 def run(ctx: Context, kind: str) -> None:
   stage = f"train_{kind}"
   folder = ctx.path(kind)
-  if (folder / "config.json").exists():
+  if outputs.start(ctx, stage):
     print(f"[{stage}] already trained: {folder}")
     return
   policy_dir = ctx.require("policy", stage)

@@ -13,7 +13,7 @@ from glore_jax.data.step_truth import reference_equations, step_truth
 from glore_jax.data.steps import split_steps
 from glore_jax.data.tokenizer import padding_id
 from glore_jax.method.labels import balance_by_step_index
-from glore_jax.stages import models, sharded
+from glore_jax.stages import models, outputs, sharded
 from glore_jax.stages.common import (Context, is_heldout, problems, timed, tokenizer_for,
                                      try_encode)
 from glore_jax.training import ValueExample
@@ -107,7 +107,7 @@ def reward_examples(ctx: Context, kind: str, tokenizer) -> tuple[list, list]:
 def run(ctx: Context, kind: str) -> None:
   stage = f"train_{kind}"
   folder = ctx.path(kind)
-  if (folder / "config.json").exists():
+  if outputs.start(ctx, stage):
     print(f"[{stage}] already trained: {folder}")
     return
   policy_dir = ctx.require("policy", stage)

@@ -20,6 +20,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
+from glore_jax import integrity
+from glore_jax.errors import CorruptOutputError
+
 log = logging.getLogger(__name__)
 
 
@@ -61,17 +64,27 @@ class Checkpoints:
   def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
     if metrics is not None and self.best_metric and self.best_metric not in metrics:
       metrics = None
+    # orbax checksums only its shard index, not the array data: verified in `restore`
+    meta = {**meta, "checksums": integrity.tree_checksums(state)}
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)),
                       metrics=metrics)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """Restores `step` into the shapes, dtypes and shardings of `abstract_state`."""
+    """Restores `step` into the shapes, dtypes and shardings of `abstract_state`; a damaged
+    checkpoint (unreadable, a checksum that differs, NaN/Inf) raises CorruptOutputError."""
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         abstract_state)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    where = self.path(step)
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001  (tensorstore, JSON and file errors alike)
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise CorruptOutputError(f"checkpoint {where} cannot be read ({type(e).__name__}: {first}); "
+                               f"delete it to resume from the checkpoint before it") from e
+    integrity.verify_checkpoint(out["state"], (out["meta"] or {}).get("checksums"), where)
     return out["state"], out["meta"]
 
   def wait(self) -> None:

@@ -51,6 +51,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from glore_jax.errors import StaleOutputError
 from glore_jax.model.llama import Llama
 from glore_jax.model.sharding import BATCH, fit_spec, named
 from glore_jax.training import losses
@@ -107,6 +108,12 @@ class TrainConfig:
       raise ValueError(f"TrainConfig.value_targets={self.value_targets!r}; choose 'hard' or 'soft'")
     if self.total_steps < 1 or self.grad_accum < 1:
       raise ValueError("TrainConfig.total_steps and grad_accum must be >= 1")
+    # a negative clip norm would scale the update by a negative factor: gradient ascent
+    if self.grad_clip is not None and not self.grad_clip >= 0:
+      raise ValueError(f"TrainConfig.grad_clip={self.grad_clip}: expected >= 0 (0 or None: off)")
+    if not self.weight_decay >= 0 or not self.learning_rate > 0:
+      raise ValueError(f"TrainConfig: weight_decay={self.weight_decay} must be >= 0 and "
+                       f"learning_rate={self.learning_rate} > 0")
 
   @property
   def metric_name(self) -> str:
@@ -562,6 +569,9 @@ def _check_resume_config(saved: Mapping, config: TrainConfig, where: str) -> Non
   changed = {k: (saved[k], v) for k, v in current.items()
              if k in saved and k not in _RESUME_FREE and saved[k] != v}
   if changed:
-    log.warning("resuming %s with a different config; the result will differ from an "
-                "uninterrupted run: %s", where,
-                ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    # refused, not warned: a model half-trained under one config and finished under another
+    # matches neither
+    raise StaleOutputError(
+        f"cannot resume {where} with a different training config ("
+        + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        + "); restore the old values, or delete the checkpoints to start over")

@@ -49,15 +49,6 @@ def make_ctx(workdir, config):
   return Context(config=config, workdir=path, mesh=None)
 
 
-@pytest.fixture(scope="session")
-def subprocess_env(tmp_path_factory) -> dict[str, str]:
-  env = dict(os.environ)  # tests/conftest.py's 8 simulated CPU devices carry over
-  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  env["PYTHONUNBUFFERED"] = "1"
-  return env
-
-
 def main_command(workdir, *overrides: str, config: Path = MICRO) -> list[str]:
   return [sys.executable, "-m", "glore_jax.main", f"--config={config}", f"--workdir={workdir}",
           *overrides]
@@ -84,12 +75,4 @@ class MicroRun:
   first: Run
 
 
-@pytest.fixture(scope="session")
-def micro_run(tmp_path_factory, subprocess_env) -> MicroRun:
-  """The whole micro pipeline, once, as a real `python -m glore_jax.main` subprocess."""
-  workdir = tmp_path_factory.mktemp("micro") / "run"
-  first = run_main(subprocess_env, workdir)
-  if first.returncode != 0:
-    pytest.fail(f"micro pipeline failed (exit {first.returncode}):\n{first.stdout[-4000:]}\n"
-                f"{first.stderr[-8000:]}")
-  return MicroRun(workdir, first)
+# `subprocess_env` and `micro_run` live in tests/conftest.py: tests/reliability shares them.

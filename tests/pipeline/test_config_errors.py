@@ -6,7 +6,9 @@ import subprocess
 
 import pytest
 
-from .conftest import REPO, main_command
+from glore_jax.stages import outputs
+
+from .conftest import REPO, main_command, make_ctx, micro_config
 
 CASES = {
     "unknown_key": (["--config.sorm.bogus=1"], ["config.sorm.bogus"]),
@@ -27,9 +29,10 @@ def results(tmp_path_factory, subprocess_env):
   procs = {}
   for name, (args, _) in CASES.items():
     workdir = tmp_path_factory.mktemp(name) / "w"
-    if name == "missing_sample":  # a finished policy, but no sample stage
+    if name == "missing_sample":  # a finished policy (of this config), but no sample stage
       (workdir / "policy" / "model").mkdir(parents=True)
       (workdir / "policy" / "model" / "config.json").write_text("{}")
+      outputs.write_record(make_ctx(workdir, micro_config()), "policy")
     procs[name] = (workdir, subprocess.Popen(main_command(workdir, *args), cwd=REPO,
                                              env=subprocess_env, stdout=subprocess.PIPE,
                                              stderr=subprocess.PIPE, text=True))

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import pytest
 
+from glore_jax import fingerprint
 from glore_jax import workdir as wd
 from glore_jax.data.steps import encode_steps
 from glore_jax.sampling import Rollouts, Sample
 from glore_jax.stages import label as label_stage
-from glore_jax.stages import train_reward
+from glore_jax.stages import outputs, train_reward
 from glore_jax.stages.common import problems, tokenizer_for
 
 from .conftest import make_ctx, micro_config
@@ -85,12 +86,13 @@ def _write_samples(ctx, tokenizer, train_problems):
     records.append({"problem_id": train_problems[qi].id, "question_index": qi, "sample_index": si,
                     "tokens": tokens + [tokenizer.eos_token_id], "finish_reason": "eos",
                     "text": "\n".join(steps), "steps": steps, "correct": outcome})
-  stage = wd.ShardedStage(ctx.path("sample"), "sample", config={"test": 1},
+  stage = wd.ShardedStage(ctx.path("sample"), "sample", config=fingerprint.record(ctx.config, "sample"),
                           num_items=len(records), shard_size=len(records))
   stage.write_shard(0, records)
   wd.mark_done(ctx.path("sample"))
   (ctx.path("policy")).mkdir(parents=True)
   (ctx.path("policy") / "config.json").write_text("{}")  # the stage only loads it through models
+  outputs.write_record(ctx, "policy")  # ... and checks its fingerprint
 
 
 class ScriptedPolicy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from glore_jax import fingerprint
 from glore_jax import workdir as wd
 from glore_jax.stages import refine_data, train_refiner
 from glore_jax.stages.common import problems, tokenizer_for
@@ -113,7 +114,7 @@ def test_build_does_not_depend_on_record_order(tmp_path, probs):
 
 
 def _finished_label_stage(ctx, records):
-  stage = wd.ShardedStage(ctx.path("label"), "label", config={"test": 1},
+  stage = wd.ShardedStage(ctx.path("label"), "label", config=fingerprint.record(ctx.config, "label"),
                           num_items=len(records), shard_size=4)
   stage.run(records, lambda chunk: chunk)
   wd.mark_done(ctx.path("label"))
