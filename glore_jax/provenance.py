@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -126,7 +127,10 @@ def write_run_config(config, workdir: epath.Path) -> epath.Path:
       old = {}
     if _stable(old) == _stable(json.loads(json.dumps(new))):
       return path  # a rerun of the same run rewrites nothing
-  write_json_atomic(path, new)
+  try:
+    write_json_atomic(path, new)
+  except OSError as e:  # a finished work directory on a read-only disk can still reprint
+    logging.getLogger(__name__).warning("could not record the run in %s: %s", path, e)
   return path
 
 
