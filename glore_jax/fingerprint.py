@@ -23,10 +23,11 @@ from typing import Any, Mapping
 # Pipeline order; every stage's inputs come before it.
 STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data", "train_global",
           "train_local", "evaluate")
-# Config sections every stage reads (problems, tokenizer, model numerics, prompt formats).
-SHARED = ("seed", "model", "tokenizer", "data", "prompts")
+# Config sections every stage reads (problems, tokenizer, model numerics, prompt formats, and
+# model folders given from outside the work directory, which replace stages' outputs).
+SHARED = ("seed", "model", "tokenizer", "data", "prompts", "inputs")
 # Top-level keys that choose how and where a run happens, not what it computes.
-RUN_ONLY = ("stages", "mesh", "distributed", "recompute")
+RUN_ONLY = ("stages", "mesh", "distributed", "recompute", "tracking")
 # Keys that a resumed run may change freely: shard and batch sizes of the samplers (their
 # randomness is keyed by example, not by batch) and the training loop's bookkeeping.
 RESUME_FREE = ("sample.batch_size", "sample.shard_size", "sorm.batch_size", "sorm.shard_size",
