@@ -11,6 +11,8 @@ STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data",
 # SVAMP (glore_jax.data.sources.load_svamp) is a test set only: every stage here also needs the
 # training split, so it is not a pipeline source.
 SOURCES = ("synthetic", "gsm8k", "gsm8k_tfds")
+# How the label stage picks the prefixes it rolls out from (glore_jax.stages.label).
+LABELINGS = ("exhaustive", "first_error_search")
 
 
 class ConfigError(ValueError):
@@ -94,6 +96,10 @@ def validate(config) -> None:
   _check(config, "sample.num_samples", positive, "a positive integer (samples per question)")
   _check(config, "sample.num_questions", positive, "a positive integer")
   _check(config, "sorm.num_rollouts", positive, "a positive integer K (rollouts per step prefix)")
+  _check(config, "sorm.labeling", lambda v: v in LABELINGS, "one of " + ", ".join(LABELINGS))
+  if config.sorm.labeling == "first_error_search" and not config.sorm.propagate_positive:
+    raise ConfigError("config.sorm.labeling='first_error_search' fills labels by monotonicity, "
+                      "which needs config.sorm.propagate_positive=True")
   for key in ("sample.shard_size", "sorm.shard_size"):
     _check(config, key, positive, "a positive integer")
   _check(config, "reward.targets", lambda v: v in ("hard", "soft"), "'hard' or 'soft'")
