@@ -9,6 +9,7 @@ prefixes a binary search for the first negative one asks for, one fan-out per se
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Sequence
 
 from glore_jax.data.grading import solution_correct
@@ -120,7 +121,9 @@ def _record(r: dict, sol: StepRollouts, sorm: StepLabels, measured: list[bool], 
   return {
       "problem_id": r["problem_id"], "question_index": r["question_index"],
       "sample_index": r["sample_index"], "steps": sol.steps, "outcome": sol.outcome,
-      "rollouts": [[{"text": x.text, "correct": x.correct} for x in p] for p in sol.rollouts],
+      "rollouts": [[{"text": x.text, "correct": x.correct, "num_tokens": len(s.tokens)}
+                    for x, s in zip(graded, raw)]
+                   for graded, raw in itertools.zip_longest(sol.rollouts, samples, fillvalue=[])],
       "sorm_hard": list(sorm.hard), "sorm_soft": list(sorm.soft), "sorm_measured": measured,
       "orm": list(orm_labels(sol).hard),
       "rollouts_sampled": sum(len(p) for p in samples),
