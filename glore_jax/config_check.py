@@ -13,6 +13,7 @@ STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data",
 SOURCES = ("synthetic", "gsm8k", "gsm8k_tfds")
 # How the label stage picks the prefixes it rolls out from (glore_jax.stages.label).
 LABELINGS = ("exhaustive", "first_error_search")
+SEARCH_STRATEGIES = ("bisect", "gallop")  # glore_jax.method.first_error_search.STRATEGIES
 
 
 class ConfigError(ValueError):
@@ -97,6 +98,8 @@ def validate(config) -> None:
   _check(config, "sample.num_questions", positive, "a positive integer")
   _check(config, "sorm.num_rollouts", positive, "a positive integer K (rollouts per step prefix)")
   _check(config, "sorm.labeling", lambda v: v in LABELINGS, "one of " + ", ".join(LABELINGS))
+  _check(config, "sorm.search_strategy", lambda v: v in SEARCH_STRATEGIES,
+         "one of " + ", ".join(SEARCH_STRATEGIES))
   if config.sorm.labeling == "first_error_search" and not config.sorm.propagate_positive:
     raise ConfigError("config.sorm.labeling='first_error_search' fills labels by monotonicity, "
                       "which needs config.sorm.propagate_positive=True")

@@ -38,10 +38,12 @@ from glore_jax.method.labels import StepLabels, StepRollouts, prefix_successes
 
 __all__ = [
   "FirstErrorSearch",
+  "STRATEGIES",
   "SearchLabels",
   "compare_hard_labels",
   "evaluation_bounds",
   "first_negative",
+  "gallop_evaluation_bound",
   "non_monotone",
   "search_from_rollouts",
   "search_with_oracle",
@@ -67,8 +69,11 @@ class SearchLabels:
     return StepLabels(hard=list(self.hard), soft=list(self.soft))
 
 
+STRATEGIES = ("bisect", "gallop")
+
+
 class FirstErrorSearch:
-  """Binary search for the first prefix of one solution that no rollout completes.
+  """Search for the first prefix of one solution that no rollout completes.
 
   Ask `next_query()` for a prefix index (None when done), evaluate K rollouts from that prefix,
   and `record(index, successes, rollouts)`; then `labels()`. Prefix i is steps[:i+1].
@@ -76,12 +81,19 @@ class FirstErrorSearch:
   Args:
     num_steps: the solution's number of steps n.
     outcome: whether the solution is correct (the label of the last prefix).
+    strategy: "bisect" (binary search over the whole range) or "gallop" (exponential search from
+      the first prefix: probes 0, 1, 3, 7, ... until one fails, then bisects the gap; 1
+      evaluation when the very first step is already unrecoverable, at most 2*ceil(log2(b+1))
+      for a boundary at b >= 1).
   """
 
-  def __init__(self, num_steps: int, outcome: bool):
+  def __init__(self, num_steps: int, outcome: bool, strategy: str = "bisect"):
     if num_steps < 0:
       raise ValueError(f"num_steps={num_steps} must be >= 0")
-    self.num_steps, self.outcome = num_steps, bool(outcome)
+    if strategy not in STRATEGIES:
+      raise ValueError(f"strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    self.num_steps, self.outcome, self.strategy = num_steps, bool(outcome), strategy
+    self._galloping = strategy == "gallop"
     # the boundary lies in [lo, hi]; an incorrect solution's last prefix is negative (hi = n-1),
     # a correct one's is positive, so under monotonicity every prefix is (lo = hi = n).
     self._lo = num_steps if self.outcome else 0
@@ -95,7 +107,11 @@ class FirstErrorSearch:
 
   def next_query(self) -> int | None:
     """The prefix index to evaluate next, or None when the boundary is found."""
-    return None if self.done else (self._lo + self._hi) // 2
+    if self.done:
+      return None
+    if self._galloping:
+      return min(max(2 * self._lo - 1, 0), self._hi - 1)
+    return (self._lo + self._hi) // 2
 
   def record(self, index: int, successes: int, rollouts: int) -> None:
     """The result of evaluating prefix `index`: `successes` of its `rollouts` succeeded."""
@@ -109,6 +125,7 @@ class FirstErrorSearch:
       self._lo = index + 1
     else:
       self._hi = index
+      self._galloping = False  # the boundary is bracketed: bisect the gap
 
   def labels(self) -> SearchLabels:
     if not self.done:
@@ -136,23 +153,34 @@ def evaluation_bounds(num_steps: int, outcome: bool) -> tuple[int, int]:
   return int(math.floor(math.log2(num_steps))), int(math.ceil(math.log2(num_steps)))
 
 
-def search_with_oracle(num_steps: int, outcome: bool,
-                       oracle: Callable[[int], tuple[int, int]]) -> SearchLabels:
+def gallop_evaluation_bound(num_steps: int, outcome: bool, boundary: int) -> int:
+  """The most prefix evaluations the galloping search makes on a solution whose first negative
+  prefix is `boundary`: none for a correct solution, else 1 for b = 0 and at most
+  2*ceil(log2(b+1)) (probes 0, 1, 3, ..., 2^j-1 up to the first failure, then a bisection of the
+  2^(j-1) candidates left), never more than the n-1 prefixes exhaustive labeling evaluates."""
+  if outcome or num_steps <= 1:
+    return 0
+  return min(max(1, 2 * int(math.ceil(math.log2(boundary + 1)))), num_steps - 1)
+
+
+def search_with_oracle(num_steps: int, outcome: bool, oracle: Callable[[int], tuple[int, int]],
+                       strategy: str = "bisect") -> SearchLabels:
   """Runs one search to the end; `oracle(prefix_index)` -> (successes, rollouts).
 
   Args:
     num_steps: the solution's number of steps.
     outcome: whether the solution is correct.
     oracle: evaluates a prefix (e.g. a scripted policy in tests, or recorded rollouts).
+    strategy: "bisect" or "gallop" (`FirstErrorSearch`).
   """
-  search = FirstErrorSearch(num_steps, outcome)
+  search = FirstErrorSearch(num_steps, outcome, strategy)
   while (i := search.next_query()) is not None:
     search.record(i, *oracle(i))
   return search.labels()
 
 
-def search_from_rollouts(sol: StepRollouts, *, consistency: bool,
-                         num_rollouts: int | None = None) -> SearchLabels:
+def search_from_rollouts(sol: StepRollouts, *, consistency: bool, num_rollouts: int | None = None,
+                         strategy: str = "bisect") -> SearchLabels:
   """The search replayed on exhaustive rollouts: it reads only the prefixes it asks for.
 
   The sampler's rollout k from a prefix depends only on (example, prefix end, k), so the search
@@ -163,13 +191,14 @@ def search_from_rollouts(sol: StepRollouts, *, consistency: bool,
     sol: a solution with its rollouts from every prefix but the last.
     consistency: count only correct rollouts that build on the step, as the labels do.
     num_rollouts: K, at most the number recorded per prefix; None uses all of them.
+    strategy: "bisect" or "gallop" (`FirstErrorSearch`).
   """
   def oracle(i: int) -> tuple[int, int]:
     rollouts = sol.rollouts[i][:num_rollouts]
     if not rollouts:
       raise ValueError(f"prefix {i} has no recorded rollouts to replay")
     return prefix_successes(sol.steps[i], rollouts, consistency), len(rollouts)
-  return search_with_oracle(len(sol.steps), sol.outcome, oracle)
+  return search_with_oracle(len(sol.steps), sol.outcome, oracle, strategy)
 
 
 def first_negative(hard: Sequence[int]) -> int:

@@ -86,7 +86,7 @@ def _label_by_search(ctx: Context, model, tokenizer, samples: Sequence[dict],
   segmented = [segment_steps(tokenizer, r["tokens"]) for r in samples]
   prompts = [tokenizer(ctx.prompts.policy_prompt(questions[r["problem_id"]]))["input_ids"]
              for r in samples]
-  searches = [FirstErrorSearch(len(steps), bool(r["correct"]))
+  searches = [FirstErrorSearch(len(steps), bool(r["correct"]), section.search_strategy)
               for r, (steps, _) in zip(samples, segmented)]
   graded: list[list[list[Rollout]]] = [[[] for _ in steps] for steps, _ in segmented]
   sampled: list[list[list]] = [[[] for _ in steps] for steps, _ in segmented]
@@ -155,7 +155,7 @@ def run(ctx: Context) -> None:
 
     keys = ["num_rollouts", "temperature", "max_new_tokens", "consistency", "propagate_positive"]
     if section.labeling != "exhaustive":  # so label folders made before the key still resume
-      keys.append("labeling")
+      keys += ["labeling", "search_strategy"]
     records = sharded.run(ctx, "label", samples, work, shard_size=section.shard_size,
                           fingerprint=sharded.result_keys(ctx, section, *keys))
     stats = label_statistics([StepLabels(r["sorm_hard"], r["sorm_soft"]) for r in records],
@@ -164,6 +164,8 @@ def run(ctx: Context) -> None:
     counts["prefill_saved_fraction"] = round(
         1 - counts["prefill_tokens"] / max(counts["naive_prefill_tokens"], 1), 4)
     counts.update(labeling=section.labeling, **rollout_budget(records))
+    if section.labeling != "exhaustive":
+      counts["search_strategy"] = section.search_strategy
     summary.update(solutions=len(records), **_flat(stats), **counts)
     sharded.finish(ctx, "label", {"statistics": stats, **counts})
 

@@ -14,6 +14,7 @@ from glore_jax.method.first_error_search import (
   compare_hard_labels,
   evaluation_bounds,
   first_negative,
+  gallop_evaluation_bound,
   non_monotone,
   search_from_rollouts,
   search_with_oracle,
@@ -161,3 +162,42 @@ def test_compare_rejects_mismatched_inputs():
     compare_hard_labels([[1]], [])
   with pytest.raises(ValueError, match="solution 0"):
     compare_hard_labels([[1, 0]], [[1]])
+
+
+@pytest.mark.parametrize("n", list(range(1, 40)))
+def test_gallop_finds_the_first_failing_prefix_within_its_bound(n):
+  for boundary in range(n):
+    calls: list[int] = []
+    found = search_with_oracle(n, False, monotone_oracle(boundary, calls), strategy="gallop")
+    assert found.first_negative == boundary
+    assert found.hard == [1] * boundary + [0] * (n - boundary)
+    assert len(set(calls)) == len(calls) and all(0 <= i < n - 1 for i in calls)
+    assert len(calls) <= gallop_evaluation_bound(n, False, boundary)
+    if n > 1:
+      # probes 0, 1, 3, 7, ... (capped below n-1) until the first failure
+      probes = [min(2 ** j - 1, n - 2) for j in range(n)]
+      first_fail = next(j for j, p in enumerate(probes) if p >= boundary or p == n - 2)
+      assert calls[:first_fail + 1] == probes[:first_fail + 1]
+  if n > 1:  # an unrecoverable first step costs one evaluation
+    assert len(search_with_oracle(n, False, monotone_oracle(0, []), strategy="gallop").evaluations) == 1
+  # the bound is reached: boundary 2 on a long solution probes 0, 1, 3 then bisects to 2
+  if n >= 6:
+    calls = []
+    search_with_oracle(n, False, monotone_oracle(2, calls), strategy="gallop")
+    assert calls == [0, 1, 3, 2] and gallop_evaluation_bound(n, False, 2) == 4
+
+
+def test_gallop_and_bisect_agree_with_exhaustive_on_monotone_rollouts():
+  rng = random.Random(2)
+  for _ in range(300):
+    n = rng.randint(1, 12)
+    boundary = rng.randint(0, n - 1)
+    sol = _solution([rng.randint(1, K) if i < boundary else 0 for i in range(n - 1)], False)
+    want = _exhaustive(sol)
+    for strategy in ("bisect", "gallop"):
+      assert search_from_rollouts(sol, consistency=True, strategy=strategy).hard == want
+
+
+def test_unknown_strategy_is_rejected():
+  with pytest.raises(ValueError, match="strategy='linear'"):
+    FirstErrorSearch(3, False, "linear")

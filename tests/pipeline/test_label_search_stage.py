@@ -99,6 +99,21 @@ def test_search_rounds_labels_and_flags(tmp_path, monkeypatch, tokenizer, train_
   assert sum(len(ex.labels) for ex in train) == 6
 
 
+def test_gallop_strategy_asks_from_the_first_prefix(tmp_path, monkeypatch, tokenizer,  # noqa: F811
+                                                    train_problems):  # noqa: F811
+  ctx, fake, records = _run(tmp_path, monkeypatch, tokenizer, train_problems,
+                            **{"sorm.search_strategy": "gallop"})
+  # (0,0): prefix 0 succeeds, 1 fails. (0,1): prefix 0 fails (its rollouts are all wrong though
+  # prefix 1 has successes): boundary 0, where exhaustive labeling propagates 1 back to it.
+  assert fake.calls == [[((0, 0), 0), ((0, 1), 0)], [((0, 0), 1)], [((1, 1), 0)]]
+  hard = {(r["question_index"], r["sample_index"]): r["sorm_hard"] for r in records}
+  want = {k: h for k, (h, _) in EXPECTED[(True, True)].items()}
+  assert {k: h for k, h in hard.items() if h != want[k]} == {(0, 1): [0, 0, 0]}
+  manifest = wd.read_manifest(ctx.path("label"))
+  assert manifest["config"]["search_strategy"] == "gallop"
+  assert manifest["summary"]["search_strategy"] == "gallop"
+
+
 def test_exhaustive_records_count_non_monotone_rollouts(tmp_path, monkeypatch, tokenizer,  # noqa: F811
                                                         train_problems):  # noqa: F811
   ctx, _, records = _run(tmp_path, monkeypatch, tokenizer, train_problems,
@@ -118,6 +133,8 @@ def test_search_needs_positive_propagation():
     micro_config(**SEARCH, **{"sorm.propagate_positive": False})
   with pytest.raises(ConfigError, match="config.sorm.labeling='all'"):
     micro_config(**{"sorm.labeling": "all"})
+  with pytest.raises(ConfigError, match="config.sorm.search_strategy='linear'"):
+    micro_config(**{"sorm.search_strategy": "linear"})
 
 
 def _kill_after_first_shard(env, workdir, log, *overrides) -> int:
