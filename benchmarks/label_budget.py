@@ -2,7 +2,7 @@
 
     python benchmarks/label_budget.py --config=configs/demo.py \\
         --exhaustive=RUNS/ex4 --search=RUNS/search4 [--sweep=RUNS/ex8 --ks 2 4 8] \\
-        [--test_records=RUNS/demo-base/evaluate] --out=RUNS/label_budget.json --plot=RUNS/label_budget.png
+        [--test_records=RUNS/demo-base/evaluate/candidates.json] --out=RUNS/label_budget.json --plot=RUNS/label_budget.png
 
 Inputs are work directories of the same config and policy whose `label` stages ran with
 `sorm.labeling=exhaustive` (--exhaustive) and `first_error_search` (--search), each followed by
@@ -40,7 +40,7 @@ from glore_jax import workdir as wd  # noqa: E402
 from glore_jax.data.step_truth import reference_equations, step_truth  # noqa: E402
 from glore_jax.method.evaluation import auroc  # noqa: E402
 from glore_jax.method.first_error_search import (compare_hard_labels, first_negative,  # noqa: E402
-                                                 search_from_rollouts)
+                                                 non_monotone, search_from_rollouts)
 from glore_jax.method.labels import StepRollouts, sorm_labels  # noqa: E402
 from glore_jax.stages.common import Context, is_heldout, problems, tokenizer_for  # noqa: E402
 
@@ -100,24 +100,29 @@ def cost(records) -> dict:
           "generated_tokens_per_solution": tokens / n}
 
 
+MODES = ("exhaustive", "bisect", "gallop")
+
+
 def replay(records, consistency: bool, k: int) -> dict:
-  """Exhaustive and search labels at K = k replayed from records with >= k rollouts per prefix,
-  with what each would have cost."""
-  out = {"exhaustive": [], "search": [], "exhaustive_tokens": 0, "search_tokens": 0,
-         "exhaustive_rollouts": 0, "search_rollouts": 0, "non_monotone": 0}
+  """Exhaustive labels and both searches' at K = k, replayed from records with >= k rollouts per
+  prefix: {mode: {"labels", "tokens", "rollouts"}} and the count of non-monotone solutions."""
+  out = {m: {"labels": [], "tokens": 0, "rollouts": 0} for m in MODES}
+  out["non_monotone"] = 0
   for r in records:
     sol = StepRollouts.from_json(r)
     cut = StepRollouts(sol.steps, sol.outcome, [p[:k] for p in sol.rollouts])
-    out["exhaustive"].append(sorm_labels(cut, consistency=consistency, propagate_positive=True).hard)
-    found = search_from_rollouts(sol, consistency=consistency, num_rollouts=k)
-    out["search"].append(found.hard)
-    raw = sorm_labels(cut, consistency=consistency, propagate_positive=False).hard
-    out["non_monotone"] += any(not a and b for a, b in zip(raw, raw[1:]))
     tokens = [sum(x["num_tokens"] for x in p[:k]) for p in r["rollouts"]]
-    out["exhaustive_tokens"] += sum(tokens)
-    out["exhaustive_rollouts"] += sum(len(p[:k]) for p in r["rollouts"])
-    out["search_tokens"] += sum(tokens[i] for i in found.evaluations)
-    out["search_rollouts"] += k * len(found.evaluations)
+    ex = out["exhaustive"]
+    ex["labels"].append(sorm_labels(cut, consistency=consistency, propagate_positive=True).hard)
+    ex["tokens"] += sum(tokens)
+    ex["rollouts"] += sum(len(p[:k]) for p in r["rollouts"])
+    for strategy in ("bisect", "gallop"):
+      found = search_from_rollouts(sol, consistency=consistency, num_rollouts=k, strategy=strategy)
+      out[strategy]["labels"].append(found.hard)
+      out[strategy]["tokens"] += sum(tokens[i] for i in found.evaluations)
+      out[strategy]["rollouts"] += k * len(found.evaluations)
+    raw = sorm_labels(cut, consistency=consistency, propagate_positive=False).hard
+    out["non_monotone"] += non_monotone(raw)
   return out
 
 
@@ -175,17 +180,17 @@ def heldout_items(config, records, truths):
   return items, truth
 
 
-def test_items(config, evaluate_dir: Path):
-  """The evaluate stage's test solutions (policy samples and drafts) with their ground truth."""
+def test_items(config, candidates_json: Path):
+  """The evaluate stage's test solutions (greedy drafts and policy samples, from its
+  candidates.json) with their ground truth."""
   tests = {p.id: p for p in problems(config, "test")}
   items, truth = [], []
-  for rec in wd.read_all(evaluate_dir):
-    p = tests.get(rec.get("id"))
-    for c in rec.get("candidates", []):
-      if p is None or c.get("role") not in ("draft", "sample") or not c.get("steps"):
-        continue
-      items.append((p.question, c["steps"]))
-      truth.append(ground_truth(c["steps"], reference_equations(p.reference), p.answer))
+  for rec in json.loads(Path(candidates_json).read_text())["questions"]:
+    p = tests[rec["id"]]
+    for c in rec["candidates"]:
+      if c["role"] in ("draft", "sample") and c["steps"]:
+        items.append((p.question, c["steps"]))
+        truth.append(ground_truth(c["steps"], reference_equations(p.reference), p.answer))
   return items, truth
 
 
@@ -203,10 +208,10 @@ def plot(sweep: dict, path: Path) -> None:
             ("step_accuracy", "hard label = prefix soundness")]
   for n, (key, title) in enumerate(panels):
     ax = fig.add_subplot(1, 2, n + 1)
-    for mode, marker in (("exhaustive", "o-"), ("search", "s--")):
+    for mode, marker in (("exhaustive", "o-"), ("bisect", "s--"), ("gallop", "^:")):
       xs = [sweep[k][mode]["generated_tokens_per_solution"] for k in sorted(sweep, key=int)]
       ys = [sweep[k][mode]["quality"][key] for k in sorted(sweep, key=int)]
-      ax.plot(xs, ys, marker, label=mode)
+      ax.plot(xs, ys, marker, label=mode if mode == "exhaustive" else f"search: {mode}")
       for k, x, y in zip(sorted(sweep, key=int), xs, ys):
         ax.annotate(f"K={k}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
@@ -224,10 +229,12 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", required=True)
   ap.add_argument("--exhaustive", required=True, type=Path)
-  ap.add_argument("--search", required=True, type=Path)
+  ap.add_argument("--search", required=True, type=Path, nargs="+",
+                  help="first_error_search work directories (one per strategy)")
   ap.add_argument("--sweep", type=Path)
   ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8])
-  ap.add_argument("--test_records", type=Path, help="an evaluate stage folder (test solutions)")
+  ap.add_argument("--test_records", type=Path,
+                  help="an evaluate stage's candidates.json (test solutions)")
   ap.add_argument("--no_sorm", action="store_true", help="skip scoring the trained SORMs")
   ap.add_argument("--out", type=Path, required=True)
   ap.add_argument("--plot", type=Path, nargs="*", default=[])
@@ -235,32 +242,43 @@ def main() -> None:
   config = load_config(args.config)
   consistency = config.sorm.consistency
   truths = truth_table(config)
-  ex, se = wd.read_all(args.exhaustive / "label"), wd.read_all(args.search / "label")
   key = lambda r: (r["question_index"], r["sample_index"])
-  if [key(r) for r in ex] != [key(r) for r in se]:
-    raise SystemExit("the two label stages did not label the same samples")
+  ex = wd.read_all(args.exhaustive / "label")
+  dirs = {"exhaustive": args.exhaustive}
+  for d in args.search:
+    strategy = wd.read_manifest(d / "label")["summary"].get("search_strategy", "bisect")
+    dirs[f"search_{strategy}"] = d
+  records = {name: wd.read_all(d / "label") for name, d in dirs.items()}
+  for name, recs in records.items():
+    if [key(r) for r in recs] != [key(r) for r in ex]:
+      raise SystemExit(f"{name} ({dirs[name]}) did not label the same samples as --exhaustive")
   truth = [ground_truth(r["steps"], *truths[r["problem_id"]]) for r in ex]
   incorrect = [i for i, r in enumerate(ex) if not r["outcome"]]
   out: dict = {"config": args.config, "num_rollouts": config.sorm.num_rollouts,
-               "label_dirs": {"exhaustive": str(args.exhaustive), "search": str(args.search)}}
-  for mode, records, workdir in (("exhaustive", ex, args.exhaustive), ("search", se, args.search)):
-    manifest = wd.read_manifest(workdir / "label")
-    out[mode] = {**cost(records), "label_seconds": timing(workdir, "label"),
-                 "train_sorm_seconds": timing(workdir, "train_sorm"),
-                 "quality": label_quality([r["sorm_hard"] for r in records], truth),
-                 "quality_incorrect": label_quality([records[i]["sorm_hard"] for i in incorrect],
-                                                    [truth[i] for i in incorrect]),
-                 "summary": {k: v for k, v in manifest["summary"].items() if k != "statistics"}}
-  out["agreement"] = compare_hard_labels([r["sorm_hard"] for r in se], [r["sorm_hard"] for r in ex])
-  out["agreement_incorrect"] = compare_hard_labels([se[i]["sorm_hard"] for i in incorrect],
-                                                   [ex[i]["sorm_hard"] for i in incorrect])
-  out["token_ratio"] = (out["exhaustive"]["generated_tokens_per_solution"]
-                        / max(out["search"]["generated_tokens_per_solution"], 1e-9))
-  # the search stage against the search replayed on the exhaustive rollouts (same keys)
-  replayed = [search_from_rollouts(StepRollouts.from_json(r), consistency=consistency) for r in ex]
-  out["replay_mismatches"] = sum(
-      s["sorm_hard"] != p.hard or s["sorm_soft"] != p.soft or s["sorm_measured"] != p.measured
-      for s, p in zip(se, replayed))
+               "label_dirs": {k: str(v) for k, v in dirs.items()}}
+  for name, recs in records.items():
+    manifest = wd.read_manifest(dirs[name] / "label")
+    row = {**cost(recs), "label_seconds": timing(dirs[name], "label"),
+           "train_sorm_seconds": timing(dirs[name], "train_sorm"),
+           "quality": label_quality([r["sorm_hard"] for r in recs], truth),
+           "quality_incorrect": label_quality([recs[i]["sorm_hard"] for i in incorrect],
+                                              [truth[i] for i in incorrect]),
+           "summary": {k: v for k, v in manifest["summary"].items() if k != "statistics"}}
+    if name != "exhaustive":
+      strategy = name.removeprefix("search_")
+      row["agreement"] = compare_hard_labels([r["sorm_hard"] for r in recs],
+                                             [r["sorm_hard"] for r in ex])
+      row["agreement_incorrect"] = compare_hard_labels([recs[i]["sorm_hard"] for i in incorrect],
+                                                       [ex[i]["sorm_hard"] for i in incorrect])
+      row["token_ratio"] = (out["exhaustive"]["generated_tokens_per_solution"]
+                            / max(row["generated_tokens_per_solution"], 1e-9))
+      # the search stage against the search replayed on the exhaustive rollouts (same keys)
+      replayed = [search_from_rollouts(StepRollouts.from_json(r), consistency=consistency,
+                                       strategy=strategy) for r in ex]
+      row["replay_mismatches"] = sum(
+          s["sorm_hard"] != p.hard or s["sorm_soft"] != p.soft or s["sorm_measured"] != p.measured
+          for s, p in zip(recs, replayed))
+    out[name] = row
   out["first_negative_histogram"] = {
       "exhaustive": np.bincount([first_negative(r["sorm_hard"]) for r in ex]).tolist(),
       "num_steps": np.bincount([len(r["steps"]) for r in ex]).tolist()}
@@ -274,19 +292,18 @@ def main() -> None:
     for k in args.ks:
       rep = replay(sw, consistency, k)
       n = len(sw)
-      out["sweep"][str(k)] = {
-          "exhaustive": {"generated_tokens_per_solution": rep["exhaustive_tokens"] / n,
-                         "rollouts_per_solution": rep["exhaustive_rollouts"] / n,
-                         "quality": label_quality(rep["exhaustive"], sw_truth)},
-          "search": {"generated_tokens_per_solution": rep["search_tokens"] / n,
-                     "rollouts_per_solution": rep["search_rollouts"] / n,
-                     "quality": label_quality(rep["search"], sw_truth)},
-          "agreement": compare_hard_labels(rep["search"], rep["exhaustive"]),
-          "non_monotone_solutions": rep["non_monotone"]}
-      if k == config.sorm.num_rollouts:  # the sweep's K=num_rollouts replay is the real stage's
-        out["sweep"][str(k)]["matches_exhaustive_stage"] = rep["exhaustive"] == [
-            r["sorm_hard"] for r in ex]
-        out["sweep"][str(k)]["matches_search_stage"] = rep["search"] == [r["sorm_hard"] for r in se]
+      row = {m: {"generated_tokens_per_solution": rep[m]["tokens"] / n,
+                 "rollouts_per_solution": rep[m]["rollouts"] / n,
+                 "quality": label_quality(rep[m]["labels"], sw_truth)} for m in MODES}
+      for m in ("bisect", "gallop"):
+        row[m]["agreement"] = compare_hard_labels(rep[m]["labels"], rep["exhaustive"]["labels"])
+        row[m]["token_ratio"] = rep["exhaustive"]["tokens"] / max(rep[m]["tokens"], 1)
+      row["non_monotone_solutions"] = rep["non_monotone"]
+      if k == config.sorm.num_rollouts:  # the replay at the stages' K must be the real stages
+        for name, recs in records.items():
+          mode = name.removeprefix("search_")
+          row[f"matches_stage_{mode}"] = rep[mode]["labels"] == [r["sorm_hard"] for r in recs]
+      out["sweep"][str(k)] = row
     for p in args.plot:
       plot(out["sweep"], p)
 
@@ -295,14 +312,17 @@ def main() -> None:
     if args.test_records:
       sets["test"] = test_items(config, args.test_records)
     out["sorm_auroc_truth"] = {}
-    for name, (items, t) in sets.items():
-      per = {}
-      row = {"solutions": len(items)}
-      for mode, workdir in (("exhaustive", args.exhaustive), ("search", args.search)):
-        value, n, per[mode] = step_auroc(score(config, workdir, items), t)
-        row[mode], row["steps"] = value, n
-      row["search_minus_exhaustive"] = paired_auroc_difference(per["search"], per["exhaustive"])
-      out["sorm_auroc_truth"][name] = row
+    for set_name, (items, t) in sets.items():
+      per, row = {}, {"solutions": len(items)}
+      for name, d in dirs.items():
+        if not (d / "sorm" / "model" / "config.json").exists():
+          continue
+        value, n, per[name] = step_auroc(score(config, d, items), t)
+        row[name], row["steps"] = value, n
+      for name in per:
+        if name != "exhaustive" and "exhaustive" in per:
+          row[f"{name}_minus_exhaustive"] = paired_auroc_difference(per[name], per["exhaustive"])
+      out["sorm_auroc_truth"][set_name] = row
   args.out.write_text(json.dumps(out, indent=1))
   print(json.dumps(out, indent=1))
 
