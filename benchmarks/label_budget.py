@@ -105,9 +105,10 @@ MODES = ("exhaustive", "bisect", "gallop")
 
 def replay(records, consistency: bool, k: int) -> dict:
   """Exhaustive labels and both searches' at K = k, replayed from records with >= k rollouts per
-  prefix: {mode: {"labels", "tokens", "rollouts"}} and the count of non-monotone solutions."""
+  prefix: {mode: {"labels", "tokens", "rollouts"}}, the count of non-monotone solutions, and
+  `floor_tokens`: what measuring only the boundary pair of the exhaustive labels would cost."""
   out = {m: {"labels": [], "tokens": 0, "rollouts": 0} for m in MODES}
-  out["non_monotone"] = 0
+  out["non_monotone"] = out["floor_tokens"] = 0
   for r in records:
     sol = StepRollouts.from_json(r)
     cut = StepRollouts(sol.steps, sol.outcome, [p[:k] for p in sol.rollouts])
@@ -123,6 +124,10 @@ def replay(records, consistency: bool, k: int) -> dict:
       out[strategy]["rollouts"] += k * len(found.evaluations)
     raw = sorm_labels(cut, consistency=consistency, propagate_positive=False).hard
     out["non_monotone"] += non_monotone(raw)
+    # the floor of any search that measures what it claims: the last positive and the first
+    # negative prefix (those that exist and are not the whole solution), told where they are
+    b = first_negative(ex["labels"][-1])
+    out["floor_tokens"] += sum(tokens[i] for i in {b - 1, b} if 0 <= i < len(sol.steps) - 1)
   return out
 
 
@@ -299,6 +304,8 @@ def main() -> None:
         row[m]["agreement"] = compare_hard_labels(rep[m]["labels"], rep["exhaustive"]["labels"])
         row[m]["token_ratio"] = rep["exhaustive"]["tokens"] / max(rep[m]["tokens"], 1)
       row["non_monotone_solutions"] = rep["non_monotone"]
+      row["floor_tokens_per_solution"] = rep["floor_tokens"] / n
+      row["floor_token_ratio"] = rep["exhaustive"]["tokens"] / max(rep["floor_tokens"], 1)
       if k == config.sorm.num_rollouts:  # the replay at the stages' K must be the real stages
         for name, recs in records.items():
           mode = name.removeprefix("search_")

@@ -3,24 +3,28 @@
 With positive propagation, exhaustive SORM labels are monotone: positive up to the last prefix from
 which some rollout succeeds, negative after. What the label stage estimates is therefore one index
 per solution, `first_negative`: the first prefix no rollout completes (len(steps) when none). This
-module finds it by **binary search** over the prefix indices (as OmegaPRM does) and fills the other
-labels from monotonicity. It is model-free: a search asks for prefix indices and is told
+module finds it by a search over the prefix indices (binary, as OmegaPRM does, or galloping) and
+fills the other labels from monotonicity. It is model-free: a search asks for prefix indices and is told
 (successes, rollouts) for each, so it is tested with a scripted oracle and driven, batched over
 many solutions per round, by the label stage.
 
-Why binary search rather than a galloping search from the end: with no prior on where the first
-error sits, bisection is the minimax choice, floor(log2 n) or ceil(log2 n) evaluations for n
-candidate boundaries wherever the boundary is, and it needs only that many sequential rounds (each
-round is one batched fan-out over all drafts of a shard). Galloping costs up to 2*log2(n) and only
-wins when errors cluster near the end, which nothing here guarantees (the synthetic task's errors
-sit at the arithmetic steps, anywhere in the solution).
+Two strategies. "bisect" (the default, as OmegaPRM): with no prior on where the first error sits,
+bisection is the minimax choice, floor(log2 n) or ceil(log2 n) evaluations for n candidate
+boundaries wherever the boundary is, in as many sequential rounds (each round is one batched
+fan-out over all drafts of a shard); on the demo run its labels equal exhaustive ones at K = 2, 4
+and 8. "gallop" (exponential search from prefix 0: 0, 1, 3, 7, ... then bisection of
+the gap) costs one evaluation when the first step is already unrecoverable and at most
+2*ceil(log2(b+1)) for a boundary at b, so it is cheaper when errors come early (the demo's weak
+policy: 62% of wrong solutions fail at step 0), but it trusts an early all-fail prefix that
+exhaustive labeling would overrule with a later success (README: "Cheaper SORM labels").
+A galloping search from the end would pay most exactly where errors are most frequent.
 
 What is free: the last prefix is the whole solution, whose label is its outcome. A correct
 solution is therefore all-positive under propagation and needs no rollout at all; an incorrect one
 has n = len(steps) candidate boundaries (first_negative in 0..n-1) and needs a search.
 
 Monotonicity is an assumption about the rollouts, not a fact. With noise (a prefix whose K
-rollouts all fail, followed by one with a success) bisection finds *a* boundary, with a measured
+rollouts all fail, followed by one with a success) a search finds *a* boundary, with a measured
 success just before it and a measured failure at it, while exhaustive labeling with propagation
 puts it after the *last* success. Given the same rollouts, the search's boundary is never later
 than the exhaustive one, so the search can only turn exhaustive positives into negatives; the
