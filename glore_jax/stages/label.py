@@ -77,7 +77,7 @@ def _rollouts(ctx: Context, model, samples, prompts, drafts, prefix_ends):
 
 def _label_by_search(ctx: Context, model, tokenizer, samples: Sequence[dict],
                      gold: dict[str, str], questions: dict[str, str]) -> list[dict]:
-  """Labels from a binary search for each sample's first negative prefix
+  """Labels from a search (`sorm.search_strategy`) for each sample's first negative prefix
   (`glore_jax.method.first_error_search`): one batched fan-out per search round over every
   sample still searching, K rollouts from the one prefix each asks for. Rollout k from a prefix
   has the same random key as in exhaustive labeling, so a measured prefix gets exactly the
