@@ -103,6 +103,18 @@ def cost(records) -> dict:
 MODES = ("exhaustive", "bisect", "gallop")
 
 
+def add_token_counts(config, workdir: Path, records) -> bool:
+  """Label records written before rollouts carried `num_tokens` get an estimate: the rollout's
+  text re-encoded, plus one for the EOS token. Returns whether any count was estimated."""
+  missing = [x for r in records for p in r["rollouts"] for x in p if "num_tokens" not in x]
+  if not missing:
+    return False
+  tokenizer = tokenizer_for(config, Path(workdir) / "policy" / "model")
+  for x in missing:
+    x["num_tokens"] = len(tokenizer(x["text"], add_special_tokens=False)["input_ids"]) + 1
+  return True
+
+
 def replay(records, consistency: bool, k: int) -> dict:
   """Exhaustive labels and both searches' at K = k, replayed from records with >= k rollouts per
   prefix: {mode: {"labels", "tokens", "rollouts"}}, the count of non-monotone solutions, and
@@ -234,8 +246,9 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", required=True)
   ap.add_argument("--exhaustive", required=True, type=Path)
-  ap.add_argument("--search", required=True, type=Path, nargs="+",
-                  help="first_error_search work directories (one per strategy)")
+  ap.add_argument("--search", type=Path, nargs="*", default=[],
+                  help="first_error_search work directories (one per strategy); none: only the "
+                       "sweep, replayed from --exhaustive's records unless --sweep is given")
   ap.add_argument("--sweep", type=Path)
   ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8])
   ap.add_argument("--test_records", type=Path,
@@ -249,18 +262,20 @@ def main() -> None:
   truths = truth_table(config)
   key = lambda r: (r["question_index"], r["sample_index"])
   ex = wd.read_all(args.exhaustive / "label")
+  estimated = add_token_counts(config, args.exhaustive, ex)
   dirs = {"exhaustive": args.exhaustive}
   for d in args.search:
     strategy = wd.read_manifest(d / "label")["summary"].get("search_strategy", "bisect")
     dirs[f"search_{strategy}"] = d
-  records = {name: wd.read_all(d / "label") for name, d in dirs.items()}
+  records = {name: ex if name == "exhaustive" else wd.read_all(d / "label")
+             for name, d in dirs.items()}
   for name, recs in records.items():
     if [key(r) for r in recs] != [key(r) for r in ex]:
       raise SystemExit(f"{name} ({dirs[name]}) did not label the same samples as --exhaustive")
   truth = [ground_truth(r["steps"], *truths[r["problem_id"]]) for r in ex]
   incorrect = [i for i, r in enumerate(ex) if not r["outcome"]]
   out: dict = {"config": args.config, "num_rollouts": config.sorm.num_rollouts,
-               "label_dirs": {k: str(v) for k, v in dirs.items()}}
+               "label_dirs": {k: str(v) for k, v in dirs.items()}, "tokens_estimated": estimated}
   for name, recs in records.items():
     manifest = wd.read_manifest(dirs[name] / "label")
     row = {**cost(recs), "label_seconds": timing(dirs[name], "label"),
@@ -288,12 +303,14 @@ def main() -> None:
       "exhaustive": np.bincount([first_negative(r["sorm_hard"]) for r in ex]).tolist(),
       "num_steps": np.bincount([len(r["steps"]) for r in ex]).tolist()}
 
-  if args.sweep:
-    sw = wd.read_all(args.sweep / "label")
+  if args.sweep or not args.search:
+    sw = wd.read_all(args.sweep / "label") if args.sweep else ex
+    sweep_estimated = add_token_counts(config, args.exhaustive, sw) or (not args.sweep and estimated)
     if [key(r) for r in sw] != [key(r) for r in ex]:
       raise SystemExit("the sweep labelled other samples")
     sw_truth = [ground_truth(r["steps"], *truths[r["problem_id"]]) for r in sw]
     out["sweep"] = {}
+    out["sweep_tokens_estimated"] = sweep_estimated
     for k in args.ks:
       rep = replay(sw, consistency, k)
       n = len(sw)
