@@ -323,8 +323,8 @@ def main() -> None:
       row["non_monotone_solutions"] = rep["non_monotone"]
       row["floor_tokens_per_solution"] = rep["floor_tokens"] / n
       row["floor_token_ratio"] = rep["exhaustive"]["tokens"] / max(rep["floor_tokens"], 1)
-      if k == config.sorm.num_rollouts:  # the replay at the stages' K must be the real stages
-        for name, recs in records.items():
+      for name, recs in records.items():  # the replay at a stage's own K must be that stage
+        if k == max((len(p) for r in recs for p in r["rollouts"]), default=0):
           mode = name.removeprefix("search_")
           row[f"matches_stage_{mode}"] = rep[mode]["labels"] == [r["sorm_hard"] for r in recs]
       out["sweep"][str(k)] = row
