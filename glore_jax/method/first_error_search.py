@@ -11,8 +11,8 @@ many solutions per round, by the label stage.
 Two strategies. "bisect" (the default, as OmegaPRM): with no prior on where the first error sits,
 bisection is the minimax choice, floor(log2 n) or ceil(log2 n) evaluations for n candidate
 boundaries wherever the boundary is, in as many sequential rounds (each round is one batched
-fan-out over all drafts of a shard); on the demo run its labels equal exhaustive ones at K = 2, 4
-and 8. "gallop" (exponential search from prefix 0: 0, 1, 3, 7, ... then bisection of
+fan-out over all drafts of a shard); on the demo and repro runs its labels equal exhaustive ones
+at K = 2, 4 and 8. "gallop" (exponential search from prefix 0: 0, 1, 3, 7, ... then bisection of
 the gap) costs one evaluation when the first step is already unrecoverable and at most
 2*ceil(log2(b+1)) for a boundary at b, so it is cheaper when errors come early (the demo's weak
 policy: 62% of wrong solutions fail at step 0), but it trusts an early all-fail prefix that
