@@ -17,6 +17,9 @@ STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data",
 # SVAMP (glore_jax.data.sources.load_svamp) is a test set only: every stage here also needs the
 # training split, so it is not a pipeline source.
 SOURCES = ("synthetic", "gsm8k", "gsm8k_tfds")
+# How the label stage picks the prefixes it rolls out from (glore_jax.stages.label).
+LABELINGS = ("exhaustive", "first_error_search")
+SEARCH_STRATEGIES = ("bisect", "gallop")  # glore_jax.method.first_error_search.STRATEGIES
 
 
 def _get(config, dotted: str) -> Any:
@@ -245,6 +248,12 @@ def validate(config) -> None:
     PromptFormat.from_config(config.prompts)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.prompts: {e}") from None
+  _check(config, "sorm.labeling", lambda v: v in LABELINGS, "one of " + ", ".join(LABELINGS))
+  _check(config, "sorm.search_strategy", lambda v: v in SEARCH_STRATEGIES,
+         "one of " + ", ".join(SEARCH_STRATEGIES))
+  if config.sorm.labeling == "first_error_search" and not config.sorm.propagate_positive:
+    raise ConfigError("config.sorm.labeling='first_error_search' fills labels by monotonicity, "
+                      "which needs config.sorm.propagate_positive=True")
   _check(config, "reward.targets", lambda v: v in ("hard", "soft"), "'hard' or 'soft'")
   _check(config, "reward.orm_rollouts", lambda v: isinstance(v, bool), "True or False")
   _check(config, "reward.truth_labels", lambda v: v is False or (v is True and config.data.source == "synthetic"),

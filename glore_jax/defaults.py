@@ -79,7 +79,12 @@ def get_config() -> ml_collections.ConfigDict:
       num_questions=500, shard_size=100))
   c.sorm = ml_collections.ConfigDict(dict(
       num_rollouts=4, temperature=0.8, max_new_tokens=160, batch_size=256, shard_size=25,
-      consistency=True, propagate_positive=True, balance=True))
+      consistency=True, propagate_positive=True, balance=True,
+      # "exhaustive": K rollouts from every prefix; "first_error_search": K rollouts only from
+      # the prefixes a binary search for the first negative one picks (glore_jax.method.
+      # first_error_search), the other labels filled by monotonicity (needs propagate_positive).
+      labeling="exhaustive",
+      search_strategy="bisect"))  # first_error_search: "bisect" or "gallop" (from prefix 0)
   c.reward = ml_collections.ConfigDict(dict(
       train=train(steps=300, learning_rate=1e-3, warmup_steps=30, max_epochs=3.0),
       train_backbone=True,

@@ -28,6 +28,7 @@ __all__ = [
   "label_statistics",
   "numbers_in",
   "orm_labels",
+  "prefix_successes",
   "sorm_labels",
 ]
 
@@ -149,7 +150,9 @@ def is_consistent(step_text: str, rollout_text: str) -> bool:
 # Labels
 
 
-def _successes(step: str, rollouts: Sequence[Rollout], consistency: bool) -> int:
+def prefix_successes(step: str, rollouts: Sequence[Rollout], consistency: bool) -> int:
+  """How many rollouts from the prefix ending in `step` succeed: correct, and (with
+  `consistency`) building on the step's result."""
   return sum(1 for r in rollouts if r.correct and (not consistency or is_consistent(step, r.text)))
 
 
@@ -169,7 +172,7 @@ def sorm_labels(sol: StepRollouts, *, consistency: bool, propagate_positive: boo
     k = len(sol.rollouts[i])
     if k == 0:
       raise ValueError(f"step {i} of {n} has no rollouts; every prefix but the last needs K >= 1")
-    s = _successes(sol.steps[i], sol.rollouts[i], consistency)
+    s = prefix_successes(sol.steps[i], sol.rollouts[i], consistency)
     hard.append(int(s > 0))
     soft.append(s / k)
   if n:
