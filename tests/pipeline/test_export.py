@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from glore_jax import export, provenance
+from glore_jax import export, fingerprint, provenance
 from glore_jax import workdir as wd
 from glore_jax.stages import refine_data
 
@@ -16,8 +16,8 @@ from .test_refine_data_stage import label_records, probs  # noqa: F401 (a fixtur
 
 
 def _write_stage(ctx, name, rows):
-  stage = wd.ShardedStage(ctx.path(name), name, config={"test": 1}, num_items=len(rows),
-                          shard_size=max(len(rows), 1))
+  stage = wd.ShardedStage(ctx.path(name), name, config=fingerprint.record(ctx.config, name),
+                          num_items=len(rows), shard_size=max(len(rows), 1))
   stage.write_shard(0, rows)
   wd.mark_done(ctx.path(name))
 

@@ -110,7 +110,7 @@ def test_gallop_strategy_asks_from_the_first_prefix(tmp_path, monkeypatch, token
   want = {k: h for k, (h, _) in EXPECTED[(True, True)].items()}
   assert {k: h for k, h in hard.items() if h != want[k]} == {(0, 1): [0, 0, 0]}
   manifest = wd.read_manifest(ctx.path("label"))
-  assert manifest["config"]["search_strategy"] == "gallop"
+  assert manifest["config"]["keys"]["sorm.search_strategy"] == "gallop"  # in the fingerprint
   assert manifest["summary"]["search_strategy"] == "gallop"
 
 
