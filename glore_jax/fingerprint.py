@@ -23,9 +23,8 @@ from typing import Any, Mapping
 # Pipeline order; every stage's inputs come before it.
 STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data", "train_global",
           "train_local", "evaluate")
-# Config sections every stage reads (problems, tokenizer, model numerics, prompt formats, and
-# model folders given from outside the work directory, which replace stages' outputs).
-SHARED = ("seed", "model", "tokenizer", "data", "prompts", "inputs")
+# Config sections every stage reads (problems, tokenizer, model numerics, prompt formats).
+SHARED = ("seed", "model", "tokenizer", "data", "prompts")
 # Top-level keys that choose how and where a run happens, not what it computes.
 RUN_ONLY = ("stages", "mesh", "distributed", "recompute", "tracking")
 # Keys that a resumed run may change freely: shard and batch sizes of the samplers (their
@@ -45,18 +44,20 @@ class StageSpec:
 
 SPECS: dict[str, StageSpec] = {
     "policy": StageSpec(("policy",)),
-    "sample": StageSpec(("sample",), ("policy",)),
-    "label": StageSpec(("sorm",), ("policy", "sample"), exclude=("sorm.balance",)),
-    "train_orm": StageSpec(("reward", "evaluate.heldout_fraction"), ("policy", "sample"),
-                           optional_inputs=(("label", "reward.orm_rollouts"),)),
-    "train_sorm": StageSpec(("reward", "sorm.balance", "evaluate.heldout_fraction"),
-                            ("policy", "label")),
+    # A model folder given in config.inputs replaces a stage's output: whoever reads it reads
+    # its path (evaluate reads them all).
+    "sample": StageSpec(("sample", "inputs.policy"), ("policy",)),
+    "label": StageSpec(("sorm", "inputs.policy"), ("policy", "sample"), exclude=("sorm.balance",)),
+    "train_orm": StageSpec(("reward", "evaluate.heldout_fraction", "inputs.policy"),
+                           ("policy", "sample"), optional_inputs=(("label", "reward.orm_rollouts"),)),
+    "train_sorm": StageSpec(("reward", "sorm.balance", "evaluate.heldout_fraction",
+                             "inputs.policy"), ("policy", "label")),
     "refine_data": StageSpec(("refine", "sorm.consistency"), ("label",),
                              exclude=("refine.train.*",)),
-    "train_global": StageSpec(("refine",), ("policy", "refine_data")),
-    "train_local": StageSpec(("refine",), ("policy", "refine_data")),
-    "evaluate": StageSpec(("evaluate",), ("policy", "sample", "label", "train_orm", "train_sorm",
-                                          "train_global", "train_local")),
+    "train_global": StageSpec(("refine", "inputs.policy"), ("policy", "refine_data")),
+    "train_local": StageSpec(("refine", "inputs.policy"), ("policy", "refine_data")),
+    "evaluate": StageSpec(("evaluate", "inputs"), ("policy", "sample", "label", "train_orm",
+                                                    "train_sorm", "train_global", "train_local")),
 }
 
 

@@ -48,9 +48,9 @@ def make_context(config, workdir: str) -> Context:
   path = epath.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   ctx = Context(config=config, workdir=path, mesh=mesh)
-  if ctx.is_leader:
-    from glore_jax.provenance import write_run_config
-    write_run_config(config, path)  # what this run is, before any compute
+  from glore_jax.provenance import RUN_CONFIG, write_run_config
+  if ctx.is_leader and not (path / RUN_CONFIG).exists():
+    write_run_config(config, path)  # a new work directory says what it is before any compute
   return ctx
 
 
@@ -76,6 +76,9 @@ def run_stages(config, workdir: str) -> Context:
            jax.devices()[0].device_kind, jax.process_count(), dict(ctx.mesh.shape), workdir)
   for stage in stage_list(config):
     _runner(stage)(stage_context(ctx, stage))
+  if ctx.is_leader:  # after success only: a run refused as stale leaves the record as it was
+    from glore_jax.provenance import write_run_config
+    write_run_config(config, ctx.workdir)
   return ctx
 
 

@@ -190,5 +190,6 @@ def test_search_stage_with_the_micro_policy_resumes_and_matches_exhaustive(
     saved += e["rollouts_sampled"] - g["rollouts_sampled"]
   assert saved >= 0
   manifest = json.loads((w / "label" / "manifest.json").read_text())
-  assert manifest["done"] and manifest["config"]["labeling"] == "first_error_search"
-  assert "labeling" not in json.loads((ref / "label" / "manifest.json").read_text())["config"]
+  assert manifest["done"] and manifest["config"]["keys"]["sorm.labeling"] == "first_error_search"
+  ref_keys = json.loads((ref / "label" / "manifest.json").read_text())["config"]["keys"]
+  assert ref_keys["sorm.labeling"] == "exhaustive"  # the mode is part of the label fingerprint
