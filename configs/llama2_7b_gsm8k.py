@@ -12,6 +12,7 @@ from glore_jax.defaults import get_config as base
 def get_config(size: str = "7b"):
   c = base()
   c.model.checkpoint = f"/path/to/Llama-2-{size}-hf"  # override on the command line
+  c.model.preset = f"llama2-{size}"  # the checkpoint's architecture (what the memory plan compiles)
   c.model.update(dtype="bfloat16", param_dtype="float32", remat=True)
   c.mesh.update(data=1, fsdp=-1, tensor=1)  # FSDP over the whole slice
   c.data.update(source="gsm8k", path="/path/to/gsm8k", train_size=7473, test_size=1319,
