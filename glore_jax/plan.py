@@ -607,7 +607,8 @@ def throughput(program: str, shape: dict, result, cfg, devices: int, chip) -> di
 
 def plan_stages(config, slice_name: str, *, model: str = "", layers=None,
                 prompt_tokens: int = 256, only: Sequence[str] = (), recommend: bool = False,
-                sample_param_dtype: str = "", log=print) -> dict[str, Any]:
+                sample_param_dtype: str = "", xla_attention: bool = False,
+                log=print) -> dict[str, Any]:
   """Compiles every program of `config`'s stages for `slice_name` with the TPU compiler; per
   program: per-device bytes, whether it fits HEADROOM of HBM, roofline time. Programs of equal
   shape compile once. `recommend` also compiles each at half its rows and gives the largest
@@ -616,6 +617,8 @@ def plan_stages(config, slice_name: str, *, model: str = "", layers=None,
   from glore_jax.model.sharding import make_mesh
   sl = aot.get_slice(slice_name)
   cfg = aot.for_tpu(config_model(config, model))
+  if xla_attention:  # XLA attention on TPU too: the plan without the Pallas kernels
+    cfg = cfg.replace(pallas_attention=False)
   # sampling loads the policy with the config's dtypes (the sampling stages' model.load)
   sample_cfg = cfg.replace(remat=False, param_dtype=sample_param_dtype or cfg.param_dtype)
   m = config.mesh
@@ -657,6 +660,7 @@ def plan_stages(config, slice_name: str, *, model: str = "", layers=None,
   return {"slice": slice_name, "chip": dataclasses.asdict(sl.chip), "model": cfg.num_params(),
           "recommended_batch_multiplier": recommended,
           "num_layers": cfg.num_layers, "layers": list(layers or []),
+          "attention": "xla" if xla_attention else "pallas where it applies",
           "global_mesh": dict(global_mesh.shape), "host_mesh": dict(host_mesh.shape),
           "prompt_tokens": prompt_tokens, "programs": [dataclasses.asdict(p) | {"fits": p.fits}
                                                        for p in plans]}
@@ -665,7 +669,8 @@ def plan_stages(config, slice_name: str, *, model: str = "", layers=None,
 def format_stage_plan(plan: dict[str, Any]) -> str:
   chip = plan["chip"]
   lines = [f"# {plan['slice']}: {chip['kind']} chips of {chip['hbm_bytes'] / GiB:.0f} GiB; "
-           f"{plan['model'] / 1e9:.2f}B parameters, {plan['num_layers']} layers; training mesh "
+           f"{plan['model'] / 1e9:.2f}B parameters, {plan['num_layers']} layers, attention: "
+           f"{plan['attention']}; training mesh "
            f"{plan['global_mesh']}, sampling on each host's mesh {plan['host_mesh']}",
            f"TPU compiler's memory analysis per device (GiB); fits = peak <= "
            f"{int(HEADROOM * 100)}% of HBM; prompts up to {plan['prompt_tokens']} tokens", "",
@@ -887,6 +892,8 @@ def parser() -> argparse.ArgumentParser:
   tpu.add_argument("--config", default="", help="plan every stage of this config file "
                    "(with --slice): fits or not per stage, per device")
   tpu.add_argument("--stages", default="", help="with --config: only these stages")
+  tpu.add_argument("--xla-attention", action="store_true",
+                   help="compile XLA attention instead of the Pallas TPU kernels")
   tpu.add_argument("--prompt-tokens", type=int, default=256,
                    help="longest prompt the sampling stages see (before any draft)")
   return p
@@ -932,6 +939,7 @@ def tpu_main(args) -> int:
   start = time.perf_counter()
   plan = plan_stages(config, args.slice, model=model, layers=layers, prompt_tokens=prompt,
                      only=only, recommend=args.recommend, sample_param_dtype=sample_dtype,
+                     xla_attention=args.xla_attention,
                      log=lambda m: print(m, file=sys.stderr, flush=True))
   plan["compile_s"] = time.perf_counter() - start
   print(format_stage_plan(plan))

@@ -49,6 +49,9 @@ class LlamaConfig:
   # compiling ahead of time for a TPU slice from another machine (`glore_jax.aot`). Picks the
   # projections above and the attention kernels (`glore_jax.model.kernels`).
   platform: str | None = None
+  # Pallas attention kernels: None uses them on TPU only; False never (XLA attention); True
+  # everywhere (off TPU only under Pallas interpret mode, for tests).
+  pallas_attention: bool | None = None
 
   def __post_init__(self):
     if self.head_dim == 0:

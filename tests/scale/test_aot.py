@@ -57,8 +57,8 @@ def test_train_steps_compile_for_tpu(name):
   Per-device state is the sharded fp32 parameters plus two AdamW moments."""
   mesh = aot.mesh(name)
   cfg = _tiny()
-  lm = aot.compile_train(cfg, mesh, batch=8, seq=64)
-  value = aot.compile_train(cfg, mesh, batch=8, seq=64, loss="value")
+  lm = aot.compile_train(cfg, mesh, batch=8, seq=128)  # 128 tokens: flash attention's tile
+  value = aot.compile_train(cfg, mesh, batch=8, seq=128, loss="value")
   for p in (lm, value):
     _check(p, mesh)
   n = mesh.size
@@ -98,3 +98,16 @@ def test_target_platform_picks_the_tpu_program():
   assert cfg.target_platform == "tpu" and not cfg.fused_projections
   assert not sampling._vocab_major(32, cfg.target_platform)
   assert sampling._vocab_major(32, "cpu")
+
+
+@pytest.mark.parametrize("pallas, seq, expected", [(None, 128, True), (False, 128, False),
+                                                   (None, 64, False)])
+def test_tpu_train_step_runs_flash_attention(pallas, seq, expected):
+  """Built for TPU, the training forward pass calls the Pallas flash-attention kernel (a Mosaic
+  custom call in the lowered program) when its 128-token tiles cover the sequence."""
+  import jax
+  mesh = aot.mesh("v5e-8", 1, 4, 2)
+  fn, args = aot.train_args(aot.for_tpu(_tiny(pallas_attention=pallas)), mesh, batch=8, seq=seq)
+  with jax.set_mesh(mesh):
+    text = fn.lower(*args).as_text()
+  assert ("tpu_custom_call" in text) == expected
