@@ -216,7 +216,10 @@ class Attention(nnx.Module):
     b, t, n, h = q_btnh.shape
     q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, h)
     if t == 1 and kv_layer is not None:
-      out_btkgh = _attend_one_query(q_btkgh, k_bkhs, v_bksh, mask_bts)
+      if kernels.use_decode_kernel(cfg, k_bkhs.shape[-1]):  # TPU: the Pallas decode kernel
+        out_btkgh = kernels.decode_attention(q_btkgh, k_bkhs, v_bksh, mask_bts)
+      else:
+        out_btkgh = _attend_one_query(q_btkgh, k_bkhs, v_bksh, mask_bts)
     elif kv_layer is None and kernels.use_flash_attention(cfg, t):  # TPU: flash attention
       out_btkgh = kernels.flash_attention(q_btkgh, k_bkhs, v_bksh, mask_bts)
     else:
