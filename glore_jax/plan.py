@@ -605,6 +605,23 @@ def throughput(program: str, shape: dict, result, cfg, devices: int, chip) -> di
   return out
 
 
+def prefix_sharing(cfg, *, prefix_slots: int, new_tokens: int, rollouts: int, peak: float,
+                   rows: int, host_chips: int, hbm: float) -> dict[str, float]:
+  """The label stage's KV cache on paper: bytes per rollout row when every row holds a copy of
+  its prefix's cache (as the sampler does: `sampling._start` gathers a copy per row) and when
+  the K rollouts of a prefix share one copy; decode rows one host fits either way, from the
+  compiled decode program's peak (`peak` per device at `rows` rows) minus its cache."""
+  itemsize = cfg.compute_dtype.itemsize
+  per_slot = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * itemsize
+  row = per_slot * (prefix_slots + new_tokens)
+  shared = row - per_slot * prefix_slots * (1 - 1 / rollouts)
+  other = peak - row * rows / host_chips  # weights, output buffers, temporaries per device
+  budget = host_chips * max(HEADROOM * hbm - other, 0.0)
+  return {"cache_bytes_per_row": row, "prefix_bytes_per_row": per_slot * prefix_slots,
+          "shared_cache_bytes_per_row": shared, "rows_per_host_copied": budget / row,
+          "rows_per_host_shared": budget / shared, "rollouts": rollouts}
+
+
 def plan_stages(config, slice_name: str, *, model: str = "", layers=None,
                 prompt_tokens: int = 256, only: Sequence[str] = (), recommend: bool = False,
                 sample_param_dtype: str = "", xla_attention: bool = False,
@@ -650,6 +667,15 @@ def plan_stages(config, slice_name: str, *, model: str = "", layers=None,
                                                  sl.chip.hbm_bytes)
     plans.append(StagePlan(stage, program, dict(mesh.shape), shape, row, sl.chip.hbm_bytes, size,
                            note))
+  sharing = None
+  label = [p for p in plans if p.stage == "label" and p.program == "decode"]
+  if label:
+    p = label[0]
+    sharing = prefix_sharing(
+        sample_cfg, prefix_slots=p.shape["cache"] - p.shape["max_new_tokens"],
+        new_tokens=p.shape["max_new_tokens"], rollouts=config.sorm.num_rollouts,
+        peak=p.result["peak"], rows=p.shape["rows"], host_chips=host_mesh.size,
+        hbm=sl.chip.hbm_bytes)
   recommended = {}
   if recommend:
     for p in plans:
@@ -658,7 +684,7 @@ def plan_stages(config, slice_name: str, *, model: str = "", layers=None,
       recommended[p.stage] = (min(current, f if f is not None else 0.0),)
     recommended = {k: v[0] for k, v in recommended.items()}
   return {"slice": slice_name, "chip": dataclasses.asdict(sl.chip), "model": cfg.num_params(),
-          "recommended_batch_multiplier": recommended,
+          "recommended_batch_multiplier": recommended, "label_prefix_sharing": sharing,
           "num_layers": cfg.num_layers, "layers": list(layers or []),
           "attention": "xla" if xla_attention else "pallas where it applies",
           "global_mesh": dict(global_mesh.shape), "host_mesh": dict(host_mesh.shape),
@@ -691,6 +717,15 @@ def format_stage_plan(plan: dict[str, Any]) -> str:
   lines += [""] + [f"({n})" for n in sorted(notes)]
   bad = sorted({p["stage"] for p in plan["programs"] if not p["fits"]})
   lines.append("every stage fits" if not bad else f"does NOT fit: {', '.join(bad)}")
+  share = plan.get("label_prefix_sharing")
+  if share:
+    mib = 1024 ** 2
+    lines += ["", f"Label stage KV cache: {share['cache_bytes_per_row'] / mib:,.0f} MiB per rollout "
+              f"row, {share['prefix_bytes_per_row'] / mib:,.0f} MiB of it a copy of the prefix's "
+              f"cache; one host fits {share['rows_per_host_copied']:,.0f} rows so; with the "
+              f"{share['rollouts']} rollouts of a prefix sharing one copy "
+              f"{share['shared_cache_bytes_per_row'] / mib:,.0f} MiB per row, "
+              f"{share['rows_per_host_shared']:,.0f} rows (on paper: the sampler copies)."]
   rec = plan.get("recommended_batch_multiplier")
   if rec:
     lines += ["", "Recommended batch_size per stage (the largest power-of-two multiple of the "
