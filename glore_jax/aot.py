@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import math
 import os
 import time
 from typing import Any
@@ -56,6 +57,10 @@ class Slice:
   topology: str
   chip_config: str
   host_bounds: tuple[int, int, int]
+
+  @property
+  def chips(self) -> int:
+    return math.prod(int(x) for x in self.topology.split(":")[1].split("x"))
 
   @property
   def chips_per_host(self) -> int:

@@ -26,7 +26,7 @@ def _tiny(**changes):
     ("v5e-256", 256, "TPU v5 lite", 64), ("v5p-64", 32, "TPU v5", 8), ("v6e-8", 8, "TPU v6 lite", 1)])
 def test_named_slices_have_their_chips_and_hosts(name, chips, kind, hosts):
   devices = aot.devices(name)
-  assert len(devices) == chips
+  assert len(devices) == chips == aot.get_slice(name).chips
   assert {d.device_kind for d in devices} == {kind}
   assert len({d.process_index for d in devices}) == hosts
   assert aot.get_slice(name).chips_per_host * hosts == chips
