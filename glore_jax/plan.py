@@ -1,5 +1,20 @@
-"""Memory and mesh plan: compile the training step and the decode step for a model and mesh on
-simulated CPU devices, without allocating a single weight, and read XLA's own memory analysis.
+"""Memory and mesh plan: compile the programs the runtime runs, without allocating a single
+weight, and read the compiler's own memory (and cost) analysis.
+
+With the TPU compiler (extra `tpu-aot`, the libtpu wheel; any Linux x86-64 machine):
+
+  python -m glore_jax.plan --config=configs/llama2_7b_gsm8k.py --slice=v4-32 [--layers=1,2]
+  python -m glore_jax.plan --slice=v5e-8 --model=llama2-7b --batch=8 --seq=512 --decode-batch=64
+
+compiles every program of every stage of a config (or one model's training step and sampling
+programs) for the named slice's topology with the runtime's shardings (`glore_jax.aot`), and
+prints per program the per-device bytes, whether it fits 90% of the chip's HBM, its roofline
+time from the compiler's cost analysis, and the implied tokens/s per chip and MFU (estimates);
+`--recommend` adds the largest power-of-two batch_size per stage that fits. Exit status 1 when
+a stage does not fit.
+
+Without libtpu, the CPU fallback below: the training step and the decode step for a model and
+mesh on simulated CPU devices, and a TPU estimate derived from them.
 
   python -m glore_jax.plan --model=llama2-7b --devices=8 --mesh=1,8,1 --batch=8 --seq=512
   python -m glore_jax.plan --model=llama2-70b --devices=256 --mesh=1,256,1 --batch=256 \
@@ -696,7 +711,7 @@ def format_stage_plan(plan: dict[str, Any]) -> str:
   chip = plan["chip"]
   lines = [f"# {plan['slice']}: {chip['kind']} chips of {chip['hbm_bytes'] / GiB:.0f} GiB; "
            f"{plan['model'] / 1e9:.2f}B parameters, {plan['num_layers']} layers, attention: "
-           f"{plan['attention']}; training mesh "
+           f"{plan.get('attention', 'pallas where it applies')}; training mesh "
            f"{plan['global_mesh']}, sampling on each host's mesh {plan['host_mesh']}",
            f"TPU compiler's memory analysis per device (GiB); fits = peak <= "
            f"{int(HEADROOM * 100)}% of HBM; prompts up to {plan['prompt_tokens']} tokens", "",
@@ -927,6 +942,8 @@ def parser() -> argparse.ArgumentParser:
   tpu.add_argument("--config", default="", help="plan every stage of this config file "
                    "(with --slice): fits or not per stage, per device")
   tpu.add_argument("--stages", default="", help="with --config: only these stages")
+  tpu.add_argument("--merge", default="", help="comma-separated plan JSON files of one config "
+                   "and slice (disjoint --stages runs): print and write (--json) them as one")
   tpu.add_argument("--xla-attention", action="store_true",
                    help="compile XLA attention instead of the Pallas TPU kernels")
   tpu.add_argument("--prompt-tokens", type=int, default=256,
@@ -949,6 +966,20 @@ def model_config_dict(args):
   c.sample.update(batch_size=args.decode_batch, num_samples=1,
                   max_new_tokens=args.max_new_tokens)
   return c
+
+
+def merge_plans(plans: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """One plan from plans of disjoint stage lists of the same config and slice (e.g. run in
+  parallel with --stages)."""
+  first = plans[0]
+  for p in plans[1:]:
+    for key in ("slice", "model", "num_layers", "global_mesh", "host_mesh", "prompt_tokens"):
+      if p[key] != first[key]:
+        raise ValueError(f"cannot merge plans with different {key}: {first[key]} vs {p[key]}")
+  return {**first, "programs": [x for p in plans for x in p["programs"]],
+          "compile_s": sum(p.get("compile_s", 0.0) for p in plans),
+          "label_prefix_sharing": next((p["label_prefix_sharing"] for p in plans
+                                        if p.get("label_prefix_sharing")), None)}
 
 
 def tpu_main(args) -> int:
@@ -987,6 +1018,13 @@ def tpu_main(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parser().parse_args(argv)
+  if args.merge:
+    plan = merge_plans([json.loads(open(f).read()) for f in args.merge.split(",")])
+    print(format_stage_plan(plan))
+    if args.json:
+      with open(args.json, "w") as f:
+        f.write(json.dumps(plan, indent=2) + "\n")
+    return 0 if all(p["fits"] for p in plan["programs"]) else 1
   if args.config and not args.slice:
     parser().error("--config needs --slice (the TPU slice to plan it for)")
   if args.slice:

@@ -84,3 +84,16 @@ def test_config_plan_from_the_tpu_compiler(tmp_path):
   assert decode["result"]["tokens_per_s_per_chip"] > 0
   share = p["label_prefix_sharing"]
   assert share["rows_per_host_shared"] > share["rows_per_host_copied"] > 0
+
+
+def test_merge_plans_of_disjoint_stages():
+  base = {"slice": "v4-32", "model": 1, "num_layers": 2, "global_mesh": {}, "host_mesh": {},
+          "prompt_tokens": 256}
+  a = {**base, "programs": [{"stage": "policy"}], "compile_s": 1.0}
+  b = {**base, "programs": [{"stage": "label"}], "compile_s": 2.0,
+       "label_prefix_sharing": {"rollouts": 8}}
+  merged = plan.merge_plans([a, b])
+  assert [p["stage"] for p in merged["programs"]] == ["policy", "label"]
+  assert merged["compile_s"] == 3.0 and merged["label_prefix_sharing"] == {"rollouts": 8}
+  with pytest.raises(ValueError, match="different slice"):
+    plan.merge_plans([a, {**b, "slice": "v5e-8"}])
