@@ -613,8 +613,12 @@ def throughput(program: str, shape: dict, result, cfg, devices: int, chip) -> di
     return out
   if program.startswith("train"):
     tokens = shape["batch"] * shape["seq"] / devices / seconds
+    model_flops = model_flops_per_token(cfg, shape["seq"]) * shape["batch"] * shape["seq"] / devices
+    if result.flops < model_flops:  # the compiled count cannot be below the model's own:
+      out["flops_below_model"] = True  # an extrapolation (--layers) gone wrong; no estimate
+      return out
     out["tokens_per_s_per_chip"] = tokens
-    out["mfu"] = model_flops_per_token(cfg, shape["seq"]) * tokens / chip.peak_bf16_flops
+    out["mfu"] = model_flops / seconds / chip.peak_bf16_flops
   elif program == "decode":
     out["tokens_per_s_per_chip"] = shape["rows"] / devices / seconds
   return out

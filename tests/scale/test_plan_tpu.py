@@ -97,3 +97,20 @@ def test_merge_plans_of_disjoint_stages():
   assert merged["compile_s"] == 3.0 and merged["label_prefix_sharing"] == {"rollouts": 8}
   with pytest.raises(ValueError, match="different slice"):
     plan.merge_plans([a, {**b, "slice": "v5e-8"}])
+
+
+def test_no_throughput_estimate_from_flops_below_the_models():
+  """A train step whose counted flops are below 6 N per token (e.g. a depth extrapolation gone
+  wrong) gets no tokens/s or MFU; one above gets MFU = model flops / roofline time / peak."""
+  cfg = plan.model_config("llama2-7b")
+  chip = aot.CHIPS["v5e"]
+  model = plan.model_flops_per_token(cfg, 512) * 8 * 512 / 8
+  shape = {"batch": 8, "seq": 512}
+  low = aot.Program("train_lm", 0, 0, 0, 0, 0, flops=0.5 * model, bytes_accessed=1.0, compile_s=0)
+  assert plan.throughput("train_lm", shape, low, cfg, 8, chip) == {
+      "roofline_s": low.roofline_s(chip), "compute_bound": True, "flops_below_model": True}
+  ok = aot.Program("train_lm", 0, 0, 0, 0, 0, flops=1.25 * model, bytes_accessed=1.0,
+                   compile_s=0)
+  out = plan.throughput("train_lm", shape, ok, cfg, 8, chip)
+  assert out["mfu"] == pytest.approx(1 / 1.25)
+  assert out["tokens_per_s_per_chip"] == pytest.approx(512 / ok.roofline_s(chip))
