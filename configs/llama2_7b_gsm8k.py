@@ -28,7 +28,7 @@ def get_config(size: str = "7b"):
                 max_length=512)
   c.policy.train.update(steps=2000, batch_size=128, learning_rate=2e-5, warmup_steps=100,
                         checkpoint_every=250, eval_every=250)
-  c.sample.update(num_samples=16, temperature=1.0, max_new_tokens=256, batch_size=256,
+  c.sample.update(num_samples=16, temperature=1.0, max_new_tokens=256, batch_size=128,
                   num_questions=7473, shard_size=256)
   c.sorm.update(num_rollouts=8, temperature=1.0, max_new_tokens=256, batch_size=128,
                 shard_size=128)

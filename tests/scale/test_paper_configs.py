@@ -58,7 +58,8 @@ def test_every_stage_fits_its_slice_by_the_tpu_plan(name):
   assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] == aot.SLICES[module.SLICE].chips
   recorded = {(p["stage"], p["program"]): p for p in record["programs"]}
   stages = plan.stage_shapes(config, prompt_tokens=record["prompt_tokens"])
-  assert {s for s, *_ in stages} == set(config.stages.split(","))
+  # every stage that runs the model has programs (refine_data only pairs up records)
+  assert {s for s, *_ in stages} == set(config.stages.split(",")) - {"refine_data"}
   for stage, program, _, shape, _ in stages:
     p = recorded.get((stage, program))
     assert p is not None, f"{stage}/{program} is not in the plan: re-plan {name}"
