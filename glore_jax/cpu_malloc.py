@@ -43,8 +43,17 @@ def should_reexec(env: dict[str, str] | None = None) -> bool:
   platforms = env.get("JAX_PLATFORMS", "")
   if platforms and set(platforms.split(",")) != {"cpu"}:
     return False
-  # no JAX_PLATFORMS: JAX picks an accelerator when its plugin is installed
-  return bool(platforms) or not any(importlib.util.find_spec(m) for m in _ACCELERATOR_MODULES)
+  # no JAX_PLATFORMS: JAX picks an accelerator when its plugin is installed (libtpu alone, as
+  # the tpu-aot extra installs it to compile for TPU on any machine, needs TPU chips too)
+  return bool(platforms) or not any(
+      importlib.util.find_spec(m) and (m != "libtpu" or _tpu_chips_present())
+      for m in _ACCELERATOR_MODULES)
+
+
+def _tpu_chips_present() -> bool:
+  """TPU VM device nodes: /dev/accel* (v2-v4, v5p) or /dev/vfio/<n> (v5e, v6e)."""
+  import glob
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def environment_with_tunables(env: dict[str, str] | None = None) -> dict[str, str]:

@@ -61,14 +61,16 @@ def initialize(settings) -> None:
            jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def local_mesh(mesh):
+def local_mesh(mesh, devices=None):
   """The ('data', 'fsdp', 'tensor') mesh of this process's own devices, shaped like `mesh`
   (tensor and fsdp sizes as in `mesh` where the host has room for them, the rest data): for work a
-  process does alone, such as sampling its own shards. One process: `mesh` itself."""
-  if jax.process_count() == 1:
-    return mesh
+  process does alone, such as sampling its own shards. One process: `mesh` itself. `devices`:
+  one host's devices instead of this process's (an ahead-of-time compile for a TPU slice)."""
+  if devices is None:
+    if jax.process_count() == 1:
+      return mesh
+    devices = jax.local_devices()
   from glore_jax.model.sharding import make_mesh
-  devices = jax.local_devices()
   n = len(devices)
   tensor = math.gcd(mesh.shape["tensor"], n)
   fsdp = math.gcd(mesh.shape["fsdp"], n // tensor)

@@ -1,5 +1,20 @@
-"""Memory and mesh plan: compile the training step and the decode step for a model and mesh on
-simulated CPU devices, without allocating a single weight, and read XLA's own memory analysis.
+"""Memory and mesh plan: compile the programs the runtime runs, without allocating a single
+weight, and read the compiler's own memory (and cost) analysis.
+
+With the TPU compiler (extra `tpu-aot`, the libtpu wheel; any Linux x86-64 machine):
+
+  python -m glore_jax.plan --config=configs/llama2_7b_gsm8k.py --slice=v4-32 [--layers=1,2]
+  python -m glore_jax.plan --slice=v5e-8 --model=llama2-7b --batch=8 --seq=512 --decode-batch=64
+
+compiles every program of every stage of a config (or one model's training step and sampling
+programs) for the named slice's topology with the runtime's shardings (`glore_jax.aot`), and
+prints per program the per-device bytes, whether it fits 90% of the chip's HBM, its roofline
+time from the compiler's cost analysis, and the implied tokens/s per chip and MFU (estimates);
+`--recommend` adds the largest power-of-two batch_size per stage that fits. Exit status 1 when
+a stage does not fit.
+
+Without libtpu, the CPU fallback below: the training step and the decode step for a model and
+mesh on simulated CPU devices, and a TPU estimate derived from them.
 
   python -m glore_jax.plan --model=llama2-7b --devices=8 --mesh=1,8,1 --batch=8 --seq=512
   python -m glore_jax.plan --model=llama2-70b --devices=256 --mesh=1,256,1 --batch=256 \
@@ -27,7 +42,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
 import os
 import re
 import sys
@@ -431,6 +448,314 @@ def recommend(fit: Fit, *, hbm: float, devices: int, max_rows_per_device: int = 
   return None
 
 
+# ---- TPU: the compiler's own numbers for a named slice -----------------------------------------
+#
+# With libtpu installed (extra `tpu-aot`) the programs are compiled by the TPU compiler for the
+# slice's real topology (`glore_jax.aot`): nothing above (CPU compiles, the one-device estimate)
+# is needed. `--slice` plans one model; `--config` plans every stage of a config.
+
+
+def _pow2(n: int) -> int:
+  return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def tpu_program(kind: str, cfg, mesh, *, layers: Sequence[int] | None = None, **shape):
+  """`aot.compile_<kind>` at the model's full depth, or at two depths extrapolated linearly
+  (every field, flops and bytes included) when `layers` is given."""
+  from glore_jax import aot
+  compile_fn = {"train_lm": functools.partial(aot.compile_train, loss="lm"),
+                "train_value": functools.partial(aot.compile_train, loss="value"),
+                "prefill": aot.compile_prefill, "fanout": aot.compile_fanout,
+                "decode": aot.compile_decode}[kind]
+  if not layers:
+    return compile_fn(cfg, mesh, **shape), ""
+  l1, l2 = sorted(layers)[:2]
+  if l1 == l2 or l2 > cfg.num_layers:
+    raise ValueError(f"--layers needs two different depths <= {cfg.num_layers}, got {layers}")
+  a = compile_fn(cfg.replace(num_layers=l1), mesh, **shape)
+  b = compile_fn(cfg.replace(num_layers=l2), mesh, **shape)
+  t = (cfg.num_layers - l1) / (l2 - l1)
+  fields = ("argument", "output", "alias", "temp", "code", "flops", "bytes_accessed")
+  out = dataclasses.replace(a, compile_s=a.compile_s + b.compile_s,
+                            **{f: (1 - t) * getattr(a, f) + t * getattr(b, f) for f in fields})
+  return out, f"compiled at {l1} and {l2} layers, linear to {cfg.num_layers}"
+
+
+@dataclasses.dataclass
+class StagePlan:
+  """One program of one stage on a slice: its shape, the mesh it runs on, the compiled sizes."""
+  stage: str
+  program: str
+  mesh: dict
+  shape: dict
+  result: dict  # aot.Program.as_dict() + roofline
+  hbm: float
+  batch_size: int  # the stage's configured batch_size
+  note: str = ""
+
+  @property
+  def fits(self) -> bool:
+    return self.result["peak"] <= HEADROOM * self.hbm
+
+
+def load_config(path: str):
+  """A config file's `get_config()` (the same files `python -m glore_jax.main` takes)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("glore_plan_config", path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"--config={path}: no such config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def config_model(config, model: str = ""):
+  """The policy architecture of a config: `model` (a preset) if given, else the checkpoint's
+  config.json when it exists, else `config.model.preset`; dtypes and remat from the config."""
+  from glore_jax.model.config import LlamaConfig, preset
+  m = config.model
+  settings = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+  if model:
+    return preset(model, **settings)
+  if m.checkpoint and os.path.exists(os.path.join(m.checkpoint, "config.json")):
+    return LlamaConfig.from_hf(m.checkpoint, **settings)
+  if m.preset == "tiny":  # the defaults' from-scratch model: its widths are in the config
+    return preset("tiny", vocab_size=512, hidden_size=m.hidden_size,
+                  intermediate_size=m.intermediate_size, num_layers=m.num_layers,
+                  num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=0,
+                  max_position_embeddings=m.max_position_embeddings, **settings)
+  return preset(m.preset, **settings)
+
+
+def stage_shapes(config, *, prompt_tokens: int) -> list[tuple[str, str, bool, dict, int]]:
+  """(stage, program, runs on one host, shape, the stage's batch_size) for every program a config's stages run, at the
+  largest shapes the runtime builds from it (rows and lengths rounded up to its power-of-two
+  buckets). Sampling stages run on each host alone (`stages.LOCAL_STAGES`)."""
+  stages = set(config.stages.split(","))
+  max_length = config.data.max_length
+  out = []
+
+  def train(stage, section, loss, seq):
+    t = section.train
+    out.append((stage, f"train_{loss}", False, dict(batch=t.batch_size, seq=_pow2(seq),
+                                                      grad_accum=t.grad_accum), t.batch_size))
+
+  def sampling(stage, section, fanout: int, prompt: int, temperature: float):
+    rows = _pow2(section.batch_size)
+    seq = _pow2(prompt)
+    sequences = _pow2(max(1, section.batch_size // fanout))
+    new = section.max_new_tokens
+    size = section.batch_size
+    out.append((stage, "prefill", True, dict(batch=sequences, seq=seq), size))
+    out.append((stage, "fanout", True, dict(sequences=sequences, seq=seq, rows=rows,
+                                             max_new_tokens=new, temperature=temperature), size))
+    out.append((stage, "decode", True, dict(rows=rows, cache=seq + new, max_new_tokens=new,
+                                             temperature=temperature), size))
+
+  if "policy" in stages:
+    train("policy", config.policy, "lm", max_length)
+  if "sample" in stages:  # K samples of a prompt read one prefill
+    s = config.sample
+    sampling("sample", s, s.num_samples, prompt_tokens, s.temperature)
+  if "label" in stages:  # rows from prefixes of prompt + draft; >= K rows per draft
+    s = config.sorm
+    sampling("label", s, s.num_rollouts, prompt_tokens + s.max_new_tokens, s.temperature)
+  for stage, section in (("train_orm", config.reward), ("train_sorm", config.reward)):
+    if stage in stages:
+      train(stage, section, "value", max_length)
+  for stage in ("train_global", "train_local"):
+    if stage in stages:
+      train(stage, config.refine, "lm", config.refine.max_length)
+  if "evaluate" in stages:  # refiner prompts carry a draft; one row per prompt at worst
+    s = config.evaluate
+    sampling("evaluate", s, 1, prompt_tokens + s.max_new_tokens, s.temperature)
+  return out
+
+
+# the shape entries that grow with a stage's batch_size (halved to measure bytes per row)
+_ROW_KEYS = {"train_lm": ("batch",), "train_value": ("batch",), "prefill": ("batch",),
+             "fanout": ("rows", "sequences"), "decode": ("rows",)}
+
+
+def _scaled_shape(program: str, shape: dict, factor: float) -> dict:
+  return {k: (max(1, int(v * factor)) if k in _ROW_KEYS[program] else v) for k, v in shape.items()}
+
+
+def batch_multiplier(peak: float, half_peak: float, hbm: float, *, lowest: int = -6,
+                     highest: int = 3) -> float | None:
+  """The largest power-of-two factor f (2**lowest .. 2**highest) by which the rows of a
+  program that needs `peak` bytes (and `half_peak` at half its rows) can be scaled and still
+  fit HEADROOM * hbm, bytes linear in rows; None when even 2**lowest does not fit."""
+  per_unit = 2 * (peak - half_peak)  # bytes for the program's whole batch of rows
+  fixed = peak - per_unit
+  best = None
+  for e in range(lowest, highest + 1):
+    if fixed + per_unit * 2.0 ** e <= HEADROOM * hbm:
+      best = 2.0 ** e
+  return best
+
+
+def model_flops_per_token(cfg, seq: int) -> float:
+  """Training FLOPs per token as MFU counts them: 6 per matmul weight (forward + backward; the
+  LM head included, the embedding lookup not) plus causal attention's 6 * L * seq * N * H."""
+  weights = cfg.num_params(include_embedding=False) + cfg.vocab_size * cfg.hidden_size
+  return 6.0 * weights + 6.0 * cfg.num_layers * seq * cfg.num_heads * cfg.head_dim
+
+
+def throughput(program: str, shape: dict, result, cfg, devices: int, chip) -> dict[str, float]:
+  """Roofline time of one call and what it implies: training tokens/s per chip and MFU, or a
+  decode step's tokens/s per chip. Estimates: collectives and overlap are not modelled."""
+  seconds = result.roofline_s(chip)
+  out = {"roofline_s": seconds,
+         "compute_bound": result.flops / chip.peak_bf16_flops >= result.bytes_accessed
+         / chip.hbm_bytes_per_s}
+  if seconds <= 0:
+    return out
+  if program.startswith("train"):
+    tokens = shape["batch"] * shape["seq"] / devices / seconds
+    model_flops = model_flops_per_token(cfg, shape["seq"]) * shape["batch"] * shape["seq"] / devices
+    if result.flops < model_flops:  # the compiled count cannot be below the model's own:
+      out["flops_below_model"] = True  # an extrapolation (--layers) gone wrong; no estimate
+      return out
+    out["tokens_per_s_per_chip"] = tokens
+    out["mfu"] = model_flops / seconds / chip.peak_bf16_flops
+  elif program == "decode":
+    out["tokens_per_s_per_chip"] = shape["rows"] / devices / seconds
+  return out
+
+
+def prefix_sharing(cfg, *, prefix_slots: int, new_tokens: int, rollouts: int, peak: float,
+                   rows: int, host_chips: int, hbm: float) -> dict[str, float]:
+  """The label stage's KV cache on paper: bytes per rollout row when every row holds a copy of
+  its prefix's cache (as the sampler does: `sampling._start` gathers a copy per row) and when
+  the K rollouts of a prefix share one copy; decode rows one host fits either way, from the
+  compiled decode program's peak (`peak` per device at `rows` rows) minus its cache."""
+  itemsize = cfg.compute_dtype.itemsize
+  per_slot = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * itemsize
+  row = per_slot * (prefix_slots + new_tokens)
+  shared = row - per_slot * prefix_slots * (1 - 1 / rollouts)
+  other = peak - row * rows / host_chips  # weights, output buffers, temporaries per device
+  budget = host_chips * max(HEADROOM * hbm - other, 0.0)
+  return {"cache_bytes_per_row": row, "prefix_bytes_per_row": per_slot * prefix_slots,
+          "shared_cache_bytes_per_row": shared, "rows_per_host_copied": budget / row,
+          "rows_per_host_shared": budget / shared, "rollouts": rollouts}
+
+
+def plan_stages(config, slice_name: str, *, model: str = "", layers=None,
+                prompt_tokens: int = 256, only: Sequence[str] = (), recommend: bool = False,
+                sample_param_dtype: str = "", xla_attention: bool = False,
+                log=print) -> dict[str, Any]:
+  """Compiles every program of `config`'s stages for `slice_name` with the TPU compiler; per
+  program: per-device bytes, whether it fits HEADROOM of HBM, roofline time. Programs of equal
+  shape compile once. `recommend` also compiles each at half its rows and gives the largest
+  power-of-two multiple of the stage's batch_size that fits (bytes linear in rows)."""
+  from glore_jax import aot
+  from glore_jax.model.sharding import make_mesh
+  sl = aot.get_slice(slice_name)
+  cfg = aot.for_tpu(config_model(config, model))
+  if xla_attention:  # XLA attention on TPU too: the plan without the Pallas kernels
+    cfg = cfg.replace(pallas_attention=False)
+  # sampling loads the policy with the config's dtypes (the sampling stages' model.load)
+  sample_cfg = cfg.replace(remat=False, param_dtype=sample_param_dtype or cfg.param_dtype)
+  m = config.mesh
+  global_mesh = make_mesh(m.data, m.fsdp, m.tensor, devices=list(aot.devices(slice_name)))
+  host_mesh = aot.host_mesh(slice_name, global_mesh)
+  done: dict[tuple, tuple] = {}
+  plans = []
+  for stage, program, on_host, shape, size in stage_shapes(config, prompt_tokens=prompt_tokens):
+    if only and stage not in only:
+      continue
+    mesh = host_mesh if on_host else global_mesh
+    model_cfg = sample_cfg if on_host else cfg
+    key = (program, on_host, tuple(sorted(shape.items())))
+    if key not in done:
+      start = time.perf_counter()
+      done[key] = tpu_program(program, model_cfg, mesh, layers=layers, **shape)
+      log(f"  compiled {stage}/{program} {shape} on {dict(mesh.shape)} in "
+          f"{time.perf_counter() - start:.0f} s")
+    result, note = done[key]
+    row = result.as_dict()
+    row.update(throughput(program, shape, result, model_cfg, mesh.size, sl.chip))
+    if recommend:
+      half = _scaled_shape(program, shape, 0.5)
+      hkey = (program, on_host, tuple(sorted(half.items())))
+      if hkey not in done:
+        done[hkey] = tpu_program(program, model_cfg, mesh, layers=layers, **half)
+        log(f"  compiled {stage}/{program} {half} (half the rows)")
+      row["batch_multiplier"] = batch_multiplier(result.peak, done[hkey][0].peak,
+                                                 sl.chip.hbm_bytes)
+    plans.append(StagePlan(stage, program, dict(mesh.shape), shape, row, sl.chip.hbm_bytes, size,
+                           note))
+  sharing = None
+  label = [p for p in plans if p.stage == "label" and p.program == "decode"]
+  if label:
+    p = label[0]
+    sharing = prefix_sharing(
+        sample_cfg, prefix_slots=p.shape["cache"] - p.shape["max_new_tokens"],
+        new_tokens=p.shape["max_new_tokens"], rollouts=config.sorm.num_rollouts,
+        peak=p.result["peak"], rows=p.shape["rows"], host_chips=host_mesh.size,
+        hbm=sl.chip.hbm_bytes)
+  recommended = {}
+  if recommend:
+    for p in plans:
+      f = p.result["batch_multiplier"]
+      current = recommended.get(p.stage, (math.inf,))[0]
+      recommended[p.stage] = (min(current, f if f is not None else 0.0),)
+    recommended = {k: v[0] for k, v in recommended.items()}
+  return {"slice": slice_name, "chip": dataclasses.asdict(sl.chip), "model": cfg.num_params(),
+          "recommended_batch_multiplier": recommended, "label_prefix_sharing": sharing,
+          "num_layers": cfg.num_layers, "layers": list(layers or []),
+          "attention": "xla" if xla_attention else "pallas where it applies",
+          "global_mesh": dict(global_mesh.shape), "host_mesh": dict(host_mesh.shape),
+          "prompt_tokens": prompt_tokens, "programs": [dataclasses.asdict(p) | {"fits": p.fits}
+                                                       for p in plans]}
+
+
+def format_stage_plan(plan: dict[str, Any]) -> str:
+  chip = plan["chip"]
+  lines = [f"# {plan['slice']}: {chip['kind']} chips of {chip['hbm_bytes'] / GiB:.0f} GiB; "
+           f"{plan['model'] / 1e9:.2f}B parameters, {plan['num_layers']} layers, attention: "
+           f"{plan.get('attention', 'pallas where it applies')}; training mesh "
+           f"{plan['global_mesh']}, sampling on each host's mesh {plan['host_mesh']}",
+           f"TPU compiler's memory analysis per device (GiB); fits = peak <= "
+           f"{int(HEADROOM * 100)}% of HBM; prompts up to {plan['prompt_tokens']} tokens", "",
+           "| stage | program | shape | arguments | temp | peak | fits | roofline ms | "
+           "est. tokens/s/chip | est. MFU |",
+           "|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
+  notes = set()
+  for p in plan["programs"]:
+    r = p["result"]
+    shape = " ".join(f"{k}={v}" for k, v in p["shape"].items() if k != "temperature")
+    lines.append(f"| {p['stage']} | {p['program']} | {shape} | {_gib(r['argument'])} | "
+                 f"{_gib(r['temp'])} | **{_gib(r['peak'])}** | {'yes' if p['fits'] else 'NO'} | "
+                 f"{r['roofline_s'] * 1e3:.1f} | "
+                 + (f"{r['tokens_per_s_per_chip']:,.0f}" if "tokens_per_s_per_chip" in r else "-")
+                 + " | " + (f"{r['mfu']:.0%}" if "mfu" in r else "-") + " |")
+    if p["note"]:
+      notes.add(p["note"])
+  lines += [""] + [f"({n})" for n in sorted(notes)]
+  bad = sorted({p["stage"] for p in plan["programs"] if not p["fits"]})
+  lines.append("every stage fits" if not bad else f"does NOT fit: {', '.join(bad)}")
+  share = plan.get("label_prefix_sharing")
+  if share:
+    mib = 1024 ** 2
+    lines += ["", f"Label stage KV cache: {share['cache_bytes_per_row'] / mib:,.0f} MiB per rollout "
+              f"row, {share['prefix_bytes_per_row'] / mib:,.0f} MiB of it a copy of the prefix's "
+              f"cache; one host fits {share['rows_per_host_copied']:,.0f} rows so; with the "
+              f"{share['rollouts']} rollouts of a prefix sharing one copy "
+              f"{share['shared_cache_bytes_per_row'] / mib:,.0f} MiB per row, "
+              f"{share['rows_per_host_shared']:,.0f} rows (on paper: the sampler copies)."]
+  rec = plan.get("recommended_batch_multiplier")
+  if rec:
+    lines += ["", "Recommended batch_size per stage (the largest power-of-two multiple of the "
+              "configured one that fits, bytes linear in rows):", ""]
+    for stage, f in rec.items():
+      size = next(p for p in plan["programs"] if p["stage"] == stage)["batch_size"]
+      lines.append(f"  {stage}: " + ("nothing fits" if not f else f"{int(size * f)}"
+                                      f" (configured {size})"))
+  return "\n".join(lines)
+
+
 # ---- command line -------------------------------------------------------------------------
 
 
@@ -615,11 +940,99 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--no-spmd", action="store_true",
                  help="skip the (slow, CPU-pessimistic) SPMD compile on the simulated mesh")
   p.add_argument("--json", default="", help="also write the plan as JSON here")
+  tpu = p.add_argument_group("TPU compiler (needs the tpu-aot extra: libtpu)")
+  tpu.add_argument("--slice", default="", help="compile for this TPU slice with the TPU "
+                   "compiler: v4-8, v4-32, v5p-8, v5p-64, v5e-8, v5e-256, v6e-8")
+  tpu.add_argument("--config", default="", help="plan every stage of this config file "
+                   "(with --slice): fits or not per stage, per device")
+  tpu.add_argument("--stages", default="", help="with --config: only these stages")
+  tpu.add_argument("--merge", default="", help="comma-separated plan JSON files of one config "
+                   "and slice (disjoint --stages runs): print and write (--json) them as one")
+  tpu.add_argument("--xla-attention", action="store_true",
+                   help="compile XLA attention instead of the Pallas TPU kernels")
+  tpu.add_argument("--prompt-tokens", type=int, default=256,
+                   help="longest prompt the sampling stages see (before any draft)")
   return p
+
+
+def model_config_dict(args):
+  """The plan of one model (`--model`, no `--config`) as a config: the policy stage's training
+  step and the sample stage's prefill / fan-out / decode (one sample per prompt)."""
+  from glore_jax.defaults import get_config
+  c = get_config()
+  c.stages = "policy,sample"
+  c.model.update(preset=args.model, dtype=args.dtype, param_dtype=args.param_dtype,
+                 remat=not args.no_remat)
+  data, fsdp, tensor = parse_mesh(args.mesh)
+  c.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
+  c.data.max_length = args.seq
+  c.policy.train.update(batch_size=args.batch, grad_accum=args.grad_accum)
+  c.sample.update(batch_size=args.decode_batch, num_samples=1,
+                  max_new_tokens=args.max_new_tokens)
+  return c
+
+
+def merge_plans(plans: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """One plan from plans of disjoint stage lists of the same config and slice (e.g. run in
+  parallel with --stages)."""
+  first = plans[0]
+  for p in plans[1:]:
+    for key in ("slice", "model", "num_layers", "global_mesh", "host_mesh", "prompt_tokens"):
+      if p[key] != first[key]:
+        raise ValueError(f"cannot merge plans with different {key}: {first[key]} vs {p[key]}")
+  return {**first, "programs": [x for p in plans for x in p["programs"]],
+          "compile_s": sum(p.get("compile_s", 0.0) for p in plans),
+          "label_prefix_sharing": next((p["label_prefix_sharing"] for p in plans
+                                        if p.get("label_prefix_sharing")), None)}
+
+
+def tpu_main(args) -> int:
+  """--slice (and --config): the TPU compiler's plan. Exit status 1 when a stage does not fit."""
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from glore_jax import aot
+  if not aot.available():
+    print("error: --slice needs the TPU compiler: pip install 'glore-jax[tpu-aot]' (libtpu; "
+          "Linux x86-64). Without it, drop --slice for the CPU estimate.", file=sys.stderr)
+    return 2
+  chips = len(aot.devices(args.slice))
+  if args.config:
+    config = load_config(args.config)
+    model, prompt, sample_dtype = "", args.prompt_tokens, ""
+  else:
+    args.batch = args.batch or chips
+    args.decode_batch = args.decode_batch or 8 * min(chips, aot.get_slice(args.slice).chips_per_host)
+    config = model_config_dict(args)
+    model, prompt = args.model, args.cache - args.max_new_tokens
+    sample_dtype = args.decode_param_dtype
+  layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+  only = [x for x in args.stages.split(",") if x]
+  start = time.perf_counter()
+  plan = plan_stages(config, args.slice, model=model, layers=layers, prompt_tokens=prompt,
+                     only=only, recommend=args.recommend, sample_param_dtype=sample_dtype,
+                     xla_attention=args.xla_attention,
+                     log=lambda m: print(m, file=sys.stderr, flush=True))
+  plan["compile_s"] = time.perf_counter() - start
+  print(format_stage_plan(plan))
+  print(f"(TPU compiler: {plan['compile_s']:.0f} s of compiles on this machine)")
+  if args.json:
+    from etils import epath
+    epath.Path(args.json).write_text(json.dumps(plan, indent=2) + "\n")
+  return 0 if all(p["fits"] for p in plan["programs"]) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parser().parse_args(argv)
+  if args.merge:
+    plan = merge_plans([json.loads(open(f).read()) for f in args.merge.split(",")])
+    print(format_stage_plan(plan))
+    if args.json:
+      with open(args.json, "w") as f:
+        f.write(json.dumps(plan, indent=2) + "\n")
+    return 0 if all(p["fits"] for p in plan["programs"]) else 1
+  if args.config and not args.slice:
+    parser().error("--config needs --slice (the TPU slice to plan it for)")
+  if args.slice:
+    return tpu_main(args)
   _set_device_count(args.devices)
   args.batch = args.batch or args.devices
   args.decode_batch = args.decode_batch or 8 * args.devices

@@ -242,8 +242,8 @@ def _start(graphdef, state, prefill_cache, hidden_btd, src_r, last_slot_r, keys_
 VOCAB_MAJOR_MIN_ROWS = 8
 
 
-def _vocab_major(rows: int) -> bool:
-  return rows >= VOCAB_MAJOR_MIN_ROWS and jax.default_backend() == "cpu"
+def _vocab_major(rows: int, platform: str | None = None) -> bool:
+  return rows >= VOCAB_MAJOR_MIN_ROWS and (platform or jax.default_backend()) == "cpu"
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "params"), donate_argnames=("cache", "carry"))
@@ -260,7 +260,7 @@ def _decode(graphdef, state, cache, carry, keys_r, eos_ids, stop_ids, limit, *, 
     cache, c = loop
     hidden_r1d, cache = model.forward(c["last"][:, None], cache=cache)
     step = c["step"]
-    if params.greedy and _vocab_major(hidden_r1d.shape[0]):
+    if params.greedy and _vocab_major(hidden_r1d.shape[0], model.cfg.target_platform):
       tokens_r, logprobs_r = _greedy_vocab_major(model.logits_vocab_major(hidden_r1d[:, 0]))
     else:
       step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_r, step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import subprocess
@@ -27,6 +28,16 @@ GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 ])
 def test_should_reexec(env, expected):
   assert cpu_malloc.should_reexec(env) is expected  # this CI install has no TPU/CUDA plugin
+
+
+@pytest.mark.skipif(not GLIBC_LINUX, reason="the tunables are glibc's (Linux)")
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
+def test_libtpu_counts_as_an_accelerator_only_with_tpu_chips(monkeypatch):
+  """The tpu-aot extra installs libtpu to compile for TPU on any machine: JAX runs on the CPU
+  there (the restart applies); on a TPU VM (its device nodes present) it does not."""
+  assert cpu_malloc.should_reexec({})
+  monkeypatch.setattr(cpu_malloc, "_tpu_chips_present", lambda: True)
+  assert not cpu_malloc.should_reexec({})
 
 
 def test_existing_tunables_are_kept():

@@ -45,6 +45,13 @@ class LlamaConfig:
   # XLA:CPU (narrow matmuls run well below its peak), no gain on TPU, where the concatenated
   # copies would only cost memory. None: fuse when the default backend is the CPU.
   fuse_projections: bool | None = None
+  # The backend the model's programs are built for: None, the default backend; 'tpu' when
+  # compiling ahead of time for a TPU slice from another machine (`glore_jax.aot`). Picks the
+  # projections above and the attention kernels (`glore_jax.model.kernels`).
+  platform: str | None = None
+  # Pallas attention kernels: None uses them on TPU only; False never (XLA attention); True
+  # everywhere (off TPU only under Pallas interpret mode, for tests).
+  pallas_attention: bool | None = None
 
   def __post_init__(self):
     if self.head_dim == 0:
@@ -69,8 +76,12 @@ class LlamaConfig:
   @property
   def fused_projections(self) -> bool:
     if self.fuse_projections is None:
-      return jax.default_backend() == "cpu"
+      return self.target_platform == "cpu"
     return self.fuse_projections
+
+  @property
+  def target_platform(self) -> str:
+    return self.platform or jax.default_backend()
 
   def replace(self, **changes: Any) -> "LlamaConfig":
     return dataclasses.replace(self, **changes)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from glore_jax.model import kernels
 from glore_jax.model.config import LlamaConfig
 from glore_jax.model.sharding import RULES, constrain
 
@@ -215,7 +216,12 @@ class Attention(nnx.Module):
     b, t, n, h = q_btnh.shape
     q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, h)
     if t == 1 and kv_layer is not None:
-      out_btkgh = _attend_one_query(q_btkgh, k_bkhs, v_bksh, mask_bts)
+      if kernels.use_decode_kernel(cfg, k_bkhs.shape[-1]):  # TPU: the Pallas decode kernel
+        out_btkgh = kernels.decode_attention(q_btkgh, k_bkhs, v_bksh, mask_bts)
+      else:
+        out_btkgh = _attend_one_query(q_btkgh, k_bkhs, v_bksh, mask_bts)
+    elif kv_layer is None and kernels.use_flash_attention(cfg, t):  # TPU: flash attention
+      out_btkgh = kernels.flash_attention(q_btkgh, k_bkhs, v_bksh, mask_bts)
     else:
       out_btkgh = _attend(q_btkgh, k_bkhs, v_bksh, mask_bts)
     # [B, T, N*H] @ [N*H, D]: a plain matmul over the weight as stored (an einsum over (N, H)

@@ -1,0 +1,370 @@
+"""Ahead-of-time compiles for real TPU slices, on any machine: the TPU compiler (libtpu) runs on
+the CPU, so the programs the trainer and the sampler run are compiled for a named slice's
+topology, with the shardings the runtime uses, and the compiler's own memory and cost analyses
+read back. No TPU and no weight is needed.
+
+    from glore_jax import aot
+    mesh = aot.mesh("v5e-8")                               # 8 abstract TPU v5e devices
+    program = aot.compile_train(cfg, mesh, batch=8, seq=512)
+    program.memory.peak, program.flops, program.bytes_accessed
+
+The programs (`PROGRAMS`): the train step (`trainer.make_train_step`, LM or value-head loss,
+AdamW, donated state), the prefill (`sampling._prefill`), the fan-out of decode rows from
+prefilled sequences, which is how the label stage starts its K rollouts from every step prefix
+(`sampling._start`), and the decode loop (`sampling._decode`). Needs the `tpu-aot` extra
+(`pip install glore-jax[tpu-aot]`, i.e. the `libtpu` wheel); `available()` says whether it is
+there. In a compile-only process (JAX_PLATFORMS=cpu) libtpu's single-process lock and its
+metadata lookups are switched off, so several such processes may compile side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+import time
+from typing import Any
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """Published per-chip figures (one JAX device per chip for every kind below)."""
+  kind: str
+  hbm_bytes: float
+  peak_bf16_flops: float  # FLOP/s
+  hbm_bytes_per_s: float
+  source: str
+
+
+# Cloud TPU documentation, "system architecture" tables of each generation.
+CHIPS = {
+    "v4": Chip("v4", 32 * GiB, 275e12, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
+    "v5e": Chip("v5e", 16 * GiB, 197e12, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
+    "v5p": Chip("v5p", 95 * GiB, 459e12, 2765e9, "https://cloud.google.com/tpu/docs/v5p"),
+    "v6e": Chip("v6e", 32 * GiB, 918e12, 1640e9, "https://cloud.google.com/tpu/docs/v6e"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  """A named slice: its chip, libtpu topology name, chip configuration and chips per host."""
+  name: str
+  chip: Chip
+  topology: str
+  chip_config: str
+  host_bounds: tuple[int, int, int]
+
+  @property
+  def chips(self) -> int:
+    return math.prod(int(x) for x in self.topology.split(":")[1].split("x"))
+
+  @property
+  def chips_per_host(self) -> int:
+    return self.host_bounds[0] * self.host_bounds[1] * self.host_bounds[2]
+
+
+def _slice(name, kind, topology, chip_config="default", host_bounds=(2, 2, 1)) -> Slice:
+  return Slice(name, CHIPS[kind], f"{kind}:{topology}", chip_config, host_bounds)
+
+
+# v4 and v5p chips have two TensorCores run as one device (megacore): a v4-8 is 4 devices.
+SLICES = {s.name: s for s in [
+    _slice("v4-8", "v4", "2x2x1", "megacore"),
+    _slice("v4-32", "v4", "2x2x4", "megacore"),
+    _slice("v5p-8", "v5p", "2x2x1"),
+    _slice("v5p-64", "v5p", "2x4x4"),
+    _slice("v5e-8", "v5e", "2x4", host_bounds=(2, 4, 1)),  # one host of 8 chips
+    _slice("v5e-256", "v5e", "16x16"),  # 64 hosts of 4 chips
+    _slice("v6e-8", "v6e", "2x4", host_bounds=(2, 4, 1)),
+]}
+
+
+def available() -> bool:
+  """True when the TPU compiler (the `libtpu` wheel, extra `tpu-aot`) can be loaded."""
+  return importlib.util.find_spec("libtpu") is not None
+
+
+def _compile_only_environment() -> None:
+  # a process that only compiles (no TPU backend) need not take libtpu's one-process lock, nor
+  # ask the (absent) TPU VM metadata server for its accelerator type and workers
+  if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v4-8")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+
+def get_slice(name: str) -> Slice:
+  try:
+    return SLICES[name]
+  except KeyError:
+    raise ValueError(f"unknown TPU slice {name!r}; known: {', '.join(SLICES)}") from None
+
+
+@functools.cache
+def devices(name: str) -> tuple:
+  """The abstract TPU devices of slice `name` (compile-only: nothing runs on them)."""
+  if not available():
+    raise RuntimeError("the TPU compiler is not installed: pip install 'glore-jax[tpu-aot]' "
+                       "(the libtpu wheel; Linux x86-64 only)")
+  _compile_only_environment()
+  from jax.experimental import topologies
+  s = get_slice(name)
+  topo = topologies.get_topology_desc(platform="tpu", topology_name=s.topology,
+                                      chip_config_name=s.chip_config,
+                                      chips_per_host_bounds=s.host_bounds, num_slices=1,
+                                      wrap=(False, False, False))
+  return tuple(topo.devices)
+
+
+def mesh(name: str, data: int = 1, fsdp: int = -1, tensor: int = 1):
+  """The ('data', 'fsdp', 'tensor') mesh over slice `name`'s devices (default: fsdp over all)."""
+  from glore_jax.model.sharding import make_mesh
+  return make_mesh(data, fsdp, tensor, devices=list(devices(name)))
+
+
+def host_mesh(name: str, global_mesh):
+  """The mesh one host's sampling stages run on (`distributed.local_mesh`): host 0's devices."""
+  from glore_jax.distributed import local_mesh
+  host0 = [d for d in devices(name) if d.process_index == 0]
+  return local_mesh(global_mesh, devices=host0)
+
+
+# ---- compiled programs ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Program:
+  """One compiled program: the compiler's per-device memory and cost analyses."""
+  name: str
+  argument: float
+  output: float
+  alias: float
+  temp: float
+  code: float
+  flops: float  # per device, from cost_analysis (a while loop's body counted once)
+  bytes_accessed: float  # per device, HBM traffic as the cost model counts it
+  compile_s: float
+
+  @property
+  def peak(self) -> float:
+    """Bytes live at the program's high-water mark: arguments + outputs not aliased to them
+    + temporaries + generated code."""
+    return self.argument + self.output - self.alias + self.temp + self.code
+
+  def as_dict(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), "peak": self.peak}
+
+  def roofline_s(self, chip: Chip) -> float:
+    """max(flops / peak FLOP/s, bytes / HBM bandwidth): a lower bound on the step's time on
+    `chip` (collectives and any overlap not modelled)."""
+    return max(self.flops / chip.peak_bf16_flops, self.bytes_accessed / chip.hbm_bytes_per_s)
+
+
+def compile_lowered(name: str, lower) -> Program:
+  """Compiles `lower()` (a jax.stages.Lowered) and reads its memory and cost analyses."""
+  start = time.perf_counter()
+  compiled = lower().compile()
+  seconds = time.perf_counter() - start
+  ma = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per partition
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  return Program(name=name, argument=float(ma.argument_size_in_bytes),
+                 output=float(ma.output_size_in_bytes), alias=float(ma.alias_size_in_bytes),
+                 temp=float(ma.temp_size_in_bytes), code=float(ma.generated_code_size_in_bytes),
+                 flops=float(cost.get("flops", 0.0)),
+                 bytes_accessed=float(cost.get("bytes accessed", 0.0)), compile_s=seconds)
+
+
+def for_tpu(cfg):
+  """`cfg` built for TPU (its programs as they run there), unless it names a platform."""
+  return cfg if cfg.platform else cfg.replace(platform="tpu")
+
+
+def _abstract_model(cfg):
+  from flax import nnx
+  from glore_jax.model.llama import Llama
+  cfg = for_tpu(cfg)
+  return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+
+
+def _with_shardings(abstract_tree, shardings):
+  import jax
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract_tree, shardings)
+
+
+def train_args(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1, loss: str = "lm",
+               steps_per_row: int = 16):
+  """(jitted step, its abstract arguments) exactly as `trainer.train` builds them: fp32 (or
+  `cfg.param_dtype`) parameters and AdamW moments sharded by the model's table, the batch
+  [A, B/A, T] over (data, fsdp), the state donated."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from glore_jax.model.sharding import BATCH, fit_spec
+  from glore_jax.training import trainer
+
+  if loss == "value" and not cfg.value_head:
+    cfg = cfg.replace(value_head=True)
+  tc = trainer.TrainConfig(loss=loss, grad_accum=grad_accum, total_steps=1000, progress=False)
+  graphdef, params, frozen, _ = nnx.split(_abstract_model(cfg), trainer.trainable_filter(tc),
+                                          nnx.Param, ...)
+  tx, schedule = trainer.make_optimizer(tc)
+  replicated = NamedSharding(mesh, P())
+  param_sh, frozen_sh = trainer._shardings(params, mesh), trainer._shardings(frozen, mesh)
+  opt_abstract = jax.eval_shape(tx.init, params)
+  opt_sh = trainer._shardings(opt_abstract, mesh)
+  state_sh = trainer.TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
+                                rng=replicated)
+  state = trainer.TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+      params=_with_shardings(params, param_sh), opt_state=_with_shardings(opt_abstract, opt_sh),
+      rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
+  frozen = _with_shardings(frozen, frozen_sh)
+  shape = (grad_accum, batch // grad_accum, seq)
+  rows = lambda s, dtype: jax.ShapeDtypeStruct(s, dtype, sharding=NamedSharding(
+      mesh, fit_spec(P(None, BATCH), s, mesh)))
+  data = {"tokens": rows(shape, jnp.int32), "attention_mask": rows(shape, jnp.int32)}
+  if loss == "lm":
+    data["target_mask"] = rows(shape, jnp.int32)
+  else:
+    steps = shape[:2] + (steps_per_row,)  # labelled steps per row
+    data.update(value_index=rows(steps, jnp.int32), value_target=rows(steps, jnp.float32),
+                value_label=rows(steps, jnp.float32))
+  step = trainer.make_train_step(graphdef, tc, tx, schedule)
+  fn = jax.jit(step, donate_argnums=(0,), out_shardings=(state_sh, replicated))
+  return fn, (state, frozen, data)
+
+
+def compile_train(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1,
+                  loss: str = "lm") -> Program:
+  """The trainer's step for a global batch of `batch` rows of `seq` tokens."""
+  import jax
+  fn, args = train_args(cfg, mesh, batch=batch, seq=seq, grad_accum=grad_accum, loss=loss)
+
+  def lower():
+    with jax.set_mesh(mesh):
+      return fn.lower(*args)
+  return compile_lowered(f"train_{loss}", lower)
+
+
+def _sampling_state(cfg, mesh):
+  from flax import nnx
+  from glore_jax.model.sharding import tree_shardings
+  graphdef, state = nnx.split(_abstract_model(cfg))
+  return graphdef, _with_shardings(state, tree_shardings(state, mesh))
+
+
+def _cache(cfg, mesh, batch: int, size: int, *, length_spec=None):
+  import jax
+  import jax.numpy as jnp
+  from glore_jax.model.llama import KVCache
+  from glore_jax.model.sharding import RULES, named
+  k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, size)  # the model's KVCache layouts
+  v_shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
+  k, v = (jax.ShapeDtypeStruct(s, cfg.compute_dtype, sharding=named(RULES.cache_kv, s, mesh))
+          for s in (k_shape, v_shape))
+  row = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=named(RULES.cache_b, (batch,), mesh))
+  return KVCache(tuple(k for _ in range(cfg.num_layers)), tuple(v for _ in range(cfg.num_layers)),
+                 row, row)
+
+
+def _rows(mesh, shape, dtype, spec=None):
+  import jax
+  from glore_jax.model.sharding import RULES, named
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=named(spec or RULES.cache_b, shape, mesh))
+
+
+def _scalar(mesh, dtype):
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  return jax.ShapeDtypeStruct((), dtype, sharding=NamedSharding(mesh, P()))
+
+
+def _keys(mesh, rows: int):
+  """Per-row keys exactly as the sampler makes them (raw key data)."""
+  import numpy as np
+  from jax.sharding import PartitionSpec as P
+  from glore_jax import sampling
+  from glore_jax.model.sharding import BATCH
+  one = sampling.row_keys(0, np.zeros((1, 1), np.uint32))
+  shape = (rows,) + tuple(one.shape[1:])
+  return _rows(mesh, shape, one.dtype, P(BATCH, *(None,) * (len(shape) - 1)))
+
+
+def compile_prefill(cfg, mesh, *, batch: int, seq: int) -> Program:
+  """`sampling._prefill`: `batch` left-padded prompts of `seq` tokens into a fresh cache (the
+  sharded path: no token packing)."""
+  import jax
+  import jax.numpy as jnp
+  from glore_jax import sampling
+  from glore_jax.model.sharding import RULES
+  graphdef, state = _sampling_state(cfg, mesh)
+  tokens = _rows(mesh, (batch, seq), jnp.int32, RULES.act_bt)
+  start = _rows(mesh, (batch,), jnp.int32)
+
+  def lower():
+    with jax.set_mesh(mesh):
+      return sampling._prefill.lower(graphdef, state, tokens, start, None)
+  return compile_lowered("prefill", lower)
+
+
+def compile_fanout(cfg, mesh, *, sequences: int, seq: int, rows: int, max_new_tokens: int,
+                   temperature: float = 1.0) -> Program:
+  """`sampling._start`: `rows` decode rows gathered from `sequences` prefilled sequences of
+  `seq` slots (each row its own prefix length), caches widened to seq + max_new_tokens, first
+  tokens sampled: the label stage's K rollouts from every step prefix start here."""
+  import jax
+  import jax.numpy as jnp
+  from glore_jax import sampling
+  from glore_jax.model.sharding import RULES
+  graphdef, state = _sampling_state(cfg, mesh)
+  cache = _cache(cfg, mesh, sequences, seq)
+  hidden = _rows(mesh, (sequences, seq, cfg.hidden_size), cfg.compute_dtype, RULES.act_btd)
+  src = _rows(mesh, (rows,), jnp.int32)
+  ids = _rows(mesh, (1,), jnp.int32, jax.sharding.PartitionSpec())
+  params = sampling.SamplingParams(temperature=temperature)
+  keys = _keys(mesh, rows)  # outside the mesh: it runs a (CPU) computation
+
+  def lower():
+    with jax.set_mesh(mesh):
+      return sampling._start.lower(graphdef, state, cache, hidden, src, src, keys,
+                                   ids, ids, params=params, cache_size=seq + max_new_tokens,
+                                   max_new_tokens=max_new_tokens)
+  return compile_lowered("fanout", lower)
+
+
+def compile_decode(cfg, mesh, *, rows: int, cache: int, max_new_tokens: int,
+                   temperature: float = 1.0) -> Program:
+  """`sampling._decode`: the while loop of one-token steps over a donated cache of `cache`
+  slots for `rows` rows (cost analysis: one step, the loop body counted once)."""
+  import jax
+  import jax.numpy as jnp
+  from glore_jax import sampling
+  from glore_jax.model.sharding import RULES
+  graphdef, state = _sampling_state(cfg, mesh)
+  kv = _cache(cfg, mesh, rows, cache)
+  carry = dict(tokens=_rows(mesh, (rows, max_new_tokens), jnp.int32, RULES.act_bt),
+               logprobs=_rows(mesh, (rows, max_new_tokens), jnp.float32, RULES.act_bt),
+               finish=_rows(mesh, (rows,), jnp.int32), last=_rows(mesh, (rows,), jnp.int32),
+               step=_scalar(mesh, jnp.int32))
+  ids = _rows(mesh, (1,), jnp.int32, jax.sharding.PartitionSpec())
+  params = sampling.SamplingParams(temperature=temperature)
+  keys = _keys(mesh, rows)  # outside the mesh: it runs a (CPU) computation
+
+  def lower():
+    with jax.set_mesh(mesh):
+      return sampling._decode.lower(graphdef, state, kv, carry, keys, ids, ids,
+                                    _scalar(mesh, jnp.int32), params=params)
+  return compile_lowered("decode", lower)
+
+
+PROGRAMS = ("train_lm", "train_value", "prefill", "fanout", "decode")
