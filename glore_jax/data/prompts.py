@@ -60,7 +60,7 @@ class PromptFormat:
   local_refine: str = DEFAULT_TEMPLATES["local_refine"]
   marker: str = "[BAD]"
   separator: str = "\n"
-  marker_as_token: bool = False  # make the marker one added token (see prepare_tokenizer)
+  marker_as_token: bool = False  # make the marker one added token (tokenizer.add_marker_token)
 
   def __post_init__(self) -> None:
     for kind in _REQUIRED:
@@ -81,17 +81,6 @@ class PromptFormat:
     if unknown:
       raise ValueError(f"unknown prompt option(s) {unknown}; known: {sorted(known)}")
     return cls(**config)
-
-  def prepare_tokenizer(self, tokenizer: Any) -> int | None:
-    """Add the marker as a special token if `marker_as_token`; returns its id (else None).
-
-    The vocabulary then grows by one: the model loader must grow the embedding to match.
-    """
-    if not self.marker_as_token:
-      return None
-    from glore_jax.data.tokenizer import add_special_token
-
-    return add_special_token(tokenizer, self.marker)
 
   def _fill(self, template: str, **values: str) -> str:
     return template.format(marker=self.marker, **values)

@@ -28,6 +28,10 @@ from tokenizers import (
 )
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from glore_jax.data.prompts import PromptFormat
+from glore_jax.data.steps import split_steps
+from glore_jax.data.synthetic import make_split
+
 __all__ = [
   "EMBEDDED_BPE_PATTERN",
   "EMBEDDED_BPE_VOCAB_SIZE",
@@ -81,10 +85,6 @@ EMBEDDED_BPE_VOCAB_SIZE = 512
 
 def _embedded_bpe_corpus():
   """The fixed training corpus: synthetic prompts + solutions and every filled-in template."""
-  from glore_jax.data.prompts import PromptFormat
-  from glore_jax.data.steps import split_steps
-  from glore_jax.data.synthetic import make_split
-
   fmt = PromptFormat()
   # The default task, then a smaller slice with all four operations ("splits ... piles").
   problems = make_split(seed=0, n=3000, split="train") + make_split(
@@ -218,6 +218,21 @@ def add_special_token(tokenizer: PreTrainedTokenizerFast, token: str = "[BAD]") 
     return existing
   tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
   return tokenizer.convert_tokens_to_ids(token)
+
+
+def add_marker_token(tokenizer: PreTrainedTokenizerFast, prompt_format: PromptFormat) -> int | None:
+  """The prompt format's marker as one added token when it asks for that (`marker_as_token`).
+
+  Args:
+    tokenizer: grown by one token in place (the model loader then grows the embedding to match).
+    prompt_format: its `marker` and `marker_as_token`.
+
+  Returns:
+    The marker's id, or None when the format keeps the marker as ordinary text.
+  """
+  if not prompt_format.marker_as_token:
+    return None
+  return add_special_token(tokenizer, prompt_format.marker)
 
 
 def padding_id(tokenizer: PreTrainedTokenizerFast) -> int:

@@ -17,7 +17,7 @@ from glore_jax.data.prompts import PromptFormat
 from glore_jax.data.records import Problem
 from glore_jax.data.sources import load_problems
 from glore_jax.data.steps import PromptTooLongError, encode_steps
-from glore_jax.data.tokenizer import load_tokenizer
+from glore_jax.data.tokenizer import add_marker_token, load_tokenizer
 from glore_jax.workdir import read_json, write_json_atomic
 
 log = logging.getLogger("glore_jax.stages")
@@ -113,7 +113,7 @@ def tokenizer_for(config, folder: epath.Path | None = None, *, with_marker: bool
     spec = config.tokenizer
   tokenizer = load_tokenizer(spec)
   if with_marker:
-    PromptFormat.from_config(config.prompts).prepare_tokenizer(tokenizer)
+    add_marker_token(tokenizer, PromptFormat.from_config(config.prompts))
   return tokenizer
 
 

@@ -105,12 +105,12 @@ def test_every_format_encodes_with_exact_boundaries(embedded_tok, llama_tok):
 
 
 def test_marker_token_only_when_asked():
-  from glore_jax.data.tokenizer import embedded_tokenizer
+  from glore_jax.data.tokenizer import add_marker_token, embedded_tokenizer
 
   tok = embedded_tokenizer()
-  assert PromptFormat().prepare_tokenizer(tok) is None and len(tok) == 100
+  assert add_marker_token(tok, PromptFormat()) is None and len(tok) == 100
   f = PromptFormat.from_config({"marker_as_token": True})
-  bad = f.prepare_tokenizer(tok)
+  bad = add_marker_token(tok, f)
   assert bad == 100 and len(tok) == 101
   ids = tok(f.local_refine_input("q", ["a", "b"], 1))["input_ids"]
   assert ids.count(bad) == 2
