@@ -7,8 +7,8 @@
     1  anything else (a bug, an out-of-memory, a diverged training run)
 
 Known errors print as one line without a traceback; `--verbose` or GLORE_VERBOSE=1 shows it.
-The classes of other modules are matched by name here (lazily), so those modules need not
-import this one and keep their own exception hierarchies.
+Other modules' user-facing errors derive from the classes here (`DataError(InputError,
+ValueError)`, ...), so this module imports nothing of the package and the mapping is `exit_code`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ EXIT_OK, EXIT_OTHER, EXIT_CONFIG, EXIT_INPUT = 0, 1, 2, 3
 
 
 class GloreError(Exception):
-  """Base of the errors this module defines; `exit_code` is what main returns."""
+  """Base of the package's user-facing errors; `exit_code` is what main returns for them."""
   exit_code = EXIT_OTHER
 
 
@@ -41,30 +41,12 @@ class CorruptOutputError(InputError):
   """A stage output's files do not match the record count / checksum of its manifest."""
 
 
-def _known() -> list[tuple[type, int]]:
-  """(exception class, exit code) of other modules' user-facing errors, most specific first."""
-  from glore_jax.data.records import DataError
-  from glore_jax.model.config import UnsupportedConfigError
-  from glore_jax.model.hf import CheckpointError
-  from glore_jax.stages.common import MissingInputError
-  from glore_jax.training.trainer import TrainingDivergedError
-  from glore_jax.workdir import CorruptFileError, FingerprintMismatchError, MissingStageError
-  return [(GloreError, -1), (MissingInputError, EXIT_INPUT), (MissingStageError, EXIT_INPUT),
-          (FingerprintMismatchError, EXIT_INPUT), (CorruptFileError, EXIT_INPUT),
-          (DataError, EXIT_INPUT),
-          (CheckpointError, EXIT_INPUT), (UnsupportedConfigError, EXIT_INPUT),
-          (UnicodeDecodeError, EXIT_INPUT), (TrainingDivergedError, EXIT_OTHER)]
-
-
 def exit_code(error: BaseException) -> int | None:
   """The exit code of a user-facing error, or None for an unexpected one (show its traceback)."""
-  try:
-    known = _known()
-  except ImportError:  # a broken install: let the traceback say why
-    return None
-  for cls, code in known:
-    if isinstance(error, cls):
-      return error.exit_code if code == -1 else code
+  if isinstance(error, GloreError):
+    return error.exit_code
+  if isinstance(error, UnicodeDecodeError):  # a data file that is not UTF-8
+    return EXIT_INPUT
   return None
 
 

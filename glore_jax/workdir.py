@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 
 from etils import epath
 
+from glore_jax.errors import InputError
+
 __all__ = [
   "MANIFEST",
   "FingerprintMismatchError",
@@ -53,15 +55,15 @@ T = TypeVar("T")
 PathLike = str | os.PathLike
 
 
-class FingerprintMismatchError(RuntimeError):
+class FingerprintMismatchError(InputError):
   """The stage folder holds outputs of a different configuration."""
 
 
-class MissingStageError(FileNotFoundError):
+class MissingStageError(InputError, FileNotFoundError):
   """A stage's outputs are absent or incomplete."""
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(InputError, ValueError):
   """A file of the work directory cannot be read back (truncated, damaged, edited)."""
 
 

@@ -19,7 +19,9 @@ from typing import Any, Literal, TypeVar
 from etils import epath
 
 from glore_jax.data.grading import extract_answer
+from glore_jax.errors import InputError
 from glore_jax.data.steps import split_steps
+from glore_jax.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class FieldError(ValueError):
     self.message = message
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
   """A malformed input record, located by file, line and (when known) field."""
 
   def __init__(

@@ -10,8 +10,10 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from glore_jax.errors import InputError
 
-class UnsupportedConfigError(ValueError):
+
+class UnsupportedConfigError(InputError, ValueError):
   """An HF config asks for a feature this implementation does not have."""
 
 

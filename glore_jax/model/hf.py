@@ -19,6 +19,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from glore_jax.errors import InputError
 from glore_jax.model.config import LlamaConfig
 from glore_jax.model.llama import _INIT_STD, Llama
 from glore_jax.model.sharding import tree_shardings
@@ -34,7 +35,7 @@ _LEGACY_HEAD_NAMES = {"value_head.weight": "score.weight", "value_head.bias": "s
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
   """A checkpoint does not match the model it is loaded into."""
 
 

@@ -18,6 +18,7 @@ from glore_jax.data.records import Problem
 from glore_jax.data.sources import load_problems
 from glore_jax.data.steps import PromptTooLongError, encode_steps
 from glore_jax.data.tokenizer import add_marker_token, load_tokenizer
+from glore_jax.errors import InputError
 from glore_jax.workdir import read_json, write_json_atomic
 
 log = logging.getLogger("glore_jax.stages")
@@ -44,7 +45,7 @@ PRODUCER = {"policy": "policy", "sample": "sample", "label": "label", "orm": "tr
             "local": "train_local", "evaluate": "evaluate"}
 
 
-class MissingInputError(RuntimeError):
+class MissingInputError(InputError):
   """A stage's inputs are not in the work directory yet."""
 
 

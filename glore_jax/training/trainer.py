@@ -51,7 +51,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from glore_jax.errors import StaleOutputError
+from glore_jax.errors import GloreError, StaleOutputError
 from glore_jax.model.llama import Llama
 from glore_jax.model.sharding import BATCH, fit_spec, named
 from glore_jax.training import losses
@@ -63,7 +63,7 @@ from glore_jax.training.run_log import RunLog, copy_tree
 log = logging.getLogger(__name__)
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(GloreError, RuntimeError):
   """The loss or gradient norm became NaN/Inf; `step` is the failing step (1-based, the update
   that was refused) and `last_checkpoint` the newest good checkpoint (or None)."""
 
