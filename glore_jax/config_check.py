@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
+import difflib
 import json
-import math
 from typing import Any, Callable
 
+import ml_collections
 from etils import epath
 
-from glore_jax.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
-
-STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data", "train_global",
-          "train_local", "evaluate")
-# SVAMP (glore_jax.data.sources.load_svamp) is a test set only: every stage here also needs the
-# training split, so it is not a pipeline source.
-SOURCES = ("synthetic", "gsm8k", "gsm8k_tfds")
-# How the label stage picks the prefixes it rolls out from (glore_jax.stages.label).
-LABELINGS = ("exhaustive", "first_error_search")
-SEARCH_STRATEGIES = ("bisect", "gallop")  # glore_jax.method.first_error_search.STRATEGIES
+# STAGES, SOURCES, ... and ConfigError are re-exported: callers import them from here.
+from glore_jax.config_keys import (  # noqa: F401
+    KEYS, LABELINGS, SEARCH_STRATEGIES, SOURCES, STAGES)
+from glore_jax.errors import ConfigError  # noqa: F401
 
 
 def _get(config, dotted: str) -> Any:
@@ -42,115 +35,38 @@ def _check(config, key: str, ok: Callable[[Any], bool], expected: str) -> None:
     raise ConfigError(f"config.{key}={value!r}: expected {expected}")
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
+def stage_list(config: ml_collections.ConfigDict) -> list[str]:
+  """The stages of `config.stages` (a comma-separated string, or a list), in order.
 
-
-def stage_list(config) -> list[str]:
+  Args:
+    config: a stage config.
+  """
   stages = config.stages
   if isinstance(stages, str):
     stages = [s.strip() for s in stages.split(",") if s.strip()]
   return list(stages)
 
 
-# ---- per-key rules: one row per key (or glob pattern), first match wins ---------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """What a numeric key accepts: `ok(value)`, said in words, and out-of-range examples
-  (`bad`, walked by tests/reliability/test_config_ranges.py)."""
-  expected: str
-  ok: Callable[[Any], bool]
-  bad: tuple = ()
-
-
-def _is_num(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int_rule(expected: str, pred: Callable[[int], bool], bad: tuple) -> Rule:
-  return Rule(expected, lambda v: _is_int(v) and pred(v), bad)
-
-
-def _num_rule(expected: str, pred: Callable[[float], bool], bad: tuple) -> Rule:
-  return Rule(expected, lambda v: _is_num(v) and pred(v), bad)
-
-
-POSITIVE_INT = _int_rule("a positive integer", lambda v: v > 0, (0, -1))
-NONNEGATIVE_INT = _int_rule("an integer >= 0", lambda v: v >= 0, (-1,))
-POSITIVE = _num_rule("a number > 0", lambda v: v > 0, (0.0, -1.0))
-NONNEGATIVE = _num_rule("a number >= 0", lambda v: v >= 0, (-0.5,))
-
-RULES: dict[str, Rule] = {
-    "seed": NONNEGATIVE_INT,
-    "mesh.*": _int_rule("a positive size or -1 (the remaining devices)",
-                        lambda v: v >= 1 or v == -1, (0, -2)),
-    "distributed.num_processes": _int_rule("an integer >= 0 (0: detected)", lambda v: v >= 0, (-1,)),
-    "distributed.process_id": _int_rule("-1 (detected) or a process index >= 0",
-                                        lambda v: v >= -1, (-2,)),
-    "data.bucket_multiple": _int_rule("an integer >= 0 (0: powers of two)", lambda v: v >= 0, (-1,)),
-    # here a number >= 0; the synthetic task's own checks (SyntheticConfig) run below
-    "data.synthetic.*": _num_rule("a number >= 0 the synthetic task accepts "
-                                  "(glore_jax/data/synthetic.py)", lambda v: v >= 0, (-1,)),
-    "*.train.learning_rate": POSITIVE,
-    "*.train.weight_decay": NONNEGATIVE,
-    # negative: the fused AdamW would scale the update by it, i.e. gradient ascent
-    "*.train.grad_clip": _num_rule("a gradient-norm bound >= 0 (0: no clipping)",
-                                   lambda v: v >= 0, (-1.0,)),
-    "*.train.max_epochs": _num_rule("a number of epochs >= 0 (0: off)", lambda v: v >= 0, (-1.0,)),
-    "*.train.warmup_steps": NONNEGATIVE_INT,
-    "*.train.checkpoint_every": _int_rule("an integer >= 0 (0: only at the end)",
-                                          lambda v: v >= 0, (-1,)),
-    "*.train.eval_every": _int_rule("an integer >= 0 (0: only at the end)", lambda v: v >= 0, (-1,)),
-    "*.train.*": POSITIVE_INT,  # steps, batch_size, grad_accum, keep_last
-    "*.temperature": _num_rule("a temperature >= 0 (0: greedy)", lambda v: v >= 0, (-0.1,)),
-    "*.top_k": _int_rule("an integer >= 0 (0: off)", lambda v: v >= 0, (-1,)),
-    "*.top_p": _num_rule("a probability in (0, 1] (1: off)", lambda v: 0 < v <= 1, (0.0, 1.5, -0.1)),
-    "evaluate.threshold": _num_rule("a probability in (0, 1)", lambda v: 0 < v < 1, (0.0, 1.0, 1.5)),
-    "evaluate.where_threshold": _num_rule("a probability in (0, 1)", lambda v: 0 < v < 1,
-                                          (0.0, 1.0, 1.5)),
-    "refine.correct_draft_pairs": NONNEGATIVE_INT,
-    "evaluate.heldout_fraction": _num_rule("a fraction in [0, 1)", lambda v: 0 <= v < 1,
-                                           (1.0, -0.1)),
-    # counts and lengths: samples, rollouts, questions, tokens, layers, batch and shard sizes
-    "*.num_*": POSITIVE_INT,
-    "*.max_*": POSITIVE_INT,
-    "*_size": POSITIVE_INT,
-    "evaluate.best_of": POSITIVE_INT,
-    "evaluate.bootstrap_resamples": POSITIVE_INT,
-    # anything else (a key added later and not listed above): a finite number >= 0
-    "*": NONNEGATIVE,
-}
-
-
-def rule_for(key: str) -> Rule:
-  """The rule of a dotted numeric key (the first pattern of RULES it matches)."""
-  return next(rule for pattern, rule in RULES.items() if fnmatch.fnmatchcase(key, pattern))
-
-
-def _numeric_leaves(config) -> dict[str, Any]:
+def _check_keys(config) -> None:
+  """Every key is one of `config_keys.KEYS` and its value passes the key's rule (type, range,
+  choices); a key the registry lacks (a typo in a config file) is an error too."""
   from glore_jax.fingerprint import flatten
-  return {k: v for k, v in flatten(config).items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  for key in flatten(config):
+    if key not in KEYS:
+      close = difflib.get_close_matches(key, list(KEYS), n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      raise ConfigError(f"config.{key}: unknown key{hint}; every key, its default and doc: "
+                        "glore_jax/config_keys.py, or --describe")
+  for key in KEYS.values():
+    _check(config, key.name, key.rule.ok, key.rule.expected)
 
 
-def _check_numbers(config) -> None:
-  from glore_jax.defaults import get_config
-  from glore_jax.fingerprint import flatten
-  defaults = _numeric_leaves(get_config())
-  for key, value in _numeric_leaves(config).items():
-    rule = rule_for(key)
-    if not rule.ok(value):
-      raise ConfigError(f"config.{key}={value!r}: expected {rule.expected}")
-  # a numeric default overridden with a string, list or bool (config files can do that)
-  for key, value in flatten(config).items():
-    if key in defaults and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
-      raise ConfigError(f"config.{key}={value!r}: expected {rule_for(key).expected}")
+def context_length(config: ml_collections.ConfigDict) -> int:
+  """Positions the policy has: model.checkpoint's config.json, else model.max_position_embeddings.
 
-
-def context_length(config) -> int:
-  """Positions the policy has: model.checkpoint's config.json, else model.max_position_embeddings."""
+  Args:
+    config: a stage config.
+  """
   checkpoint = config.model.checkpoint
   if not checkpoint:
     return config.model.max_position_embeddings
@@ -211,9 +127,14 @@ def _check_files(config) -> None:
                       "existing tokenizer folder / tokenizer.json / .gguf file")
 
 
-def validate(config) -> None:
+def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every key of `config` (types, ranges, cross-key constraints, files to be read);
-  raises ConfigError naming the first bad key. Touches no file and runs no computation."""
+  raises ConfigError naming the first bad key. Touches no file and runs no computation.
+
+  Args:
+    config: a stage config (`glore_jax.defaults.get_config()` with a config file's changes).
+  """
+  _check_keys(config)  # every key known, of its type, in its range (config_keys.KEYS)
   for stage in stage_list(config):
     if stage not in STAGES:
       raise ConfigError(f"config.stages: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
@@ -224,20 +145,14 @@ def validate(config) -> None:
     if stage not in STAGES:
       raise ConfigError(f"config.recompute: unknown stage {stage!r}; stages are "
                         f"{', '.join(STAGES)}")
-  _check_numbers(config)
   from glore_jax.tracking import TrackingError, check
   try:
     check(config)  # a tracker asked for but not installed
   except TrackingError as e:
     raise ConfigError(str(e)) from None
-  for key, folder in (getattr(config, "inputs", None) or {}).items():
+  for key, folder in config.inputs.items():
     if folder and not (epath.Path(folder) / "config.json").exists():
       raise ConfigError(f"config.inputs.{key}={folder!r}: expected an HF model folder (config.json)")
-  for key in ("dtype", "param_dtype"):
-    _check(config, f"model.{key}", lambda v: v in ("float32", "bfloat16", "float16"),
-           "'float32', 'bfloat16' or 'float16'")
-  _check(config, "data.source", lambda v: v in SOURCES, "one of " + ", ".join(SOURCES))
-  _check(config, "data.on_error", lambda v: v in ("raise", "skip"), "'raise' or 'skip'")
   try:
     from glore_jax.data.synthetic import SyntheticConfig
     SyntheticConfig.from_dict(config.data.synthetic.to_dict())
@@ -248,18 +163,11 @@ def validate(config) -> None:
     PromptFormat.from_config(config.prompts)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.prompts: {e}") from None
-  _check(config, "sorm.labeling", lambda v: v in LABELINGS, "one of " + ", ".join(LABELINGS))
-  _check(config, "sorm.search_strategy", lambda v: v in SEARCH_STRATEGIES,
-         "one of " + ", ".join(SEARCH_STRATEGIES))
   if config.sorm.labeling == "first_error_search" and not config.sorm.propagate_positive:
     raise ConfigError("config.sorm.labeling='first_error_search' fills labels by monotonicity, "
                       "which needs config.sorm.propagate_positive=True")
-  _check(config, "reward.targets", lambda v: v in ("hard", "soft"), "'hard' or 'soft'")
-  _check(config, "reward.orm_rollouts", lambda v: isinstance(v, bool), "True or False")
   _check(config, "reward.truth_labels", lambda v: v is False or (v is True and config.data.source == "synthetic"),
          "False, or True with data.source='synthetic' (the only source with per-step ground truth)")
-  for key in ("tune_where_threshold", "keep_confident_answer", "rollout_labels"):
-    _check(config, f"evaluate.{key}", lambda v: isinstance(v, bool), "True or False")
   for section in ("policy", "reward", "refine"):
     _check(config, f"{section}.train.batch_size",
            lambda v, s=section: v % _get(config, f"{s}.train.grad_accum") == 0,

@@ -11,9 +11,11 @@ import shutil
 import tempfile
 from typing import Any, Sequence
 
+import ml_collections
 from etils import epath
 
 from glore_jax import integrity
+from glore_jax.config_keys import train_settings
 from glore_jax.model import Llama, LlamaConfig, create_model, load_hf, preset, save_hf
 from glore_jax.stages.common import Context
 from glore_jax.training import TrainConfig, make_batches, train
@@ -145,14 +147,19 @@ def _umask() -> int:
   return mask
 
 
-def train_config(section, *, loss: str, seed: int, **overrides: Any) -> TrainConfig:
-  t = section.train
-  fields = dict(loss=loss, learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
-                total_steps=t.steps, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                grad_accum=t.grad_accum, checkpoint_every=t.checkpoint_every,
-                keep_last=t.keep_last, eval_every=t.eval_every, seed=seed)
-  fields.update(overrides)
-  return TrainConfig(**fields)
+def train_config(section: ml_collections.ConfigDict, *, loss: str, seed: int,
+                 **overrides: Any) -> TrainConfig:
+  """The trainer's settings of a training section, derived by `config_keys.TRAIN_FIELDS`
+  (`train.steps` -> `total_steps`, ...).
+
+  Args:
+    section: `config.policy`, `config.reward` or `config.refine` (the one with `.train`).
+    loss: 'lm' or 'value'.
+    seed: the run's seed.
+    **overrides: further TrainConfig fields (value_targets, train_backbone, ...).
+  """
+  return TrainConfig(**{**train_settings(section.train), "loss": loss, "seed": seed,
+                        **overrides})
 
 
 def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequence[Any],

@@ -1,6 +1,6 @@
-"""Every numeric key of the defaults, walked through out-of-range values: exit 2, one line
-naming the key, and nothing written to the work directory (issue 14, item 2). Before the
-table in glore_jax/config_check.py, `policy.train.grad_clip=-1` trained by gradient ascent
+"""Every key of the defaults, walked through out-of-range values: exit 2, one line naming the
+key, and nothing written to the work directory (issue 14, item 2). Before the rules (now in
+glore_jax/config_keys.py, issue 16), `policy.train.grad_clip=-1` trained by gradient ascent
 and `top_p=1.5`, `top_k=-1`, `weight_decay=-1`, `bootstrap_resamples=0`, a context shorter
 than prompt + generation and a missing test.jsonl all passed validation."""
 
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from glore_jax.config_check import RULES, _numeric_leaves, rule_for
+from glore_jax.config_keys import KEYS, Key, rule_for
 from glore_jax.defaults import get_config
+from glore_jax.fingerprint import flatten
 from glore_jax.main import run_pipeline
 
 from .conftest import micro_config
 
-NUMERIC_KEYS = sorted(_numeric_leaves(get_config()))
+NUMERIC_KEYS = sorted(k for k, v in flatten(get_config()).items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool))
+OTHER_KEYS = sorted(set(KEYS) - set(NUMERIC_KEYS))  # strings and bools
 
 
 @pytest.fixture(autouse=True)
@@ -49,12 +52,14 @@ def _expect_config_error(tmp_path, capsys, config, *needles: str) -> str:
 
 def test_every_numeric_key_has_a_rule_its_default_passes():
   assert len(NUMERIC_KEYS) > 60
-  defaults = _numeric_leaves(get_config())
+  defaults = flatten(get_config())
   for key in NUMERIC_KEYS:
     rule = rule_for(key)
     assert rule.ok(defaults[key]), (key, defaults[key], rule.expected)
     assert rule.bad, f"{key}: no out-of-range examples"
-  assert "*" in RULES  # a key added later still gets a check
+  # a key added later gets a check: a numeric key cannot be declared without its range
+  with pytest.raises(ValueError, match="needs a Rule"):
+    Key("sample.new_count", 3, "a count added later")
 
 
 @pytest.mark.parametrize("key", NUMERIC_KEYS)
@@ -64,6 +69,15 @@ def test_out_of_range_values_exit_2_before_any_write(tmp_path, capsys, key):
     _set(config, key, bad)
     # the synthetic task's own checks name the section and the field
     _expect_config_error(tmp_path, capsys, config, f"config.{key}")
+
+
+@pytest.mark.parametrize("key", OTHER_KEYS)
+def test_wrong_strings_and_bools_exit_2_before_any_write(tmp_path, capsys, key):
+  """Choices (`data.source='nope'`), bools (`'yes'`) and strings (`7`) are checked the same way."""
+  for bad in rule_for(key).bad + (None,):
+    config = micro_config()
+    _set(config, key, bad)
+    _expect_config_error(tmp_path, capsys, config, f"config.{key}={bad!r}")
 
 
 # The cases of the issue, spelled out (independent of the table's own examples).
