@@ -69,3 +69,14 @@ def test_missing_input_names_the_stage_to_run(results, name):
   producer = "policy" if name == "missing_policy" else "sample"
   assert f"--config.stages={producer},label" in stderr  # the command that fixes it
   assert not (workdir / "label").exists()
+
+
+def test_the_malloc_restart_is_logged_in_one_line(results, subprocess_env):
+  """main.run() restarts a CPU-only process with GLIBC_TUNABLES: the restarted process says so
+  once its config is valid (a config error stays the only line)."""
+  from glore_jax import cpu_malloc
+  restarts = cpu_malloc.should_reexec(subprocess_env)
+  _, _, _, stderr = results["missing_policy"]  # valid config, stopped by a missing input
+  assert stderr.count("restarted once with GLIBC_TUNABLES") == int(restarts), stderr
+  _, _, _, stderr = results["negative_k"]
+  assert "GLIBC_TUNABLES" not in stderr

@@ -14,7 +14,7 @@ every CI run, so the check is in two parts:
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -27,10 +27,7 @@ CONFIGS = ["llama2_7b_gsm8k", "llama2_13b_gsm8k"]
 
 
 def _module(name):
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return importlib.import_module(f"glore_jax.configs.{name}")  # configs/ as a package
 
 
 def _record(name, slice_name):
