@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 from etils import epath
 
-# STAGES, SOURCES, ... and ConfigError are re-exported: callers import them from here.
-from glore_jax.config_keys import (  # noqa: F401
-    KEYS, LABELINGS, SEARCH_STRATEGIES, SOURCES, STAGES)
-from glore_jax.errors import ConfigError  # noqa: F401
+from glore_jax.config_keys import KEYS, LABELINGS, SEARCH_STRATEGIES, SOURCES, STAGES
+from glore_jax.errors import ConfigError
+
+# the stage and choice lists and ConfigError are re-exported: callers import them from here
+__all__ = ["LABELINGS", "SEARCH_STRATEGIES", "SOURCES", "STAGES", "ConfigError", "context_length",
+           "stage_list", "validate"]
 
 
 def _get(config, dotted: str) -> Any:

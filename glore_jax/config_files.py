@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+import ml_collections
 
 _PREFIXES = ("configs/", "glore_jax/configs/")
 
@@ -46,7 +48,11 @@ def resolve_config_path(spec: str) -> str:
 
 
 def resolve_config_argv(argv: Sequence[str]) -> list[str]:
-  """argv with the value of --config (either spelling: `--config=X`, `--config X`) resolved."""
+  """argv with the value of --config (either spelling: `--config=X`, `--config X`) resolved.
+
+  Args:
+    argv: the command line (sys.argv).
+  """
   out = list(argv)
   for i, arg in enumerate(out):
     if arg.startswith("--config="):
@@ -56,8 +62,15 @@ def resolve_config_argv(argv: Sequence[str]) -> list[str]:
   return out
 
 
-def load_config_file(spec: str):
-  """`get_config()` of a config file, found as `--config` finds it (no ':arguments')."""
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, found as `--config` finds it (no ':arguments').
+
+  A file anywhere is run as a module of its own; the shipped configs import their siblings as
+  `glore_jax.configs.NAME`, so they load the same from a clone or an installed copy.
+
+  Args:
+    spec: a config file path, or `configs/NAME.py` of the installed package.
+  """
   path = resolve_config_path(spec)
   if not Path(path).is_file():
     raise FileNotFoundError(f"config file {spec!r} not found (here or in glore_jax.configs)")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data", "train_global",
           "train_local", "evaluate")
@@ -142,16 +143,14 @@ class Key:
 _TRAIN_ROWS = (
     ("steps", POSITIVE_INT, "total_steps", "optimizer steps (fewer when max_epochs ends first)"),
     ("batch_size", POSITIVE_INT, None, "examples per optimizer step (a multiple of grad_accum)"),
-    ("learning_rate", POSITIVE, "learning_rate", "peak AdamW learning rate (cosine decay after "
-                                                 "warm-up)"),
+    ("learning_rate", POSITIVE, "learning_rate", "peak AdamW learning rate, cosine decay after"),
     ("warmup_steps", NONNEGATIVE_INT, "warmup_steps", "linear warm-up steps"),
     ("weight_decay", NONNEGATIVE, "weight_decay", "AdamW weight decay"),
     # negative: the fused AdamW would scale the update by it, i.e. gradient ascent
     ("grad_clip", num_rule("a gradient-norm bound >= 0 (0: no clipping)", lambda v: v >= 0,
                            (-1.0,)), "grad_clip", "global gradient-norm bound (0: no clipping)"),
     ("grad_accum", POSITIVE_INT, "grad_accum", "micro-batches per step (same result, less memory)"),
-    ("checkpoint_every", EVERY, "checkpoint_every", "steps between checkpoints (0: only at the "
-                                                    "end)"),
+    ("checkpoint_every", EVERY, "checkpoint_every", "steps between checkpoints (0: at the end)"),
     ("keep_last", POSITIVE_INT, "keep_last", "checkpoints kept"),
     ("eval_every", EVERY, "eval_every", "steps between held-out evaluations (0: only at the end)"),
     ("max_epochs", num_rule("a number of epochs >= 0 (0: off)", lambda v: v >= 0, (-1.0,)), None,
@@ -159,9 +158,9 @@ _TRAIN_ROWS = (
 )
 # `<section>.train` leaf -> TrainConfig field (batch_size and max_epochs: stages.models.fit)
 TRAIN_FIELDS: dict[str, str] = {leaf: field for leaf, _, field, _ in _TRAIN_ROWS if field}
-_TRAIN_DEFAULTS = dict(steps=600, batch_size=32, learning_rate=3e-3, warmup_steps=50,
-                       weight_decay=0.01, grad_clip=1.0, grad_accum=1, checkpoint_every=200,
-                       keep_last=2, eval_every=200, max_epochs=0.0)
+_TRAIN_DEFAULTS = {"steps": 600, "batch_size": 32, "learning_rate": 3e-3, "warmup_steps": 50,
+                   "weight_decay": 0.01, "grad_clip": 1.0, "grad_accum": 1,
+                   "checkpoint_every": 200, "keep_last": 2, "eval_every": 200, "max_epochs": 0.0}
 
 
 def _train(section: str, **defaults: Any) -> list[Key]:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
 import logging
 import math
 import os
 import shutil
 import tempfile
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 from etils import epath

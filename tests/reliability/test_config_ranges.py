@@ -145,8 +145,8 @@ def test_hf_checkpoint_context_is_the_one_checked(tmp_path, capsys):
 @pytest.mark.parametrize("broken,needle", [
     ('{"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}',
      "'num_attention_heads' is missing"),
-    ('{"vocab_size": 32, "hidden_size": "16", "intermediate_size": 32, "num_hidden_layers": 1,'
-     ' "num_attention_heads": 2}', "'hidden_size' = '16'"),
+    (('{"vocab_size": 32, "hidden_size": "16", "intermediate_size": 32, "num_hidden_layers": 1,'
+      ' "num_attention_heads": 2}'), "'hidden_size' = '16'"),
     ('{"vocab_size": 32, "hidden', "not valid JSON"),
 ])
 def test_hf_config_json_missing_keys_and_wrong_types(tmp_path, capsys, broken, needle):
@@ -176,6 +176,7 @@ def test_command_line_exit_codes_and_verbose(tmp_path, subprocess_env):
   rc, _, err = results["verbose"]
   assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("config error")
   p = subprocess.run(main_command(tmp_path / "d", "--config.sample.top_p=1.5"), cwd=REPO,
-                     env={**subprocess_env, "GLORE_VERBOSE": "1"}, capture_output=True, text=True)
+                     env={**subprocess_env, "GLORE_VERBOSE": "1"}, capture_output=True, text=True,
+                     check=False)
   assert p.returncode == 2 and "Traceback" in p.stderr
   assert not any((tmp_path / d).exists() for d in "abcd")
