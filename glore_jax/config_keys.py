@@ -336,7 +336,8 @@ _ALL: list[Key] = [
 ]
 
 KEYS: dict[str, Key] = {key.name: key for key in _ALL}
-assert len(KEYS) == len(_ALL), "a config key is listed twice"
+if len(KEYS) != len(_ALL):
+  raise ValueError("a config key is listed twice in glore_jax/config_keys.py")
 
 
 def rule_for(name: str) -> Rule:
