@@ -86,7 +86,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, verbose: bo
                "glore_jax/cpu_malloc.py); %s=0 turns this off", OPT_OUT)
     from glore_jax.stages import run_stages
     run_stages(config, workdir)
-  except Exception as e:  # noqa: BLE001  (classified below; unknown ones are re-raised)
+  except Exception as e:  # classified below; unknown ones are re-raised
     code = errors.exit_code(e)
     if code is None:
       raise

@@ -45,7 +45,7 @@ def results(tmp_path_factory, subprocess_env):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_clear_error_and_nonzero_exit(results, name):
-  workdir, rc, stdout, stderr = results[name]
+  _, rc, stdout, stderr = results[name]
   assert rc != 0, f"{name}: exit code 0\n{stdout}\n{stderr}"
   _, needles = CASES[name]
   last = stderr.strip().splitlines()[-1]  # the message is the last word, not buried in a trace
