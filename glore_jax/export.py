@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from etils import epath
 
@@ -123,7 +124,8 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike | None = None, *, 
     config: the run's config; default: the work directory's resolved_config.json.
     file_format: 'jsonl' or 'parquet'.
   """
-  from glore_jax.stages.common import LAYOUT, problems
+  from glore_jax.stages.common import problems
+  from glore_jax.stages.layout import LAYOUT
 
   if file_format not in FORMATS:
     raise ValueError(f"format {file_format!r}: expected one of {', '.join(FORMATS)}")

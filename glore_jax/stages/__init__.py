@@ -9,7 +9,8 @@ import jax
 from etils import epath
 
 from glore_jax.config_check import stage_list
-from glore_jax.stages.common import Context, MissingInputError
+from glore_jax.stages.common import Context
+from glore_jax.stages.layout import MissingInputError
 
 log = logging.getLogger("glore_jax.stages")
 
@@ -82,5 +83,11 @@ def run_stages(config, workdir: str) -> Context:
   return ctx
 
 
-__all__ = ["Context", "MissingInputError", "run_stages", "make_context", "stage_context",
-           "LOCAL_STAGES"]
+__all__ = [
+  "LOCAL_STAGES",
+  "Context",
+  "MissingInputError",
+  "make_context",
+  "run_stages",
+  "stage_context",
+]

@@ -8,7 +8,8 @@ import hashlib
 import logging
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 from etils import epath
@@ -18,36 +19,12 @@ from glore_jax.data.records import Problem
 from glore_jax.data.sources import load_problems
 from glore_jax.data.steps import PromptTooLongError, encode_steps
 from glore_jax.data.tokenizer import add_marker_token, load_tokenizer
-from glore_jax.errors import InputError
+from glore_jax.stages import outputs
+from glore_jax.stages.layout import INPUT_KEYS, LAYOUT, MissingInputError
+from glore_jax.stages.local_files import local_copy
 from glore_jax.workdir import read_json, write_json_atomic
 
 log = logging.getLogger("glore_jax.stages")
-
-# Where each stage writes, relative to the work directory. A model folder is an HF folder
-# (config.json + model.safetensors [+ value_head.safetensors] + the tokenizer).
-LAYOUT = {
-    "policy": "policy/model",
-    "sample": "sample",
-    "label": "label",
-    "orm": "orm/model",
-    "sorm": "sorm/model",
-    "refine_data": "refine_data",
-    "global": "refiner_global/model",
-    "local": "refiner_local/model",
-    "evaluate": "evaluate",
-}
-# Outputs a config can give from outside (config.inputs.KEY, an HF folder) instead of training.
-INPUT_KEYS = {"policy": "policy", "orm": "orm", "sorm": "sorm", "global": "refiner_global",
-              "local": "refiner_local"}
-# Which stage produces each output, for "run stage X first" messages.
-PRODUCER = {"policy": "policy", "sample": "sample", "label": "label", "orm": "train_orm",
-            "sorm": "train_sorm", "refine_data": "refine_data", "global": "train_global",
-            "local": "train_local", "evaluate": "evaluate"}
-
-
-class MissingInputError(InputError):
-  """A stage's inputs are not in the work directory yet."""
-
 
 @dataclasses.dataclass
 class Context:
@@ -76,7 +53,6 @@ class Context:
         raise MissingInputError(f"stage {stage!r}: config.inputs.{INPUT_KEYS[output]}={path} "
                                 "has no config.json (expected an HF model folder)")
       return path
-    from glore_jax.stages import outputs  # lazily: outputs imports this module
     return outputs.require(self, output, stage)
 
   @property
@@ -104,8 +80,7 @@ def problems(config, split: str) -> list[Problem]:
 def tokenizer_for(config, folder: epath.Path | None = None, *, with_marker: bool = False):
   """The tokenizer saved beside a model folder, else the configured one; the local refiner's
   marker is added as one token only when the config asks for it. A model folder on gs:// (the
-  folder or config.model.checkpoint) is read from its local copy (`models.local_copy`)."""
-  from glore_jax.stages.models import local_copy  # lazily: models imports this module
+  folder or config.model.checkpoint) is read from its local copy (`local_files.local_copy`)."""
   if folder is not None and (folder / "tokenizer_config.json").exists():
     spec = os.fspath(local_copy(folder))
   elif config.model.checkpoint:

@@ -10,13 +10,21 @@ prefixes a binary search for the first negative one asks for, one fan-out per se
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from glore_jax.data.grading import solution_correct
 from glore_jax.data.steps import step_ends_from_tokens
 from glore_jax.method.first_error_search import FirstErrorSearch, non_monotone
-from glore_jax.method.labels import (Rollout, StepLabels, StepRollouts, label_statistics,
-                                     orm_labels, prefix_successes, sorm_labels)
+from glore_jax.method.labels import (
+  Rollout,
+  StepLabels,
+  StepRollouts,
+  label_statistics,
+  orm_labels,
+  prefix_successes,
+  sorm_labels,
+)
 from glore_jax.sampling import rollouts_from_prefixes_batch
 from glore_jax.stages import models, outputs, sharded
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -19,6 +18,9 @@ from glore_jax import integrity
 from glore_jax.config_keys import train_settings
 from glore_jax.model import Llama, LlamaConfig, create_model, load_hf, preset, save_hf
 from glore_jax.stages.common import Context
+from glore_jax.stages.layout import LAYOUT, PRODUCER
+from glore_jax.stages.local_files import files_below, is_local, local_copy
+from glore_jax.stages.sync import barrier
 from glore_jax.training import TrainConfig, make_batches, train
 
 log = logging.getLogger("glore_jax.stages")
@@ -41,51 +43,6 @@ def new_policy(ctx: Context, tokenizer) -> Llama:
   return create_model(cfg, seed=ctx.config.seed, mesh=ctx.mesh)
 
 
-def is_local(path) -> bool:
-  """False for gs://, s3:// and other URIs that only etils.epath can open."""
-  return "://" not in os.fspath(path)
-
-
-def local_copy(folder) -> epath.Path:
-  """`folder` itself when it is on the local disk; else a copy of it in a local cache folder
-  ($GLORE_CACHE, default ~/.cache/glore_jax/models), for readers that need local files
-  (safetensors, tokenizers). The copy is refreshed when the remote config.json changes."""
-  src = epath.Path(folder)
-  if is_local(src):
-    return src
-  marker = (src / "config.json").read_text() if (src / "config.json").exists() else ""
-  key = hashlib.sha256(f"{src}\n{marker}".encode()).hexdigest()[:16]
-  root = epath.Path(os.environ.get("GLORE_CACHE", os.path.expanduser("~/.cache/glore_jax")))
-  dst = root / "models" / f"{src.name}-{key}"
-  if (dst / ".complete").exists():
-    return dst
-  tmp = epath.Path(tempfile.mkdtemp(prefix=f".{src.name}-", dir=_mkdir(root / "models")))
-  for relative, path in _files(src):
-    (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-    path.copy(tmp / relative, overwrite=True)
-  (tmp / ".complete").write_text(str(src))
-  if dst.exists():
-    shutil.rmtree(dst)
-  tmp.rename(dst)
-  log.info("copied %s to %s", src, dst)
-  return dst
-
-
-def _files(root: epath.Path) -> list[tuple[str, epath.Path]]:
-  """(path relative to root, path) of every file below root (object stores allow no '**')."""
-  out = []
-  for dirpath, _, files in root.walk():
-    for name in files:
-      path = epath.Path(dirpath) / name
-      out.append((os.path.relpath(os.fspath(path), os.fspath(root)), path))
-  return sorted(out)
-
-
-def _mkdir(path: epath.Path) -> str:
-  path.mkdir(parents=True, exist_ok=True)
-  return os.fspath(path)
-
-
 def load(ctx: Context, folder: epath.Path, *, value_head: bool = False,
          vocab_size: int | None = None, mesh=None) -> Llama:
   """Loads a model folder (local or gs://) onto `mesh` (default: the run's global mesh)."""
@@ -101,7 +58,6 @@ def load(ctx: Context, folder: epath.Path, *, value_head: bool = False,
 
 def _stage_of(folder) -> str | None:
   """The stage that writes a workdir model folder (for "recompute" advice)."""
-  from glore_jax.stages.common import LAYOUT, PRODUCER
   parent = epath.Path(folder).parent.name
   return next((PRODUCER[k] for k, v in LAYOUT.items() if v == f"{parent}/model"), None)
 
@@ -112,7 +68,6 @@ def save(ctx: Context, model: Llama, tokenizer, folder: epath.Path) -> None:
   Written into a local temporary folder, then moved (local work directory: one rename) or
   copied file by file with config.json last (gs:// and other object stores, which have no
   folder rename). Every process returns once the folder is complete."""
-  from glore_jax.stages.sharded import barrier
   folder = epath.Path(folder)
   if not ctx.is_leader:
     save_hf(model, folder)  # takes part in the gather; only process 0 writes
@@ -133,7 +88,7 @@ def save(ctx: Context, model: Llama, tokenizer, folder: epath.Path) -> None:
     if local_parent is not None:
       tmp.rename(folder)
     else:
-      for relative, path in sorted(_files(tmp), key=lambda f: f[0] == "config.json"):
+      for relative, path in sorted(files_below(tmp), key=lambda f: f[0] == "config.json"):
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         path.copy(folder / relative, overwrite=True)
   finally:

@@ -16,13 +16,18 @@ an input the same way before the stage reads it.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from etils import epath
 
 from glore_jax import fingerprint as fp
 from glore_jax import workdir as wd
 from glore_jax.errors import StaleOutputError
-from glore_jax.stages.common import LAYOUT, PRODUCER, Context, MissingInputError
+from glore_jax.stages.layout import LAYOUT, PRODUCER, MissingInputError
+from glore_jax.stages.sync import barrier
+
+if TYPE_CHECKING:  # only for annotations: common imports this module
+  from glore_jax.stages.common import Context
 
 log = logging.getLogger("glore_jax.stages")
 
@@ -103,7 +108,6 @@ def _run_stages(ctx: Context) -> list[str]:
 
 
 def _discard(ctx: Context, stage: str) -> None:
-  from glore_jax.stages.sharded import barrier
   path = root(ctx, stage)
   barrier(f"stale-{stage}")  # every process has seen the stale output before it goes
   if ctx.is_leader and path.exists():
@@ -138,9 +142,7 @@ def start(ctx: Context, stage: str) -> bool:
     _discard(ctx, stage)
   remove_orphans(ctx, stage)
   if finished(ctx, stage):
-    if stage in SHARDED and not _repair_shards(ctx, stage):
-      return False
-    return True
+    return stage not in SHARDED or _repair_shards(ctx, stage)
   if stage not in SHARDED and ctx.is_leader:
     write_record(ctx, stage)
   return False
@@ -171,7 +173,6 @@ def _nothing_computed(ctx: Context, stage: str) -> bool:
 def _repair_shards(ctx: Context, stage: str) -> bool:
   """True when every shard of a finished sharded stage matches its checksum; else the damaged
   shards are deleted (to be recomputed by this run) and False."""
-  from glore_jax.stages.sharded import barrier
   path = ctx.path(OUTPUT[stage])
   bad = wd.damaged_shards(path)
   barrier(f"check-{stage}")  # every process has looked before any shard is deleted
@@ -201,4 +202,4 @@ def require(ctx: Context, output: str, needed_by: str) -> epath.Path:
   return path
 
 
-__all__ = ["LAYOUT", "start", "require", "finished", "stored", "root", "remove_orphans"]
+__all__ = ["LAYOUT", "finished", "remove_orphans", "require", "root", "start", "stored"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from glore_jax import fingerprint
 from glore_jax.method.labels import StepLabels, StepRollouts
 from glore_jax.method.refinement import global_pairs, local_triples
-from glore_jax import fingerprint
 from glore_jax.stages import outputs, sharded
 from glore_jax.stages.common import Context, timed
 from glore_jax.workdir import ShardedStage

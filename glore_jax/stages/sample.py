@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from glore_jax.data.grading import extract_answer, solution_correct
 from glore_jax.data.records import Problem

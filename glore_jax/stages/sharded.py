@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 from tqdm.auto import tqdm
@@ -10,12 +11,7 @@ from tqdm.auto import tqdm
 from glore_jax import fingerprint as fp
 from glore_jax import workdir as wd
 from glore_jax.stages.common import Context
-
-
-def barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+from glore_jax.stages.sync import barrier
 
 
 def run(ctx: Context, name: str, items: Sequence[Any], work: Callable[[Sequence[Any]], list],

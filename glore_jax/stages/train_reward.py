@@ -7,15 +7,14 @@ balanced per step index. Questions held out for the step-level evaluation are no
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from glore_jax.data.step_truth import reference_equations, step_truth
 from glore_jax.data.steps import split_steps
 from glore_jax.data.tokenizer import padding_id
 from glore_jax.method.labels import balance_by_step_index
 from glore_jax.stages import models, outputs, sharded
-from glore_jax.stages.common import (Context, is_heldout, problems, timed, tokenizer_for,
-                                     try_encode)
+from glore_jax.stages.common import Context, is_heldout, problems, timed, tokenizer_for, try_encode
 from glore_jax.training import ValueExample
 
 

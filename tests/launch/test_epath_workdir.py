@@ -142,11 +142,15 @@ def test_model_save_and_load_through_epath(bucket, tmp_path, where):
   from glore_jax.stages.common import tokenizer_for
   assert tokenizer_for(ctx.config, folder).get_vocab() == tokenizer.get_vocab()
   if where == "gs":
-    cached = models.local_copy(folder)
-    assert models.is_local(cached) and (cached / "config.json").exists()
-    assert models.local_copy(folder) == cached  # reused, not copied again
+    from glore_jax.stages.local_files import is_local, local_copy
+
+    cached = local_copy(folder)
+    assert is_local(cached) and (cached / "config.json").exists()
+    assert local_copy(folder) == cached  # reused, not copied again
   else:
-    assert models.local_copy(folder) == folder
+    from glore_jax.stages.local_files import local_copy
+
+    assert local_copy(folder) == folder
 
 
 @pytest.fixture
@@ -167,6 +171,7 @@ def orbax_bucket(bucket, monkeypatch):
 
 def test_training_checkpoints_on_gs_and_resumes(orbax_bucket, tmp_path):
   import json
+
   from glore_jax.training import SFTExample, TrainConfig, make_batches, train
   rng = np.random.default_rng(0)
   examples = [SFTExample([1] + rng.integers(8, 64, size=11).tolist(), 3) for _ in range(32)]

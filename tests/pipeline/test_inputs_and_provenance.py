@@ -9,7 +9,7 @@ import pytest
 
 from glore_jax import provenance
 from glore_jax.config_check import ConfigError, validate
-from glore_jax.stages.common import MissingInputError
+from glore_jax.stages.layout import MissingInputError
 
 from .conftest import make_ctx, micro_config
 
