@@ -25,7 +25,6 @@ exhaustive records (`search_from_rollouts`); the run checks this against the rea
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -39,17 +38,19 @@ from etils import epath  # noqa: E402
 from glore_jax import workdir as wd  # noqa: E402
 from glore_jax.data.step_truth import reference_equations, step_truth  # noqa: E402
 from glore_jax.method.evaluation import auroc  # noqa: E402
-from glore_jax.method.first_error_search import (compare_hard_labels, first_negative,  # noqa: E402
-                                                 non_monotone, search_from_rollouts)
+from glore_jax.method.first_error_search import (  # noqa: E402
+  compare_hard_labels,
+  first_negative,
+  non_monotone,
+  search_from_rollouts,
+)
 from glore_jax.method.labels import StepRollouts, sorm_labels  # noqa: E402
 from glore_jax.stages.common import Context, is_heldout, problems, tokenizer_for  # noqa: E402
 
 
 def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("_label_budget_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from glore_jax.config_files import load_config_file
+  return load_config_file(path)
 
 
 def truth_table(config) -> dict[str, tuple]:

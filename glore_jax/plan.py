@@ -49,7 +49,8 @@ import os
 import re
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 GiB = 1024 ** 3
 
@@ -86,7 +87,7 @@ class Memory:
     return out
 
   @staticmethod
-  def from_compiled(compiled, compile_s: float = 0.0) -> "Memory":
+  def from_compiled(compiled, compile_s: float = 0.0) -> Memory:
     ma = compiled.memory_analysis()
     if ma is None:
       raise RuntimeError("this backend gives no memory analysis for compiled programs")
@@ -95,7 +96,7 @@ class Memory:
                   code=float(ma.generated_code_size_in_bytes), compile_s=compile_s)
 
   @staticmethod
-  def combine(a: "Memory", b: "Memory", fa: float, fb: float, note: str) -> "Memory":
+  def combine(a: Memory, b: Memory, fa: float, fb: float, note: str) -> Memory:
     f = lambda name: fa * getattr(a, name) + fb * getattr(b, name)
     return Memory(argument=f("argument"), output=f("output"), alias=f("alias"), temp=f("temp"),
                   code=f("code"), compile_s=a.compile_s + b.compile_s, extrapolated=note)
@@ -134,6 +135,7 @@ def parse_mesh(text: str) -> tuple[int, int, int]:
 
 def _abstract(cfg):
   from flax import nnx
+
   from glore_jax.model.llama import Llama
   return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
 
@@ -154,7 +156,9 @@ def train_memory(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1,
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   from glore_jax.model.sharding import BATCH, fit_spec
   from glore_jax.training import trainer
 
@@ -202,11 +206,13 @@ def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 25
   over a donated KV cache of `cache` slots) for `batch` rows, weights stored as `param_dtype`."""
   import jax
   import jax.numpy as jnp
+  import numpy as np
   from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   from glore_jax import sampling
   from glore_jax.model.llama import KVCache
-  import numpy as np
   from glore_jax.model.sharding import BATCH, RULES, named, tree_shardings
 
   graphdef, state = nnx.split(_abstract(cfg))
@@ -305,6 +311,7 @@ class Fit:
 
 def _one_device_mesh():
   import jax
+
   from glore_jax.model.sharding import make_mesh
   return make_mesh(1, 1, 1, devices=jax.devices()[:1])
 
@@ -334,6 +341,7 @@ def activation_memory(cfg, mesh, *, batch: int, seq: int) -> Memory:
   import jax
   import jax.numpy as jnp
   from flax import nnx
+
   from glore_jax.training import trainer
 
   tc = trainer.TrainConfig(loss="lm", total_steps=1000, progress=False)
@@ -499,14 +507,9 @@ class StagePlan:
 
 
 def load_config(path: str):
-  """A config file's `get_config()` (the same files `python -m glore_jax.main` takes)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("glore_plan_config", path)
-  if spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f"--config={path}: no such config file")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """A config file's `get_config()`, found as `python -m glore_jax.main --config` finds it."""
+  from glore_jax.config_files import load_config_file
+  return load_config_file(path)
 
 
 def config_model(config, model: str = ""):
@@ -780,6 +783,7 @@ HOST_DEVICES = 4  # chips per TPU VM host for every slice above: sampling runs p
 
 def make_plan(args) -> dict[str, Any]:
   import jax
+
   from glore_jax.model.sharding import make_mesh
 
   data, fsdp, tensor = parse_mesh(args.mesh)

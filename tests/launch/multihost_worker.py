@@ -13,7 +13,6 @@ Writes DIR/process-<id>.json: devices seen, meshes, and the shards this process 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -23,10 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def config(args):
-  spec = importlib.util.spec_from_file_location("micro_config", REPO / "configs" / "micro.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  from glore_jax.config_files import load_config_file
+
+  c = load_config_file(str(REPO / "configs" / "micro.py"))
   c.mesh.update(data=1, fsdp=4, tensor=2)  # every axis crosses the process boundary
   c.stages = "policy,sample,label"
   c.data.update(train_size=48, test_size=4)
@@ -49,6 +47,7 @@ def main() -> int:
   sys.path.insert(0, str(REPO))
 
   import jax
+
   from glore_jax import workdir
   from glore_jax.stages import run_stages, stage_context
 

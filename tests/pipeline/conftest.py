@@ -10,14 +10,11 @@ share a persistent JAX compilation cache, so only the first run pays for most co
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 from etils import epath
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,10 +23,9 @@ MICRO = REPO / "configs" / "micro.py"
 
 def micro_config(**overrides):
   """configs/micro.py's config, with dotted overrides ({"sorm.num_rollouts": 4})."""
-  spec = importlib.util.spec_from_file_location("_micro_config", MICRO)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  from glore_jax.config_files import load_config_file
+
+  config = load_config_file(str(MICRO))
   for key, value in overrides.items():
     *parents, leaf = key.split(".")
     node = config
