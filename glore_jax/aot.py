@@ -9,9 +9,9 @@ read back. No TPU and no weight is needed.
     program.memory.peak, program.flops, program.bytes_accessed
 
 The programs (`PROGRAMS`): the train step (`trainer.make_train_step`, LM or value-head loss,
-AdamW, donated state), the prefill (`sampling._prefill`), the fan-out of decode rows from
-prefilled sequences, which is how the label stage starts its K rollouts from every step prefix
-(`sampling._start`), and the decode loop (`sampling._decode`). Needs the `tpu-aot` extra
+AdamW, donated state), the prefill (`sampling.prefill_program`), the fan-out of decode rows
+from prefilled sequences, which is how the label stage starts its K rollouts from every step
+prefix (`sampling.start_program`), and the decode loop (`sampling.decode_program`). Needs the `tpu-aot` extra
 (`pip install glore-jax[tpu-aot]`, i.e. the `libtpu` wheel); `available()` says whether it is
 there. In a compile-only process (JAX_PLATFORMS=cpu) libtpu's single-process lock and its
 metadata lookups are switched off, so several such processes may compile side by side.
@@ -301,7 +301,7 @@ def _keys(mesh, rows: int):
 
 
 def compile_prefill(cfg, mesh, *, batch: int, seq: int) -> Program:
-  """`sampling._prefill`: `batch` left-padded prompts of `seq` tokens into a fresh cache (the
+  """`sampling.prefill_program`: `batch` left-padded prompts of `seq` tokens into a fresh cache (the
   sharded path: no token packing)."""
   import jax
   import jax.numpy as jnp
@@ -313,13 +313,13 @@ def compile_prefill(cfg, mesh, *, batch: int, seq: int) -> Program:
 
   def lower():
     with jax.set_mesh(mesh):
-      return sampling._prefill.lower(graphdef, state, tokens, start, None)
+      return sampling.prefill_program.lower(graphdef, state, tokens, start, None)
   return compile_lowered("prefill", lower)
 
 
 def compile_fanout(cfg, mesh, *, sequences: int, seq: int, rows: int, max_new_tokens: int,
                    temperature: float = 1.0) -> Program:
-  """`sampling._start`: `rows` decode rows gathered from `sequences` prefilled sequences of
+  """`sampling.start_program`: `rows` decode rows gathered from `sequences` prefilled sequences of
   `seq` slots (each row its own prefix length), caches widened to seq + max_new_tokens, first
   tokens sampled: the label stage's K rollouts from every step prefix start here."""
   import jax
@@ -336,15 +336,15 @@ def compile_fanout(cfg, mesh, *, sequences: int, seq: int, rows: int, max_new_to
 
   def lower():
     with jax.set_mesh(mesh):
-      return sampling._start.lower(graphdef, state, cache, hidden, src, src, keys,
-                                   ids, ids, params=params, cache_size=seq + max_new_tokens,
-                                   max_new_tokens=max_new_tokens)
+      return sampling.start_program.lower(graphdef, state, cache, hidden, src, src, keys,
+                                          ids, ids, params=params, cache_size=seq + max_new_tokens,
+                                          max_new_tokens=max_new_tokens)
   return compile_lowered("fanout", lower)
 
 
 def compile_decode(cfg, mesh, *, rows: int, cache: int, max_new_tokens: int,
                    temperature: float = 1.0) -> Program:
-  """`sampling._decode`: the while loop of one-token steps over a donated cache of `cache`
+  """`sampling.decode_program`: the while loop of one-token steps over a donated cache of `cache`
   slots for `rows` rows (cost analysis: one step, the loop body counted once)."""
   import jax
   import jax.numpy as jnp
@@ -352,18 +352,19 @@ def compile_decode(cfg, mesh, *, rows: int, cache: int, max_new_tokens: int,
   from glore_jax.model.sharding import RULES
   graphdef, state = _sampling_state(cfg, mesh)
   kv = _cache(cfg, mesh, rows, cache)
-  carry = dict(tokens=_rows(mesh, (rows, max_new_tokens), jnp.int32, RULES.act_bt),
-               logprobs=_rows(mesh, (rows, max_new_tokens), jnp.float32, RULES.act_bt),
-               finish=_rows(mesh, (rows,), jnp.int32), last=_rows(mesh, (rows,), jnp.int32),
-               step=_scalar(mesh, jnp.int32))
+  decode_state = sampling.DecodeState(
+      tokens_rn=_rows(mesh, (rows, max_new_tokens), jnp.int32, RULES.act_bt),
+      logprobs_rn=_rows(mesh, (rows, max_new_tokens), jnp.float32, RULES.act_bt),
+      finish_r=_rows(mesh, (rows,), jnp.int32), last_r=_rows(mesh, (rows,), jnp.int32),
+      step=_scalar(mesh, jnp.int32))
   ids = _rows(mesh, (1,), jnp.int32, jax.sharding.PartitionSpec())
   params = sampling.SamplingParams(temperature=temperature)
   keys = _keys(mesh, rows)  # outside the mesh: it runs a (CPU) computation
 
   def lower():
     with jax.set_mesh(mesh):
-      return sampling._decode.lower(graphdef, state, kv, carry, keys, ids, ids,
-                                    _scalar(mesh, jnp.int32), params=params)
+      return sampling.decode_program.lower(graphdef, state, kv, decode_state, keys, ids, ids,
+                                           _scalar(mesh, jnp.int32), params=params)
   return compile_lowered("decode", lower)
 
 

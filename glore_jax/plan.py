@@ -25,7 +25,7 @@ come from the model's PartitionSpec table (`glore_jax.model.sharding`), and
 `jax.jit(step).lower(...).compile().memory_analysis()` gives per-device sizes of the arguments
 (parameters, optimizer state, batch or KV cache), outputs, temporaries (activations, gradients,
 gathered weights) and generated code. The programs are the ones the trainer and the sampler run
-(`trainer.make_train_step`, `sampling._decode`), with the same shardings.
+(`trainer.make_train_step`, `sampling.decode_program`), with the same shardings.
 
 Two sets of numbers come out:
   * XLA:CPU's memory analysis of the SPMD program on the simulated mesh, as compiled. XLA:CPU has
@@ -202,7 +202,7 @@ def train_memory(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1,
 
 
 def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 256) -> Memory:
-  """Compiles the sampler's decode loop (`sampling._decode`: a while_loop of one-token steps
+  """Compiles the sampler's decode loop (`sampling.decode_program`: a while_loop of one-token steps
   over a donated KV cache of `cache` slots) for `batch` rows, weights stored as `param_dtype`."""
   import jax
   import jax.numpy as jnp
@@ -225,10 +225,11 @@ def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 25
       shape, dtype, sharding=named(spec, shape, mesh))
   kv_cache = KVCache(tuple(k for _ in range(cfg.num_layers)), tuple(v for _ in range(cfg.num_layers)),
                      rows((batch,), jnp.int32), rows((batch,), jnp.int32))
-  carry = dict(tokens=rows((batch, max_new_tokens), jnp.int32, RULES.act_bt),
-               logprobs=rows((batch, max_new_tokens), jnp.float32, RULES.act_bt),
-               finish=rows((batch,), jnp.int32), last=rows((batch,), jnp.int32),
-               step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())))
+  decode_state = sampling.DecodeState(
+      tokens_rn=rows((batch, max_new_tokens), jnp.int32, RULES.act_bt),
+      logprobs_rn=rows((batch, max_new_tokens), jnp.float32, RULES.act_bt),
+      finish_r=rows((batch,), jnp.int32), last_r=rows((batch,), jnp.int32),
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())))
   # the per-row keys exactly as the sampler makes them (typed keys or raw key data)
   one_row = sampling.row_keys(0, np.zeros((1, 1), np.uint32))
   key_shape = (batch,) + tuple(one_row.shape[1:])
@@ -238,8 +239,9 @@ def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 25
   limit = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))
   start = time.perf_counter()
   with jax.set_mesh(mesh):
-    compiled = sampling._decode.lower(graphdef, state, kv_cache, carry, keys, ids, ids, limit,
-                                      params=sampling.SamplingParams(temperature=1.0)).compile()
+    compiled = sampling.decode_program.lower(
+        graphdef, state, kv_cache, decode_state, keys, ids, ids, limit,
+        params=sampling.SamplingParams(temperature=1.0)).compile()
   return Memory.from_compiled(compiled, time.perf_counter() - start)
 
 
@@ -630,7 +632,7 @@ def throughput(program: str, shape: dict, result, cfg, devices: int, chip) -> di
 def prefix_sharing(cfg, *, prefix_slots: int, new_tokens: int, rollouts: int, peak: float,
                    rows: int, host_chips: int, hbm: float) -> dict[str, float]:
   """The label stage's KV cache on paper: bytes per rollout row when every row holds a copy of
-  its prefix's cache (as the sampler does: `sampling._start` gathers a copy per row) and when
+  its prefix's cache (as the sampler does: `sampling.start_program` gathers a copy per row) and when
   the K rollouts of a prefix share one copy; decode rows one host fits either way, from the
   compiled decode program's peak (`peak` per device at `rows` rows) minus its cache."""
   itemsize = cfg.compute_dtype.itemsize

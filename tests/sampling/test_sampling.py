@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from glore_jax import sampling, sampling_text
+from glore_jax.sampling import engine, rules
 from glore_jax.model import create_model, make_mesh, preset
 
 MAX_NEW = 12
@@ -61,7 +62,7 @@ def _teacher_forced_batch(model, prompts, outputs):
 # 3 as 4 rows (multiply-and-sum attention, the row-major head): both decode paths
 @pytest.mark.parametrize("lengths", [[1, 3, 7, 16, 17, 30], [2, 9, 20]], ids=["8-rows", "4-rows"])
 def test_greedy_equals_stepwise_argmax_of_full_forward(model, lengths):
-  assert (len(lengths) > 4) == sampling._vocab_major(sampling._pow2(len(lengths)))
+  assert (len(lengths) > 4) == sampling.use_vocab_major(engine.pow2_bucket(len(lengths)))
   rng = np.random.default_rng(0)
   prompts = _prompts(rng, lengths)  # ragged, left-padded in one batch
   out = sampling.generate(model, prompts, max_new_tokens=MAX_NEW, eos_token_id=None)
@@ -225,7 +226,7 @@ def test_vocabulary_major_greedy_equals_sample_logits():
   logits_rv[3, 5] = np.nan  # NaN row: still a valid id
   keys = jax.random.split(jax.random.key(0), 8)
   tokens, logprobs = sampling.sample_logits(keys, jnp.asarray(logits_rv), sampling.SamplingParams(0.0))
-  tokens_vm, logprobs_vm = sampling._greedy_vocab_major(jnp.asarray(logits_rv.T))
+  tokens_vm, logprobs_vm = rules.greedy_vocab_major(jnp.asarray(logits_rv.T))
   assert np.asarray(tokens_vm).tolist() == np.asarray(tokens).tolist()
   assert np.asarray(tokens)[1] == 7 and np.asarray(tokens)[2] == 0 and 0 <= np.asarray(tokens)[3] < 50
   np.testing.assert_allclose(logprobs_vm, logprobs, atol=1e-6)
@@ -261,8 +262,8 @@ def test_sharded_on_8_devices_equals_unsharded():
 def test_buckets_reuse_compiled_programs(model):
   rng = np.random.default_rng(7)
   kw = dict(max_new_tokens=MAX_NEW, eos_token_id=None)
-  sizes = lambda: (sampling._prefill._cache_size(), sampling._start._cache_size(),
-                   sampling._decode._cache_size())
+  sizes = lambda: (sampling.prefill_program._cache_size(), sampling.start_program._cache_size(),
+                   sampling.decode_program._cache_size())
   before = sizes()
   # length bucket 16, 3-4 rows -> 4: 64 slots. The prefill also buckets how many prompt tokens
   # it computes (packing, counting a dummy row's one pad token) at 32, 48 or all 64 of them:

@@ -96,8 +96,8 @@ def test_target_platform_picks_the_tpu_program():
   from glore_jax import sampling
   cfg = aot.for_tpu(_tiny())
   assert cfg.target_platform == "tpu" and not cfg.fused_projections
-  assert not sampling._vocab_major(32, cfg.target_platform)
-  assert sampling._vocab_major(32, "cpu")
+  assert not sampling.use_vocab_major(32, cfg.target_platform)
+  assert sampling.use_vocab_major(32, "cpu")
 
 
 @pytest.mark.parametrize("pallas, seq, expected", [(None, 128, True), (False, 128, False),
