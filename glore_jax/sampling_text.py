@@ -4,12 +4,12 @@ first occurrence, and decoding of samples, for any Hugging Face tokenizer."""
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 from glore_jax.model.llama import Llama
 from glore_jax.sampling import Sample, generate
 
-__all__ = ["StopStrings", "generate_text", "decode_samples"]
+__all__ = ["StopStrings", "decode_samples", "generate_text"]
 
 
 class StopStrings:
@@ -19,6 +19,11 @@ class StopStrings:
   decoded text first contains a stop string, or None. `token_ids` are vocabulary entries whose
   own text contains a stop string: emitting one ends the row inside the decode loop, with no
   wasted steps (multi-token stop strings are caught by the checker every few steps).
+
+  Args:
+    tokenizer: a Hugging Face tokenizer (`decode`, `batch_decode`, `len`).
+    stop_strings: non-empty strings that end generation at their first occurrence.
+    skip_special_tokens: decode without special tokens (as the text of a sample is decoded).
   """
 
   def __init__(self, tokenizer, stop_strings: Sequence[str], *, skip_special_tokens: bool = True):
@@ -81,16 +86,32 @@ def _vocab_texts(tokenizer, skip_special_tokens: bool) -> tuple[str, ...]:
 def generate_text(model: Llama, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
                   stop_strings: Sequence[str] = (), include_stop_string: bool = False,
                   add_special_tokens: bool = True, skip_special_tokens: bool = True,
-                  **kwargs) -> list[list[Sample]]:
+                  **options) -> list[list[Sample]]:
   """`generate` on text: tokenizes `prompts` with `tokenizer`, stops at the first occurrence of
   any of `stop_strings`, and sets `.text` of each sample (cut exactly before the stop string,
-  or after it with include_stop_string). Other options as in `generate`."""
+  or after it with include_stop_string).
+
+  Args:
+    model: the Llama to sample from.
+    tokenizer: a Hugging Face tokenizer (called on each prompt; decodes the samples).
+    prompts: the prompt texts.
+    max_new_tokens: tokens to generate per sample at most.
+    stop_strings: strings that end a sample (finish_reason 'stop').
+    include_stop_string: keep the stop string at the end of `.text` (else cut before it).
+    add_special_tokens: passed to the tokenizer for the prompts (e.g. BOS).
+    skip_special_tokens: decode `.text` without special tokens.
+    **options: any other keyword argument of `generate` (temperature, num_samples, seed, ...);
+      `stop_token_ids` are kept and extended by the tokens that contain a stop string.
+
+  Returns:
+    result[i][j]: sample j of prompt i, with `.text` set.
+  """
   stops = StopStrings(tokenizer, stop_strings, skip_special_tokens=skip_special_tokens)
   prompt_ids = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
   if stop_strings:
-    kwargs["stop_checker"] = stops
-    kwargs["stop_token_ids"] = tuple(kwargs.get("stop_token_ids", ())) + stops.token_ids
-  samples = generate(model, prompt_ids, max_new_tokens=max_new_tokens, **kwargs)
+    options["stop_checker"] = stops
+    options["stop_token_ids"] = tuple(options.get("stop_token_ids", ())) + stops.token_ids
+  samples = generate(model, prompt_ids, max_new_tokens=max_new_tokens, **options)
   for row in samples:
     for s in row:
       s.text, found = stops.text(s.tokens, include_stop=include_stop_string)
@@ -101,6 +122,12 @@ def generate_text(model: Llama, tokenizer, prompts: Sequence[str], *, max_new_to
 
 def decode_samples(tokenizer, samples: Sequence[Sequence[Sample]], *,
                    skip_special_tokens: bool = True) -> list[list[str]]:
-  """Decoded text of every sample (no stop-string cut)."""
+  """Decoded text of every sample (no stop-string cut).
+
+  Args:
+    tokenizer: a Hugging Face tokenizer.
+    samples: samples[i][j], as `generate` returns them.
+    skip_special_tokens: decode without special tokens.
+  """
   return [[tokenizer.decode(s.tokens, skip_special_tokens=skip_special_tokens) for s in row]
           for row in samples]
