@@ -289,3 +289,33 @@ def test_prompt_too_long_is_a_clear_error(model):
     sampling.generate(model, [[]], max_new_tokens=4)
   with pytest.raises(ValueError, match="outside the draft"):
     sampling.rollouts_from_prefixes(model, [1, 2], [5, 6], [2], num_rollouts=2, max_new_tokens=4)
+
+
+def test_sampler_options_hold_the_defaults_and_reject_bad_options(model):
+  import dataclasses
+  import inspect
+  # generate's keyword defaults are SamplerOptions' (one home for every default)
+  signature = inspect.signature(sampling.generate).parameters
+  for field in dataclasses.fields(sampling.SamplerOptions):
+    if field.name != "max_new_tokens":
+      assert signature[field.name].default == field.default, field.name
+  options = sampling.SamplerOptions(max_new_tokens=4, stop_token_ids=iter([7, 3]))
+  assert options.stop_token_ids == (7, 3) and options.params == sampling.SamplingParams()
+  for bad, match in [(dict(max_new_tokens=0), "max_new_tokens=0"),
+                     (dict(max_new_tokens=4, batch_size=0), "batch_size=0"),
+                     (dict(max_new_tokens=4, temperature=-1.0), "temperature=-1.0")]:
+    with pytest.raises(ValueError, match=match):
+      sampling.SamplerOptions(**bad)
+  with pytest.raises(TypeError, match=r"unexpected sampling options \['temprature'\].*'temperature'"):
+    sampling.rollouts_from_prefixes(model, [1, 2], [5, 6], [1], num_rollouts=2, max_new_tokens=4,
+                                    temprature=1.0)
+
+
+def test_decode_state_is_a_pytree_with_named_fields():
+  leaves = [np.zeros((2, 3), np.int32), np.zeros((2, 3), np.float32), np.zeros(2, np.int32),
+            np.ones(2, np.int32), np.int32(1)]
+  state = sampling.DecodeState(*leaves)
+  assert [x is y for x, y in zip(jax.tree.leaves(state), leaves, strict=True)] == [True] * 5
+  doubled = jax.tree.map(lambda x: x * 2, state)
+  assert isinstance(doubled, sampling.DecodeState) and doubled.step == 2
+  assert doubled.replace(step=np.int32(5)).step == 5 and doubled.last_r.tolist() == [2, 2]
