@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from glore_jax import sampling, sampling_text
-from glore_jax.sampling import engine, rules
 from glore_jax.model import create_model, make_mesh, preset
+from glore_jax.sampling import engine, rules
 
 MAX_NEW = 12
 
