@@ -11,10 +11,10 @@ read back. No TPU and no weight is needed.
 The programs (`PROGRAMS`): the train step (`trainer.make_train_step`, LM or value-head loss,
 AdamW, donated state), the prefill (`sampling.prefill_program`), the fan-out of decode rows
 from prefilled sequences, which is how the label stage starts its K rollouts from every step
-prefix (`sampling.start_program`), and the decode loop (`sampling.decode_program`). Needs the `tpu-aot` extra
-(`pip install glore-jax[tpu-aot]`, i.e. the `libtpu` wheel); `available()` says whether it is
-there. In a compile-only process (JAX_PLATFORMS=cpu) libtpu's single-process lock and its
-metadata lookups are switched off, so several such processes may compile side by side.
+prefix (`sampling.start_program`), and the decode loop (`sampling.decode_program`). Needs the
+`tpu-aot` extra (`pip install glore-jax[tpu-aot]`, i.e. the `libtpu` wheel); `available()` says
+whether it is there. In a compile-only process (JAX_PLATFORMS=cpu) libtpu's single-process lock
+and its metadata lookups are switched off, so several such processes may compile side by side.
 """
 
 from __future__ import annotations
@@ -301,8 +301,8 @@ def _keys(mesh, rows: int):
 
 
 def compile_prefill(cfg, mesh, *, batch: int, seq: int) -> Program:
-  """`sampling.prefill_program`: `batch` left-padded prompts of `seq` tokens into a fresh cache (the
-  sharded path: no token packing)."""
+  """`sampling.prefill_program`: `batch` left-padded prompts of `seq` tokens into a fresh
+  cache (the sharded path: no token packing)."""
   import jax
   import jax.numpy as jnp
   from glore_jax import sampling
@@ -319,9 +319,10 @@ def compile_prefill(cfg, mesh, *, batch: int, seq: int) -> Program:
 
 def compile_fanout(cfg, mesh, *, sequences: int, seq: int, rows: int, max_new_tokens: int,
                    temperature: float = 1.0) -> Program:
-  """`sampling.start_program`: `rows` decode rows gathered from `sequences` prefilled sequences of
-  `seq` slots (each row its own prefix length), caches widened to seq + max_new_tokens, first
-  tokens sampled: the label stage's K rollouts from every step prefix start here."""
+  """`sampling.start_program`: `rows` decode rows gathered from `sequences` prefilled
+  sequences of `seq` slots (each row its own prefix length), caches widened to
+  seq + max_new_tokens, first tokens sampled: the label stage's K rollouts from every step
+  prefix start here."""
   import jax
   import jax.numpy as jnp
   from glore_jax import sampling
@@ -344,8 +345,8 @@ def compile_fanout(cfg, mesh, *, sequences: int, seq: int, rows: int, max_new_to
 
 def compile_decode(cfg, mesh, *, rows: int, cache: int, max_new_tokens: int,
                    temperature: float = 1.0) -> Program:
-  """`sampling.decode_program`: the while loop of one-token steps over a donated cache of `cache`
-  slots for `rows` rows (cost analysis: one step, the loop body counted once)."""
+  """`sampling.decode_program`: the while loop of one-token steps over a donated cache of
+  `cache` slots for `rows` rows (cost analysis: one step, the loop body counted once)."""
   import jax
   import jax.numpy as jnp
   from glore_jax import sampling

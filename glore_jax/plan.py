@@ -202,8 +202,9 @@ def train_memory(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1,
 
 
 def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 256) -> Memory:
-  """Compiles the sampler's decode loop (`sampling.decode_program`: a while_loop of one-token steps
-  over a donated KV cache of `cache` slots) for `batch` rows, weights stored as `param_dtype`."""
+  """Compiles the sampler's decode loop (`sampling.decode_program`: a while_loop of one-token
+  steps over a donated KV cache of `cache` slots) for `batch` rows, weights stored as
+  `param_dtype`."""
   import jax
   import jax.numpy as jnp
   import numpy as np
