@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import jax
 from etils import epath
@@ -11,6 +12,9 @@ from etils import epath
 from glore_jax.config_check import stage_list
 from glore_jax.stages.common import Context
 from glore_jax.stages.layout import MissingInputError
+
+if TYPE_CHECKING:
+  import ml_collections
 
 log = logging.getLogger("glore_jax.stages")
 
@@ -41,7 +45,18 @@ def _runner(stage: str):
   raise ValueError(f"unknown stage {stage!r}")
 
 
-def make_context(config, workdir: str) -> Context:
+def make_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
+  """The run's `Context`: starts the distributed runtime, builds the mesh, creates `workdir`.
+
+  A new work directory gets its run_config.json before any compute (process 0 writes it).
+
+  Args:
+    config: the validated run config (`glore_jax.defaults` plus the user's config file).
+    workdir: the run's work directory (local path or gs:// URI); created when missing.
+
+  Returns:
+    The context every stage takes (config, work directory, global mesh).
+  """
   from glore_jax.distributed import initialize
   from glore_jax.model import make_mesh
   initialize(config.distributed)
@@ -64,14 +79,35 @@ LOCAL_STAGES = ("sample", "label", "evaluate")
 
 def stage_context(ctx: Context, stage: str) -> Context:
   """The context `stage` runs in: `ctx` itself, or with several processes and a stage of
-  LOCAL_STAGES, `ctx` on this process's own devices (`glore_jax.distributed.local_mesh`)."""
+  LOCAL_STAGES, `ctx` on this process's own devices (`glore_jax.distributed.local_mesh`).
+
+  Args:
+    ctx: the run's context (global mesh).
+    stage: the stage's name, e.g. 'sample'.
+  """
   if stage in LOCAL_STAGES and jax.process_count() > 1:
     from glore_jax.distributed import local_mesh
     return dataclasses.replace(ctx, mesh=local_mesh(ctx.mesh))
   return ctx
 
 
-def run_stages(config, workdir: str) -> Context:
+def run_stages(config: ml_collections.ConfigDict, workdir: str) -> Context:
+  """Runs the stages `config` selects, in order, in `workdir`; finished, current stages skip.
+
+  The run_config.json record is rewritten only after every stage succeeded.
+
+  Args:
+    config: the validated run config.
+    workdir: the run's work directory (local path or gs:// URI).
+
+  Returns:
+    The run's context.
+
+  Raises:
+    MissingInputError: a stage needs an output that is missing or stale (exit 3).
+    StaleOutputError: a finished output was computed under another config and is not named
+      in `config.recompute`.
+  """
   ctx = make_context(config, workdir)
   log.info("devices: %d x %s, %d process(es); mesh %s; workdir %s", jax.device_count(),
            jax.devices()[0].device_kind, jax.process_count(), dict(ctx.mesh.shape), workdir)

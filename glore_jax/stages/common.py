@@ -8,8 +8,8 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 from etils import epath
@@ -23,6 +23,12 @@ from glore_jax.stages import outputs
 from glore_jax.stages.layout import INPUT_KEYS, LAYOUT, MissingInputError
 from glore_jax.stages.local_files import local_copy
 from glore_jax.workdir import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+  import ml_collections
+  from transformers import PreTrainedTokenizerFast
+
+  from glore_jax.data.steps import EncodedSteps
 
 log = logging.getLogger("glore_jax.stages")
 
@@ -46,7 +52,15 @@ class Context:
   def require(self, output: str, stage: str) -> epath.Path:
     """The folder of `output`; a clear error naming the stage to run when it is not finished,
     or to recompute when it was computed under another configuration (`stages.outputs`). A
-    folder given in config.inputs is the user's: it must be an HF model folder, no more."""
+    folder given in config.inputs is the user's: it must be an HF model folder, no more.
+
+    Args:
+      output: a LAYOUT key, e.g. 'policy' or 'orm'.
+      stage: the stage that needs it (named in the error).
+
+    Raises:
+      MissingInputError: `output` is missing, unfinished or stale.
+    """
     if self.given(output):
       path = self.path(output)
       if not (path / "config.json").exists():
@@ -64,8 +78,13 @@ class Context:
     return jax.process_index() == 0
 
 
-def problems(config, split: str) -> list[Problem]:
-  """The problems of `split` ('train' or 'test') from the configured source."""
+def problems(config: ml_collections.ConfigDict, split: str) -> list[Problem]:
+  """The problems of `split` ('train' or 'test') from the configured source.
+
+  Args:
+    config: the run config (`config.data` names the source and its options).
+    split: 'train' or 'test'.
+  """
   data = config.data
   n = data.train_size if split == "train" else data.test_size
   if data.source == "synthetic":
@@ -77,10 +96,17 @@ def problems(config, split: str) -> list[Problem]:
   return list(found)[:n]
 
 
-def tokenizer_for(config, folder: epath.Path | None = None, *, with_marker: bool = False):
+def tokenizer_for(config: ml_collections.ConfigDict, folder: epath.Path | None = None, *,
+                  with_marker: bool = False) -> PreTrainedTokenizerFast:
   """The tokenizer saved beside a model folder, else the configured one; the local refiner's
   marker is added as one token only when the config asks for it. A model folder on gs:// (the
-  folder or config.model.checkpoint) is read from its local copy (`local_files.local_copy`)."""
+  folder or config.model.checkpoint) is read from its local copy (`local_files.local_copy`).
+
+  Args:
+    config: the run config (`model.checkpoint`, `tokenizer`, `prompts`).
+    folder: a model folder whose saved tokenizer takes precedence; None: the configured one.
+    with_marker: add the local refiner's marker token (when the prompt format uses one).
+  """
   if folder is not None and (folder / "tokenizer_config.json").exists():
     spec = os.fspath(local_copy(folder))
   elif config.model.checkpoint:
@@ -93,9 +119,17 @@ def tokenizer_for(config, folder: epath.Path | None = None, *, with_marker: bool
   return tokenizer
 
 
-def try_encode(tokenizer, prompt: str, steps, max_length: int):
+def try_encode(tokenizer: PreTrainedTokenizerFast, prompt: str, steps: Sequence[str],
+               max_length: int) -> EncodedSteps | None:
   """`encode_steps`, or None for an empty solution or a prompt that alone is too long (such
-  examples are skipped and counted by the caller rather than crashing a long stage)."""
+  examples are skipped and counted by the caller rather than crashing a long stage).
+
+  Args:
+    tokenizer: the tokenizer to encode with.
+    prompt: the prompt text, fed to the model but not trained on.
+    steps: the solution's steps (empty: None).
+    max_length: the longest encoding in tokens; steps past it are cut.
+  """
   if not steps:
     return None
   try:
@@ -109,15 +143,29 @@ def stable_fraction(key: str) -> float:
   return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
 
 
-def is_heldout(config, problem_id: str) -> bool:
-  """Training questions kept out of reward-model training for the step-level evaluation."""
+def is_heldout(config: ml_collections.ConfigDict, problem_id: str) -> bool:
+  """Training questions kept out of reward-model training for the step-level evaluation.
+
+  Args:
+    config: the run config (`seed`, `evaluate.heldout_fraction`).
+    problem_id: the training question's id.
+  """
   return stable_fraction(f"heldout/{config.seed}/{problem_id}") < config.evaluate.heldout_fraction
 
 
 @contextlib.contextmanager
 def timed(ctx: Context, stage: str, *, record: bool = True) -> Iterator[dict]:
   """Times a stage and records its summary in <workdir>/timings.json (read by evaluate);
-  `record=False` for a rerun of a finished stage, whose first timing stands."""
+  `record=False` for a rerun of a finished stage, whose first timing stands.
+
+  Args:
+    ctx: the run's context.
+    stage: the stage's name (the key in timings.json).
+    record: write the time to timings.json (process 0 only).
+
+  Yields:
+    A dict the stage fills with its summary figures (printed with the time).
+  """
   summary: dict = {}
   start = time.perf_counter()
   yield summary

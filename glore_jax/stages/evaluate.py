@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glore_jax import provenance
 from glore_jax.data.grading import extract_answer, normalize_number, solution_correct
@@ -28,6 +28,9 @@ from glore_jax.stages.common import Context, is_heldout, problems, timed, tokeni
 from glore_jax.stages.label import label_samples
 from glore_jax.stages.scoring import score_steps, solution_logprobs
 from glore_jax.workdir import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+  from glore_jax.data.records import Problem
 
 POLICY_ROLES = ("draft", "sample")  # candidates the policy wrote (step-level metrics use these)
 
@@ -88,8 +91,16 @@ def _rollout_labels(ctx: Context, model, tokenizer, tests, records) -> None:
     c["rollout_hard"] = lab["sorm_hard"] if lab["steps"] == c["steps"] else None
 
 
-def candidates(ctx: Context, tests) -> tuple[list[dict], dict]:
-  """Every test question's candidates (D, N samples, G, L) with answers, grades and scores."""
+def candidates(ctx: Context, tests: Sequence[Problem]) -> tuple[list[dict], dict]:
+  """Every test question's candidates (D, N samples, G, L) with answers, grades and scores.
+
+  Args:
+    ctx: the run's context (the policy, reward models and refiners must be finished).
+    tests: the test questions.
+
+  Returns:
+    (one record per question with its candidates, summary counts).
+  """
   section = ctx.config.evaluate
   policy_dir = ctx.require("policy", "evaluate")
   for kind in ("orm", "sorm", "global", "local"):
@@ -176,7 +187,14 @@ def candidates(ctx: Context, tests) -> tuple[list[dict], dict]:
 
 def combined_score(orm: float, mean_logprob: float | None, selector: dict) -> float:
   """The ORM's logit plus the policy's likelihood, each standardised on held-out questions and
-  mixed with the weight chosen there: (1 - w) z(logit ORM) + w z(mean log-prob)."""
+  mixed with the weight chosen there: (1 - w) z(logit ORM) + w z(mean log-prob).
+
+  Args:
+    orm: the ORM's probability for the candidate (clipped to (0, 1) before the logit).
+    mean_logprob: the policy's mean token log-probability; None: -inf (never chosen).
+    selector: 'weight', 'logit_mean', 'logit_std', 'logprob_mean', 'logprob_std' from the
+      held-out questions.
+  """
   if mean_logprob is None:
     return float("-inf")
   p = min(max(orm, 1e-6), 1 - 1e-6)
@@ -247,7 +265,16 @@ def _row_name(kind: str, n: int) -> str:
 
 
 def per_question_rows(records: Sequence[dict], threshold: float, seed: int) -> dict[str, list]:
-  """Per-question correctness (a float for mean_sample) of every row of the main table."""
+  """Per-question correctness (a float for mean_sample) of every row of the main table.
+
+  Args:
+    records: one record per test question, from `candidates`.
+    threshold: the ORM probability at which orm_gated keeps the greedy draft.
+    seed: the seed of the random choices (mean_sample, ties).
+
+  Returns:
+    {row name: per-question correctness, in `records` order}.
+  """
   rows: dict[str, list] = {}
   n = None
   for rec in records:
@@ -291,7 +318,14 @@ def per_question_rows(records: Sequence[dict], threshold: float, seed: int) -> d
 
 def answer_rows(records: Sequence[dict], threshold: float, resamples: int, seed: int) -> dict:
   """The main table (accuracy, n, bootstrap 95% interval per row), the paired differences that
-  decide the paper's claims, and how many wrong drafts each refiner fixes."""
+  decide the paper's claims, and how many wrong drafts each refiner fixes.
+
+  Args:
+    records: one record per test question, from `candidates`.
+    threshold: the ORM probability at which orm_gated keeps the greedy draft.
+    resamples: bootstrap resamples for the 95% intervals.
+    seed: the seed of the bootstrap and the random choices.
+  """
   per_q = per_question_rows(records, threshold, seed)
   n = sum(c["role"] == "sample" for c in records[0]["candidates"]) if records else 0
   rows = {k: ev.accuracy_row([float(x) for x in v], num_resamples=resamples, seed=seed)
@@ -323,7 +357,14 @@ def _intermediate(xs: Sequence) -> list:
 
 
 def verifier_metrics(records: Sequence[dict], kind: str, threshold: float) -> dict[str, Any]:
-  """How well the ORM or SORM judges the policy's own solutions on test questions."""
+  """How well the ORM or SORM judges the policy's own solutions on test questions.
+
+  Args:
+    records: one record per test question, from `candidates`.
+    kind: 'orm' or 'sorm'.
+    threshold: the step probability below which a step is the first error (the "where"
+      threshold).
+  """
   cands = [(rec["id"], c) for rec in records for c in rec["candidates"] if c["role"] in POLICY_ROLES
            and c.get(f"{kind}_steps") and len(c[f"{kind}_steps"]) == len(c["steps"])]
   step_p, step_rollout, truth_p, truth_y = [], [], [], []

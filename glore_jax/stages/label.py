@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glore_jax.data.grading import solution_correct
 from glore_jax.data.steps import step_ends_from_tokens
@@ -29,10 +29,21 @@ from glore_jax.sampling import rollouts_from_prefixes_batch
 from glore_jax.stages import models, outputs, sharded
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for
 
+if TYPE_CHECKING:
+  from transformers import PreTrainedTokenizerFast
 
-def segment_steps(tokenizer, tokens: Sequence[int]) -> tuple[list[str], list[int]]:
+  from glore_jax.model import Llama
+
+
+def segment_steps(tokenizer: PreTrainedTokenizerFast, tokens: Sequence[int]
+                  ) -> tuple[list[str], list[int]]:
   """Steps as decoded from the generated tokens themselves, and each step's terminator index,
-  so a rollout's prefix is exactly the tokens the policy produced (no re-tokenisation)."""
+  so a rollout's prefix is exactly the tokens the policy produced (no re-tokenisation).
+
+  Args:
+    tokenizer: the policy's tokenizer.
+    tokens: the generated solution tokens (no prompt).
+  """
   ends = step_ends_from_tokens(tokenizer, tokens)
   steps, begin = [], 0
   for end in ends:
@@ -41,9 +52,19 @@ def segment_steps(tokenizer, tokens: Sequence[int]) -> tuple[list[str], list[int
   return steps, ends
 
 
-def label_samples(ctx: Context, model, tokenizer, samples: Sequence[dict], gold: dict[str, str],
+def label_samples(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFast,
+                  samples: Sequence[dict], gold: dict[str, str],
                   questions: dict[str, str]) -> list[dict]:
-  """Label records for `samples` (with the prefill tokens fan-out (b) used and saved)."""
+  """Label records for `samples` (with the prefill tokens fan-out (b) used and saved).
+
+  Args:
+    ctx: the run's context (`config.sorm` chooses the labelling).
+    model: the policy that rolls out from each step prefix.
+    tokenizer: the policy's tokenizer.
+    samples: sample-stage records (problem_id, tokens, ...).
+    gold: {problem_id: gold answer}.
+    questions: {problem_id: question text}.
+  """
   if ctx.config.sorm.labeling == "first_error_search":
     return _label_by_search(ctx, model, tokenizer, samples, gold, questions)
   section = ctx.config.sorm

@@ -14,12 +14,12 @@ from etils import epath
 log = logging.getLogger("glore_jax.stages")
 
 
-def is_local(path) -> bool:
+def is_local(path: str | os.PathLike) -> bool:
   """False for gs://, s3:// and other URIs that only etils.epath can open."""
   return "://" not in os.fspath(path)
 
 
-def local_copy(folder) -> epath.Path:
+def local_copy(folder: str | os.PathLike) -> epath.Path:
   """`folder` itself when it is on the local disk; else a copy of it in a local cache folder
   ($GLORE_CACHE, default ~/.cache/glore_jax/models), for readers that need local files
   (safetensors, tokenizers). The copy is refreshed when the remote config.json changes."""

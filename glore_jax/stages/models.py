@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 from etils import epath
@@ -23,12 +23,21 @@ from glore_jax.stages.local_files import files_below, is_local, local_copy
 from glore_jax.stages.sync import barrier
 from glore_jax.training import TrainConfig, make_batches, train
 
+if TYPE_CHECKING:
+  import jax
+  from transformers import PreTrainedTokenizerFast
+
 log = logging.getLogger("glore_jax.stages")
 
 
-def new_policy(ctx: Context, tokenizer) -> Llama:
+def new_policy(ctx: Context, tokenizer: PreTrainedTokenizerFast) -> Llama:
   """The student: an HF checkpoint when configured, else a small Llama from scratch sized to
-  the tokenizer (the embedded default)."""
+  the tokenizer (the embedded default).
+
+  Args:
+    ctx: the run's context (`config.model`, mesh).
+    tokenizer: the policy's tokenizer (its vocabulary sizes a model from scratch).
+  """
   m = ctx.config.model
   if m.checkpoint:
     checkpoint = local_copy(m.checkpoint)
@@ -44,8 +53,16 @@ def new_policy(ctx: Context, tokenizer) -> Llama:
 
 
 def load(ctx: Context, folder: epath.Path, *, value_head: bool = False,
-         vocab_size: int | None = None, mesh=None) -> Llama:
-  """Loads a model folder (local or gs://) onto `mesh` (default: the run's global mesh)."""
+         vocab_size: int | None = None, mesh: jax.sharding.Mesh | None = None) -> Llama:
+  """Loads a model folder (local or gs://) onto `mesh` (default: the run's global mesh).
+
+  Args:
+    ctx: the run's context.
+    folder: an HF model folder written by `save` (or the user's).
+    value_head: add a fresh value head (a reward model made from the policy).
+    vocab_size: resize the embeddings to this many tokens (a marker token added); None: keep.
+    mesh: the mesh to place the weights on; None: `ctx.mesh`.
+  """
   m = ctx.config.model
   folder = local_copy(folder)
   integrity.verify_model_folder(folder, stage=_stage_of(folder))
@@ -62,12 +79,20 @@ def _stage_of(folder) -> str | None:
   return next((PRODUCER[k] for k, v in LAYOUT.items() if v == f"{parent}/model"), None)
 
 
-def save(ctx: Context, model: Llama, tokenizer, folder: epath.Path) -> None:
+def save(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFast,
+         folder: epath.Path) -> None:
   """Tokenizer first, then weights, config.json last: config.json marks a finished model.
 
   Written into a local temporary folder, then moved (local work directory: one rename) or
   copied file by file with config.json last (gs:// and other object stores, which have no
-  folder rename). Every process returns once the folder is complete."""
+  folder rename). Every process returns once the folder is complete.
+
+  Args:
+    ctx: the run's context.
+    model: the model to save (safetensors).
+    tokenizer: saved beside the weights.
+    folder: the model folder (local or gs://); replaced when it exists.
+  """
   folder = epath.Path(folder)
   if not ctx.is_leader:
     save_hf(model, folder)  # takes part in the gather; only process 0 writes
@@ -119,9 +144,28 @@ def train_config(section: ml_collections.ConfigDict, *, loss: str, seed: int,
 
 
 def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequence[Any],
-        section, *, loss: str, run_dir: epath.Path, pad_id: int, max_length: int | None = None,
-        **overrides: Any):
-  """Trains on examples (SFTExample / ValueExample) with checkpoints under `run_dir`; resumes."""
+        section: ml_collections.ConfigDict, *, loss: str, run_dir: epath.Path, pad_id: int,
+        max_length: int | None = None, **overrides: Any) -> tuple[Llama, dict[str, Any]]:
+  """Trains on examples (SFTExample / ValueExample) with checkpoints under `run_dir`; resumes.
+
+  Args:
+    ctx: the run's context (seed, data options, mesh).
+    model: the model to train (updated in place and returned).
+    examples: the training examples.
+    eval_examples: the examples of the eval loss (empty: no eval).
+    section: the stage's config node (`policy`, `reward` or `refine`) holding `train`.
+    loss: 'lm' or a value loss (see `TrainConfig.loss`).
+    run_dir: the folder of checkpoints and logs.
+    pad_id: the padding token id.
+    max_length: the longest batch in tokens; None: `config.data.max_length`.
+    **overrides: TrainConfig fields that replace the config's.
+
+  Returns:
+    (the trained model, the final metrics).
+
+  Raises:
+    ValueError: `examples` makes no batch.
+  """
   cfg = train_config(section, loss=loss, seed=ctx.config.seed, **overrides)
   name = run_dir.parent.name  # the stage's output folder: policy, orm, sorm, refiner_global, ...
   max_length = max_length or ctx.config.data.max_length

@@ -38,7 +38,12 @@ RECORD = "fingerprint.json"
 
 
 def root(ctx: Context, stage: str) -> epath.Path:
-  """The folder holding everything `stage` writes (a model stage: the model and its `train/`)."""
+  """The folder holding everything `stage` writes (a model stage: the model and its `train/`).
+
+  Args:
+    ctx: the run's context.
+    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+  """
   path = ctx.path(OUTPUT[stage])
   return path.parent if stage in MODELS else path
 
@@ -48,7 +53,12 @@ def _record_path(ctx: Context, stage: str) -> epath.Path:
 
 
 def stored(ctx: Context, stage: str) -> dict | None:
-  """The stored {'fingerprint', 'config'} of `stage`'s output, or None when there is none."""
+  """The stored {'fingerprint', 'config'} of `stage`'s output, or None when there is none.
+
+  Args:
+    ctx: the run's context.
+    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+  """
   path = _record_path(ctx, stage)
   if not path.exists():
     return None
@@ -57,7 +67,12 @@ def stored(ctx: Context, stage: str) -> dict | None:
 
 
 def finished(ctx: Context, stage: str) -> bool:
-  """Whether the output is complete (whatever its fingerprint)."""
+  """Whether the output is complete (whatever its fingerprint).
+
+  Args:
+    ctx: the run's context.
+    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+  """
   if stage in SHARDED:
     return wd.stage_done(ctx.path(OUTPUT[stage]))
   if stage in MODELS:
@@ -117,7 +132,12 @@ def _discard(ctx: Context, stage: str) -> None:
 
 
 def remove_orphans(ctx: Context, stage: str) -> None:
-  """Partial model folders a killed save left behind (`.model.partial-*`)."""
+  """Partial model folders a killed save left behind (`.model.partial-*`).
+
+  Args:
+    ctx: the run's context.
+    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+  """
   if stage not in MODELS or not ctx.is_leader:
     return
   path = root(ctx, stage)
@@ -131,7 +151,12 @@ def remove_orphans(ctx: Context, stage: str) -> None:
 def start(ctx: Context, stage: str) -> bool:
   """Call first in every stage. True: the output is finished and current (skip the stage).
   False: compute it (a stale output named in --config.recompute has been discarded, and the
-  fingerprint of a model stage or evaluate is written). Raises StaleOutputError otherwise."""
+  fingerprint of a model stage or evaluate is written). Raises StaleOutputError otherwise.
+
+  Args:
+    ctx: the run's context.
+    stage: the stage's name, e.g. 'policy'.
+  """
   reason = _stale_reason(ctx, stage)
   if reason is not None:
     if _nothing_computed(ctx, stage):
@@ -149,7 +174,12 @@ def start(ctx: Context, stage: str) -> bool:
 
 
 def write_record(ctx: Context, stage: str) -> None:
-  """Writes the fingerprint of a model stage or evaluate for the current config."""
+  """Writes the fingerprint of a model stage or evaluate for the current config.
+
+  Args:
+    ctx: the run's context.
+    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+  """
   if stage in SHARDED:
     raise ValueError(f"stage {stage!r} keeps its fingerprint in its manifest (workdir.py)")
   record = fp.record(ctx.config, stage)
@@ -189,7 +219,16 @@ def _repair_shards(ctx: Context, stage: str) -> bool:
 
 def require(ctx: Context, output: str, needed_by: str) -> epath.Path:
   """The folder of `output` (a LAYOUT key) once it is finished and current; else an error
-  naming the stage to run or recompute (exit 3)."""
+  naming the stage to run or recompute (exit 3).
+
+  Args:
+    ctx: the run's context.
+    output: a LAYOUT key, e.g. 'policy'.
+    needed_by: the stage that needs it (named in the error).
+
+  Raises:
+    MissingInputError: `output` is missing, unfinished or stale.
+  """
   stage = PRODUCER[output]
   path = ctx.path(output)
   if not finished(ctx, stage):

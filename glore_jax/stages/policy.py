@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from glore_jax.data.steps import split_steps
 from glore_jax.data.tokenizer import padding_id
 from glore_jax.stages import models, outputs
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for, try_encode
 from glore_jax.training import SFTExample
 
+if TYPE_CHECKING:
+  from collections.abc import Iterable
 
-def sft_examples(ctx: Context, tokenizer, items) -> list[SFTExample]:
+  from transformers import PreTrainedTokenizerFast
+
+  from glore_jax.data.records import Problem
+
+
+def sft_examples(ctx: Context, tokenizer: PreTrainedTokenizerFast,
+                 items: Iterable[Problem]) -> list[SFTExample]:
+  """The policy's SFT examples: each question's prompt and its reference solution.
+
+  Args:
+    ctx: the run's context (prompt format, `config.data.max_length`).
+    tokenizer: the policy's tokenizer.
+    items: the problems; those that do not encode (too long, no steps) are skipped.
+  """
   prompts = ctx.prompts
   out = []
   for p in items:

@@ -14,7 +14,12 @@ from glore_jax.workdir import ShardedStage
 
 
 def build(ctx: Context, records: list[dict]) -> tuple[list, list, dict]:
-  """(global pairs, local triples, counts) from label records; deterministic in the seed."""
+  """(global pairs, local triples, counts) from label records; deterministic in the seed.
+
+  Args:
+    ctx: the run's context (`config.refine`, seed).
+    records: label-stage records.
+  """
   by_question: dict[str, list] = collections.defaultdict(list)
   for r in records:
     sol = StepRollouts.from_json(r)
@@ -49,4 +54,11 @@ def run(ctx: Context) -> None:
 
 
 def read_examples(ctx: Context, kind: str, needed_by: str) -> list[dict]:
+  """The refinement examples of `kind` from the finished refine_data stage.
+
+  Args:
+    ctx: the run's context.
+    kind: 'global' (pairs) or 'local' (triples).
+    needed_by: the stage that reads them (named in the error when missing).
+  """
   return [r for r in sharded.read(ctx, "refine_data", needed_by) if r["kind"] == kind]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glore_jax.data.grading import extract_answer, solution_correct
 from glore_jax.data.records import Problem
@@ -12,18 +12,42 @@ from glore_jax.sampling import generate
 from glore_jax.stages import models, outputs, sharded
 from glore_jax.stages.common import Context, problems, timed, tokenizer_for
 
+if TYPE_CHECKING:
+  import ml_collections
+  from transformers import PreTrainedTokenizerFast
 
-def decode_solution(tokenizer, tokens: Sequence[int], gold: str) -> dict[str, Any]:
-  """Text, steps, answer and correctness of generated solution tokens."""
+  from glore_jax.model import Llama
+
+
+def decode_solution(tokenizer: PreTrainedTokenizerFast, tokens: Sequence[int], gold: str
+                    ) -> dict[str, Any]:
+  """Text, steps, answer and correctness of generated solution tokens.
+
+  Args:
+    tokenizer: the policy's tokenizer.
+    tokens: the generated tokens (no prompt).
+    gold: the question's gold answer.
+  """
   text = tokenizer.decode(list(tokens), skip_special_tokens=True)
   return {"text": text, "steps": split_steps(text), "answer": extract_answer(text),
           "correct": solution_correct(text, gold)}
 
 
-def sample_problems(ctx: Context, model, tokenizer, items: Sequence[tuple[int, Problem]], *,
-                    num_samples: int, temperature: float, section) -> list[dict]:
+def sample_problems(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFast,
+                    items: Sequence[tuple[int, Problem]], *, num_samples: int,
+                    temperature: float, section: ml_collections.ConfigDict) -> list[dict]:
   """One record per (question, sample); randomness keyed by the question's index, so the
-  records do not depend on sharding or batching."""
+  records do not depend on sharding or batching.
+
+  Args:
+    ctx: the run's context (seed, mesh, prompt format).
+    model: the policy.
+    tokenizer: the policy's tokenizer.
+    items: (question index, problem) pairs.
+    num_samples: samples per question.
+    temperature: the sampling temperature (0: greedy).
+    section: the config node with max_new_tokens, top_k, top_p and batch_size.
+  """
   prompts = [tokenizer(ctx.prompts.policy_prompt(p.question))["input_ids"] for _, p in items]
   results = generate(model, prompts, max_new_tokens=section.max_new_tokens,
                      temperature=temperature, top_k=section.top_k,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,9 @@ from glore_jax.data.tokenizer import padding_id
 from glore_jax.model import Llama
 from glore_jax.stages.common import try_encode
 from glore_jax.training import bucket_length
+
+if TYPE_CHECKING:
+  from transformers import PreTrainedTokenizerFast
 
 
 def _forward_batches(model: Llama, tokenizer, prompts: Sequence[str],
@@ -47,10 +51,21 @@ def _forward_batches(model: Llama, tokenizer, prompts: Sequence[str],
   return out
 
 
-def score_steps(model: Llama, tokenizer, prompts: Sequence[str], steps: Sequence[Sequence[str]], *,
-                max_length: int, batch_size: int = 64, mesh=None) -> list[list[float]]:
+def score_steps(model: Llama, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
+                steps: Sequence[Sequence[str]], *, max_length: int, batch_size: int = 64,
+                mesh: jax.sharding.Mesh | None = None) -> list[list[float]]:
   """P(success) per step for each (prompt, steps); [] for a solution with no steps. Steps cut
-  by `max_length` get no score (the list is shorter than the solution)."""
+  by `max_length` get no score (the list is shorter than the solution).
+
+  Args:
+    model: a reward model (value head).
+    tokenizer: its tokenizer.
+    prompts: one prompt per solution.
+    steps: each solution's steps.
+    max_length: the longest encoding in tokens.
+    batch_size: rows per forward pass.
+    mesh: the mesh to run under; None: none.
+  """
   def values(m, tokens_bt, mask_bt):
     hidden_btd, _ = m.forward(tokens_bt, attention_mask_bt=mask_bt)
     return jax.nn.sigmoid(m.values(hidden_btd))
@@ -61,11 +76,22 @@ def score_steps(model: Llama, tokenizer, prompts: Sequence[str], steps: Sequence
   return [s if s is not None else [] for s in scores]
 
 
-def solution_logprobs(model: Llama, tokenizer, prompts: Sequence[str],
-                      steps: Sequence[Sequence[str]], *, max_length: int, batch_size: int = 64,
-                      mesh=None) -> list[float | None]:
+def solution_logprobs(model: Llama, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
+                      steps: Sequence[Sequence[str]], *, max_length: int,
+                      batch_size: int = 64,
+                      mesh: jax.sharding.Mesh | None = None) -> list[float | None]:
   """Mean log-probability per solution token (EOS included) under `model`, teacher-forced:
-  the policy's own likelihood of a candidate, whoever wrote it (None: nothing to score)."""
+  the policy's own likelihood of a candidate, whoever wrote it (None: nothing to score).
+
+  Args:
+    model: the policy (language-model head).
+    tokenizer: its tokenizer.
+    prompts: one prompt per solution.
+    steps: each solution's steps.
+    max_length: the longest encoding in tokens.
+    batch_size: rows per forward pass.
+    mesh: the mesh to run under; None: none.
+  """
   def token_logprobs(m, tokens_bt, mask_bt):
     hidden_btd, _ = m.forward(tokens_bt, attention_mask_bt=mask_bt)
     logp_btv = jax.nn.log_softmax(m.logits(hidden_btd[:, :-1]).astype(jnp.float32), axis=-1)

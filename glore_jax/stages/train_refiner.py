@@ -7,6 +7,7 @@ before the first step whose prefix can no longer be completed) -> the steps from
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from glore_jax.data.tokenizer import padding_id
 from glore_jax.stages import models, outputs
@@ -14,10 +15,22 @@ from glore_jax.stages.common import Context, problems, timed, tokenizer_for, try
 from glore_jax.stages.refine_data import read_examples
 from glore_jax.training import SFTExample
 
+if TYPE_CHECKING:
+  from transformers import PreTrainedTokenizerFast
+
 log = logging.getLogger(__name__)
 
 
-def refiner_examples(ctx: Context, kind: str, tokenizer, rows: list[dict]) -> list[SFTExample]:
+def refiner_examples(ctx: Context, kind: str, tokenizer: PreTrainedTokenizerFast,
+                     rows: list[dict]) -> list[SFTExample]:
+  """SFT examples for a refiner: (question, draft[, bad step]) -> corrected steps.
+
+  Args:
+    ctx: the run's context (prompt format, `config.refine.max_length`).
+    kind: 'global' or 'local'.
+    tokenizer: the policy's tokenizer (with the marker token for 'local').
+    rows: refine_data records of `kind`; those that do not encode are skipped.
+  """
   questions = {p.id: p.question for p in problems(ctx.config, "train")}
   fmt = ctx.prompts
   out = []
@@ -36,6 +49,12 @@ def refiner_examples(ctx: Context, kind: str, tokenizer, rows: list[dict]) -> li
 
 
 def run(ctx: Context, kind: str) -> None:
+  """The train_global / train_local stage: the policy fine-tuned into a refiner.
+
+  Args:
+    ctx: the run's context.
+    kind: 'global' or 'local'.
+  """
   stage = f"train_{kind}"
   folder = ctx.path(kind)
   if outputs.start(ctx, stage):

@@ -8,6 +8,7 @@ balanced per step index. Questions held out for the step-level evaluation are no
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from glore_jax.data.step_truth import reference_equations, step_truth
 from glore_jax.data.steps import split_steps
@@ -17,11 +18,28 @@ from glore_jax.stages import models, outputs, sharded
 from glore_jax.stages.common import Context, is_heldout, problems, timed, tokenizer_for, try_encode
 from glore_jax.training import ValueExample
 
+if TYPE_CHECKING:
+  from transformers import PreTrainedTokenizerFast
 
-def value_example(ctx: Context, tokenizer, question: str, steps: Sequence[str],
-                  hard: Sequence[float], soft: Sequence[float] | None = None,
+
+def value_example(ctx: Context, tokenizer: PreTrainedTokenizerFast, question: str,
+                  steps: Sequence[str], hard: Sequence[float],
+                  soft: Sequence[float] | None = None,
                   keep: Sequence[bool] | None = None) -> ValueExample | None:
-  """Encodes (question, steps) for the value head; `keep` drops unbalanced steps' labels."""
+  """Encodes (question, steps) for the value head; `keep` drops unbalanced steps' labels.
+
+  Args:
+    ctx: the run's context (prompt format, `config.data.max_length`).
+    tokenizer: the policy's tokenizer.
+    question: the question text.
+    steps: the solution's steps.
+    hard: a 0/1 target per step.
+    soft: a target in [0, 1] per step; None: none.
+    keep: whether each step's label is trained on; None: all.
+
+  Returns:
+    The example, or None when it does not encode.
+  """
   enc = try_encode(tokenizer, ctx.prompts.reward_prompt(question), steps,
                    ctx.config.data.max_length)
   if enc is None:
@@ -61,7 +79,15 @@ def rollout_solutions(label_records: Sequence[dict]) -> list[dict]:
 def truth_rows(ctx: Context, records: Sequence[dict]) -> list[tuple]:
   """A diagnostic upper bound, not GLoRe: SORM targets from each step's ground truth on the
   synthetic task (prefix sound or not) instead of rollouts, i.e. what a verifier of this size
-  could learn from perfect step labels."""
+  could learn from perfect step labels.
+
+  Args:
+    ctx: the run's context.
+    records: sample-stage records.
+
+  Returns:
+    (record, hard targets, soft targets) per record; both targets are the steps' truth.
+  """
   refs = {p.id: (reference_equations(p.reference), p.answer) for p in problems(ctx.config, "train")}
   rows = []
   for r in records:
@@ -71,8 +97,15 @@ def truth_rows(ctx: Context, records: Sequence[dict]) -> list[tuple]:
   return rows
 
 
-def reward_examples(ctx: Context, kind: str, tokenizer) -> tuple[list, list]:
-  """(train, held-out) ValueExamples for the ORM or the SORM."""
+def reward_examples(ctx: Context, kind: str, tokenizer: PreTrainedTokenizerFast
+                    ) -> tuple[list[ValueExample], list[ValueExample]]:
+  """(train, held-out) ValueExamples for the ORM or the SORM.
+
+  Args:
+    ctx: the run's context.
+    kind: 'orm' or 'sorm'.
+    tokenizer: the policy's tokenizer.
+  """
   questions = {p.id: p.question for p in problems(ctx.config, "train")}
   if kind == "orm":
     records = sharded.read(ctx, "sample", "train_orm")
@@ -104,6 +137,12 @@ def reward_examples(ctx: Context, kind: str, tokenizer) -> tuple[list, list]:
 
 
 def run(ctx: Context, kind: str) -> None:
+  """The train_orm / train_sorm stage: a value head on the policy, trained on the labels.
+
+  Args:
+    ctx: the run's context.
+    kind: 'orm' or 'sorm'.
+  """
   stage = f"train_{kind}"
   folder = ctx.path(kind)
   if outputs.start(ctx, stage):
