@@ -58,6 +58,10 @@ def extract_answer(text: str, *, fallback_last_number: bool = False) -> str | No
   Without a marker, returns None, or the last number in the text if `fallback_last_number`
   (useful for models not trained on the GSM8K format; off by default because it rewards
   solutions that never commit to an answer).
+
+  Args:
+    text: the solution text.
+    fallback_last_number: without a `####` line, return the last number in the text.
   """
   if text is None:
     return None
@@ -116,14 +120,24 @@ def normalize_number(s: str | int | float | Fraction | None) -> Fraction | None:
 def answers_match(
   pred: str | int | float | Fraction | None, gold: str | int | float | Fraction | None
 ) -> bool:
-  """True iff both parse as numbers with exactly the same rational value."""
+  """True iff both parse as numbers with exactly the same rational value.
+
+  Args:
+    pred: the predicted answer (raw text such as "$1,080." or a number); None never matches.
+    gold: the gold answer, in the same forms.
+  """
   p = normalize_number(pred)
   g = normalize_number(gold)
   return p is not None and g is not None and p == g
 
 
 def solution_correct(text: str, gold: str | int | float | Fraction | None) -> bool:
-  """Whether a solution's `#### N` answer equals `gold` (False when it has no answer line)."""
+  """Whether a solution's `#### N` answer equals `gold` (False when it has no answer line).
+
+  Args:
+    text: the solution text.
+    gold: the gold answer (text or number).
+  """
   return answers_match(extract_answer(text), gold)
 
 

@@ -69,7 +69,7 @@ class PromptFormat:
       raise ValueError(f"marker must be non-empty and free of the separator: {self.marker!r}")
 
   @classmethod
-  def from_config(cls, config: Mapping[str, Any] | Any | None = None) -> "PromptFormat":
+  def from_config(cls, config: Mapping[str, Any] | Any | None = None) -> PromptFormat:
     """From a dict (or ml_collections ConfigDict) with any of the dataclass field names."""
     if config is None:
       return cls()
@@ -95,6 +95,12 @@ class PromptFormat:
 
   # --- global refiner: (question, draft) -> a whole new solution ----------------------------
   def global_refine_input(self, question: str, draft_steps: Sequence[str]) -> str:
+    """The global refiner's prompt: the question and the whole draft.
+
+    Args:
+      question: the question text.
+      draft_steps: the draft's steps.
+    """
     return self._fill(
       self.global_refine, question=question, draft=join_steps(draft_steps, self.separator)
     )
@@ -104,27 +110,62 @@ class PromptFormat:
 
   # --- local refiner: (question, draft with marker before the first bad step) -> the rest ----
   def mark_draft(self, draft_steps: Sequence[str], bad_index: int) -> str:
-    """The draft with the marker in front of step `bad_index` (0-based): "[BAD] step text"."""
+    """The draft with the marker in front of step `bad_index` (0-based): "[BAD] step text".
+
+    Args:
+      draft_steps: the draft's steps.
+      bad_index: the first wrong step (0-based).
+
+    Raises:
+      IndexError: `bad_index` is not a step of the draft.
+    """
     _check_index(bad_index, len(draft_steps), "draft")
     steps = list(draft_steps)
     steps[bad_index] = f"{self.marker} {steps[bad_index]}"
     return join_steps(steps, self.separator)
 
   def local_refine_input(self, question: str, draft_steps: Sequence[str], bad_index: int) -> str:
+    """The local refiner's prompt: the question and the draft marked at its first bad step.
+
+    Args:
+      question: the question text.
+      draft_steps: the draft's steps.
+      bad_index: the first wrong step (0-based), marked with `self.marker`.
+
+    Raises:
+      IndexError: `bad_index` is not a step of the draft.
+    """
     return self._fill(
       self.local_refine, question=question, draft=self.mark_draft(draft_steps, bad_index)
     )
 
   def local_refine_target(self, corrected_steps: Sequence[str], bad_index: int) -> list[str]:
     """The corrected solution from the marker on: steps `bad_index..` of a correct rollout
-    that shares the draft's first `bad_index` steps (the prefix P_i)."""
+    that shares the draft's first `bad_index` steps (the prefix P_i).
+
+    Args:
+      corrected_steps: the steps of the correct rollout.
+      bad_index: the first wrong step of the draft (0-based).
+
+    Raises:
+      IndexError: `bad_index` is not a step of `corrected_steps`.
+    """
     _check_index(bad_index, len(corrected_steps), "corrected solution")
     return list(corrected_steps[bad_index:])
 
   def apply_local_refinement(
     self, draft_steps: Sequence[str], bad_index: int, output_text: str
   ) -> list[str]:
-    """The full refined solution: the draft's steps before the marker + the refiner output."""
+    """The full refined solution: the draft's steps before the marker + the refiner output.
+
+    Args:
+      draft_steps: the draft's steps.
+      bad_index: the marked step (0-based); the draft's steps from it on are replaced.
+      output_text: the local refiner's generated text (the steps from the marker on).
+
+    Raises:
+      IndexError: `bad_index` is not a step of the draft.
+    """
     _check_index(bad_index, len(draft_steps), "draft")
     return list(draft_steps[:bad_index]) + split_steps(output_text, self.separator)
 

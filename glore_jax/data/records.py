@@ -13,7 +13,7 @@ import logging
 import os
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 
 from etils import epath
@@ -210,8 +210,14 @@ class Solution(JsonRecord):
   @classmethod
   def from_text(
     cls, text: str, *, separator: str = "\n", fallback_last_number: bool = False
-  ) -> "Solution":
-    """Build a Solution from raw model output, splitting steps and extracting the answer."""
+  ) -> Solution:
+    """Build a Solution from raw model output, splitting steps and extracting the answer.
+
+    Args:
+      text: the model's output (no prompt).
+      separator: the step separator.
+      fallback_last_number: without a `####` line, the answer is the last number in the text.
+    """
     return cls(
       text=text,
       steps=tuple(split_steps(text, separator)),
@@ -228,6 +234,10 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
 
   Writes to a temporary file and renames it, so a crash never leaves a half-written file that a
   resumed stage would mistake for finished output.
+
+  Args:
+    path: the output file (local path or etils.epath URI); replaced when it exists.
+    records: the records to write, in order.
   """
   path = os.fspath(path)
   tmp = f"{path}.tmp-{os.getpid()}"
@@ -277,10 +287,24 @@ def _lines(f, path, max_line_bytes: int, on_error: OnError, skipped):
 def iter_jsonl_objects(
   path: str | os.PathLike, *, on_error: OnError = "raise", skipped: list[DataError] | None = None,
   max_line_bytes: int = MAX_LINE_BYTES,
-):
+) -> Iterator[tuple[int, dict[str, Any]]]:
   """Yield (line_number, parsed JSON object) for each non-blank line of a JSONL file (a local
   path or any etils.epath URI such as gs://bucket/gsm8k/train.jsonl); lines longer than
-  `max_line_bytes` or not UTF-8 are errors naming the file and line."""
+  `max_line_bytes` or not UTF-8 are errors naming the file and line.
+
+  Args:
+    path: the JSONL file.
+    on_error: "raise" at the first bad line, or "skip" it.
+    skipped: with "skip", the skipped lines' errors are appended here; None: not kept.
+    max_line_bytes: the longest line accepted, in bytes.
+
+  Yields:
+    (1-based line number, the line's JSON object).
+
+  Raises:
+    DataError: with on_error="raise", a line that is too long, not UTF-8, not JSON, or not a
+      JSON object.
+  """
   _check_on_error(on_error)
   with epath.Path(path).open("rb") as f:
     for lineno, line in _lines(f, path, max_line_bytes, on_error, skipped):
@@ -306,6 +330,14 @@ def read_jsonl(
 
   on_error="raise" raises `DataError` naming file, line and field at the first bad line;
   "skip" drops bad lines, logs a warning with the count and lists them in `result.skipped`.
+
+  Args:
+    path: the JSONL file (local path or etils.epath URI).
+    cls: the record type (its `from_json` parses a line's object) or a parsing callable.
+    on_error: "raise" or "skip" (see above).
+
+  Raises:
+    DataError: with on_error="raise", the first bad line.
   """
   _check_on_error(on_error)
   parse = getattr(cls, "from_json", cls)

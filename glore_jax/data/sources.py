@@ -73,6 +73,15 @@ def gsm8k_problem(
 
   The reference keeps GSM8K's text but, by default, without calculator marks `<<a*b=c>>`, which
   the policy should not learn to emit; the gold answer is stored canonically ("1,080" -> "1080").
+
+  Args:
+    obj: the record, with "question" and "answer" strings.
+    problem_id: the Problem's id.
+    source: the Problem's source name.
+    keep_calculator_marks: keep the `<<a*b=c>>` marks in the reference.
+
+  Raises:
+    FieldError: a field is missing, empty, not a string, or the answer has no `#### N`.
   """
   question = _text_field(obj, "question").strip()
   answer_text = _text_field(obj, "answer")
@@ -102,7 +111,18 @@ def load_gsm8k_jsonl(
   keep_calculator_marks: bool = False,
   source: str = "gsm8k",
 ) -> RecordList:
-  """GSM8K in its official JSONL format; ids are "<source>-<file stem>-<0-based line index>"."""
+  """GSM8K in its official JSONL format; ids are "<source>-<file stem>-<0-based line index>".
+
+  Args:
+    path: the JSONL file (local path or etils.epath URI such as gs://).
+    on_error: "raise" at the first bad line, or "skip" it (counted in `result.skipped`).
+    keep_calculator_marks: keep the `<<a*b=c>>` marks in the references.
+    source: the Problems' source name (and id prefix).
+
+  Raises:
+    DataError: an empty file, or with on_error="raise" the first malformed line or duplicate
+      id (file, line, field).
+  """
   _check_on_error(on_error)
   out = RecordList()
   stem = epath.Path(path).stem
@@ -142,6 +162,17 @@ def problems_from_gsm8k_records(
   """GSM8K-format dicts from any iterable (TFDS, Hugging Face datasets, a list) as Problems.
 
   `origin` names the collection in error messages ("tfds:gsm8k/test, record 12: ...").
+
+  Args:
+    records: the GSM8K-format dicts.
+    origin: the collection's name in error messages.
+    id_prefix: ids are "<id_prefix>-<0-based record index>".
+    source: the Problems' source name.
+    on_error: "raise" at the first bad record, or "skip" it.
+    keep_calculator_marks: keep the `<<a*b=c>>` marks in the references.
+
+  Raises:
+    DataError: with on_error="raise", the first malformed record.
   """
   _check_on_error(on_error)
   out = RecordList()
@@ -175,6 +206,17 @@ def load_tfds_gsm8k(
 
   Prepares the dataset in array_record format, which TFDS reads without TensorFlow; a copy
   prepared earlier in TFRecord format is read through `as_dataset` (TensorFlow required).
+
+  Args:
+    split: the TFDS split, 'train' or 'test'.
+    data_dir: the TFDS data folder; None: TFDS's default.
+    download: download and prepare the dataset when it is not there yet.
+    on_error: "raise" at the first bad record, or "skip" it.
+    builder_name: the TFDS builder.
+
+  Raises:
+    ImportError: tensorflow_datasets is not installed (the `tfds` extra).
+    DataError: with on_error="raise", the first malformed record.
   """
   try:
     import tensorflow_datasets as tfds
@@ -205,6 +247,13 @@ def load_svamp(path: str | os.PathLike, *, on_error: OnError = "raise") -> Recor
 
   The question is Body + Question (a period is added when the body lacks final punctuation);
   the reference is "<Equation> = <answer>\\n#### <answer>" so it grades like a GSM8K solution.
+
+  Args:
+    path: the SVAMP JSON file.
+    on_error: "raise" at the first bad record, or "skip" it.
+
+  Raises:
+    DataError: the file is not a JSON array, or (on_error="raise") a malformed record.
   """
   _check_on_error(on_error)
   try:
@@ -310,12 +359,26 @@ SOURCES: dict[str, Callable[..., RecordList]] = {
 
 
 def register_source(name: str, loader: Callable[..., RecordList]) -> None:
-  """Add a source: `loader(split, **kw)` returning a list of Problems."""
+  """Add a source: `loader(split, **kw)` returning a list of Problems.
+
+  Args:
+    name: the source's name (as in `config.data.source`); replaces an existing one.
+    loader: the loader, called as `loader(split, **kw)`.
+  """
   SOURCES[name] = loader
 
 
 def load_problems(source: str, split: str, **kw: Any) -> RecordList:
-  """Problems of `split` from the named source, e.g. ("synthetic", "train", seed=0, n=5000)."""
+  """Problems of `split` from the named source, e.g. ("synthetic", "train", seed=0, n=5000).
+
+  Args:
+    source: a name in SOURCES.
+    split: 'train' or 'test'.
+    **kw: the loader's options (path, seed, n, on_error, ...).
+
+  Raises:
+    ValueError: `source` is unknown.
+  """
   try:
     loader = SOURCES[source]
   except KeyError:

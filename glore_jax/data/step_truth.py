@@ -60,7 +60,7 @@ class Equation:
       return self.left * self.right == self.result
     return self.right != 0 and self.left % self.right == 0 and self.left // self.right == self.result
 
-  def same_quantities(self, other: "Equation") -> bool:
+  def same_quantities(self, other: Equation) -> bool:
     """Same operator on the same operands (in either order when the operator commutes)."""
     if self.op != other.op:
       return False
@@ -135,6 +135,11 @@ def step_truth(steps: Sequence[str], reference: Sequence[Equation], gold: str) -
   Step i < len(reference) must be an equation with reference[i]'s quantities that holds. Step
   len(reference) must be the `#### N` line with N the gold answer. Any other step (an early or
   late `####`, extra lines, text without an equation) is not ok.
+
+  Args:
+    steps: the solution's steps.
+    reference: the reference solution's equations, in order (`reference_equations`).
+    gold: the gold answer.
   """
   arithmetic, quantities, ok = [], [], []
   n_ref = len(reference)

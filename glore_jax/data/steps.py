@@ -38,6 +38,10 @@ def split_steps(solution_text: str, separator: str = "\n") -> list[str]:
 
   Stripping makes `join_steps(split_steps(t))` canonical, and keeps the separator from merging
   with indentation in byte-level BPE vocabularies (SmolLM2 has a single token for "\\n ").
+
+  Args:
+    solution_text: the solution (no prompt).
+    separator: the step separator.
   """
   if not separator:
     raise ValueError("separator must be a non-empty string")
@@ -45,7 +49,12 @@ def split_steps(solution_text: str, separator: str = "\n") -> list[str]:
 
 
 def join_steps(steps: Sequence[str], separator: str = "\n") -> str:
-  """Join steps into solution text (no trailing separator; EOS ends the last step)."""
+  """Join steps into solution text (no trailing separator; EOS ends the last step).
+
+  Args:
+    steps: the steps, without separators.
+    separator: the step separator.
+  """
   return separator.join(steps)
 
 
@@ -92,6 +101,20 @@ def encode_steps(
 
   Truncation to `max_length` keeps the longest prefix of whole steps whose terminators fit, and
   reports how many trailing steps were dropped; a partial step is never kept.
+
+  Args:
+    tokenizer: a Hugging Face tokenizer (callable, with `eos_token_id`).
+    prompt: the prompt text (its tokens are not trained on).
+    steps: the solution's steps (from `split_steps`).
+    max_length: the longest encoding in tokens; None: no limit.
+    add_eos: end the solution with EOS (the last step's terminator).
+    separator: the step separator.
+
+  Raises:
+    ValueError: no steps, an empty step, a step containing `separator`, or add_eos with
+      a tokenizer without EOS.
+    StepBoundaryError: a step boundary falls inside a token.
+    PromptTooLongError: the prompt alone does not fit in `max_length`.
   """
   steps = list(steps)
   if not steps:
@@ -202,6 +225,12 @@ def step_ends_from_tokens(
   With `include_eos`, the first EOS ends the last, unterminated step (if it has content) and
   everything after it is ignored. Padding tokens are ignored; other special tokens (a "[BAD]"
   marker) count as step text. Indices are positions in `token_ids`.
+
+  Args:
+    tokenizer: the tokenizer that produced `token_ids`.
+    token_ids: the generated tokens (no prompt).
+    separator: the step separator.
+    include_eos: the first EOS ends the last step and the sequence.
   """
   ids = [int(t) for t in token_ids]
   eos = tokenizer.eos_token_id

@@ -99,7 +99,7 @@ class SyntheticConfig:
       raise ValueError(f"distractors must be an integer >= 0, got {self.distractors!r}")
 
   @classmethod
-  def from_dict(cls, overrides: Mapping[str, Any] | None) -> "SyntheticConfig":
+  def from_dict(cls, overrides: Mapping[str, Any] | None) -> SyntheticConfig:
     overrides = dict(overrides or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
@@ -109,13 +109,23 @@ class SyntheticConfig:
 
 
 def problem_signature(first: tuple[int, str, int], ops: list[tuple[str, int]]) -> str:
-  """The computation alone, e.g. "3*12|+15|-7": two problems with it are the same problem."""
+  """The computation alone, e.g. "3*12|+15|-7": two problems with it are the same problem.
+
+  Args:
+    first: the first equation's (a, op, b).
+    ops: the following (op, operand) pairs.
+  """
   a, op, b = first
   return "|".join([f"{a}{op}{b}"] + [f"{o}{v}" for o, v in ops])
 
 
 def split_of(signature: str, test_fraction: float = 0.2) -> str:
-  """'test' or 'train', fixed by a hash of the signature (stable across Python runs)."""
+  """'test' or 'train', fixed by a hash of the signature (stable across Python runs).
+
+  Args:
+    signature: a `problem_signature`.
+    test_fraction: the share of signatures that are test problems.
+  """
   h = int.from_bytes(hashlib.sha256(signature.encode()).digest()[:8], "big")
   return "test" if h < test_fraction * 2.0**64 else "train"
 
@@ -146,7 +156,12 @@ def _operand(rng: random.Random, x: int, op: str, cfg: SyntheticConfig) -> int |
 
 
 def sample_problem(rng: random.Random, cfg: SyntheticConfig) -> tuple[str, str, int, str]:
-  """One random problem: (question, reference solution, answer, signature)."""
+  """One random problem: (question, reference solution, answer, signature).
+
+  Args:
+    rng: the random generator (advanced).
+    cfg: the number ranges and step counts.
+  """
   while True:
     problem = _try_sample(rng, cfg)
     if problem is not None:
@@ -237,6 +252,16 @@ def make_split(
   """`n` distinct problems of `split` ('train' or 'test'), identical for the same seed and config.
 
   Raises if the number ranges are too small to hold `n` distinct signatures in that split.
+
+  Args:
+    seed: the random seed.
+    n: how many problems.
+    split: 'train' or 'test'.
+    config: a SyntheticConfig or a dict of its fields; None: the defaults.
+
+  Raises:
+    ValueError: `split` is neither 'train' nor 'test', or the ranges hold fewer than `n`
+      distinct problems of that split.
   """
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")

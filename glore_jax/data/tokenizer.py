@@ -212,6 +212,10 @@ def add_special_token(tokenizer: PreTrainedTokenizerFast, token: str = "[BAD]") 
 
   Idempotent. Call it only when the config asks for the marker: it grows the vocabulary, and the
   model loader must then grow the embedding (and LM head) to `len(tokenizer)` rows.
+
+  Args:
+    tokenizer: the tokenizer (changed in place).
+    token: the token's text.
   """
   existing = tokenizer.get_vocab().get(token)
   if existing is not None:
