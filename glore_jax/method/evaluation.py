@@ -112,6 +112,15 @@ def rerank(
   """Pick the highest-scoring candidate per question (ties: the earliest one).
 
   `candidates` restricts the choice to some columns, e.g. [0, 1] for {D, G} out of [D, G, L].
+
+  Args:
+    scores: [question][candidate] reward-model scores.
+    correct: [question][candidate] grades, same shape.
+    candidates: the candidate columns to choose among; None: all.
+
+  Raises:
+    ValueError: `scores` and `correct` differ in shape, a question has no candidates, or a
+      score is NaN.
   """
   _check_grid(scores, correct)
   chosen = []
@@ -131,6 +140,16 @@ def gated_rerank(
 
   This is the "refine only when the ORM doubts the draft" row: it saves the refiners' work on
   drafts the ORM already believes, at the risk of keeping confidently wrong ones.
+
+  Args:
+    scores: [question][candidate] ORM scores (probabilities).
+    correct: [question][candidate] grades, same shape.
+    threshold: the draft's score at or above which it is kept.
+    draft_index: the draft's column.
+
+  Raises:
+    ValueError: `scores` and `correct` differ in shape, a question has no candidates, or a
+      score is NaN.
   """
   _check_grid(scores, correct)
   chosen, refined = [], []
@@ -152,7 +171,20 @@ def bootstrap_ci(
   seed: int = 0,
   confidence: float = 0.95,
 ) -> tuple[float, float]:
-  """Percentile bootstrap interval of the accuracy: resample questions with replacement."""
+  """Percentile bootstrap interval of the accuracy: resample questions with replacement.
+
+  Args:
+    correct_per_question: one flag (or fraction) per question.
+    num_resamples: bootstrap resamples.
+    seed: the resampling seed.
+    confidence: the interval's coverage, in (0, 1).
+
+  Returns:
+    (low, high) bounds of the accuracy.
+
+  Raises:
+    ValueError: no questions, num_resamples < 1, or confidence outside (0, 1).
+  """
   x = np.asarray(correct_per_question, dtype=np.float64).reshape(-1)
   if x.size == 0:
     raise ValueError("bootstrap_ci needs at least one question")
@@ -178,6 +210,11 @@ def accuracy_row(
 
   Takes per-question correctness flags (or fractions, e.g. the share of a question's samples
   that are right), or a `Reranked` result (its `correct`).
+
+  Args:
+    correct: per-question flags or fractions, or a `Reranked`.
+    num_resamples: bootstrap resamples for the interval.
+    seed: the resampling seed.
   """
   if isinstance(correct, Reranked):
     correct = correct.correct
@@ -189,7 +226,12 @@ def accuracy_row(
 
 
 def first_step_below(scores: Sequence[float], threshold: float) -> int | None:
-  """Where to refine: the first step whose SORM score is under the threshold (None: all fine)."""
+  """Where to refine: the first step whose SORM score is under the threshold (None: all fine).
+
+  Args:
+    scores: the SORM's probability per step.
+    threshold: the probability under which a step is judged wrong.
+  """
   for i, s in enumerate(scores):
     if s < threshold:
       return i
@@ -201,6 +243,10 @@ def majority_vote(answers: Sequence[Any], correct: Sequence[bool]) -> bool:
 
   `answers` are comparable keys (e.g. normalised numbers); None (no answer) does not vote, and
   a question where no sample answers counts as wrong.
+
+  Args:
+    answers: one answer key per sample (None: no answer).
+    correct: whether each sample's answer is right.
   """
   counts: dict[Any, int] = {}
   first_correct: dict[Any, bool] = {}
@@ -227,6 +273,16 @@ def paired_difference(
 
   Resampling questions (not the two rows independently) keeps the pairing, so the interval is
   that of the difference itself, much tighter than comparing two separate intervals.
+
+  Args:
+    a: per-question correctness of one row.
+    b: per-question correctness of the other row, same questions in the same order.
+    num_resamples: bootstrap resamples.
+    seed: the resampling seed.
+    confidence: the interval's coverage, in (0, 1).
+
+  Raises:
+    ValueError: `a` and `b` are empty or differ in length.
   """
   x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
   if x.shape != y.shape or x.size == 0:
@@ -244,6 +300,11 @@ def within_question_pairs(
   the right one scores higher (ties count 1/2): 0.5 is a verifier that only knows which
   questions are hard. demeaned_auroc: AUROC after subtracting each question's mean score, over
   questions with both right and wrong solutions. pooled_auroc: plain AUROC over everything.
+
+  Args:
+    scores: one verifier score per solution.
+    labels: whether each solution is right.
+    groups: each solution's question key.
   """
   s = np.asarray(scores, np.float64)
   y = np.asarray(labels, bool)
@@ -277,6 +338,10 @@ def localisation(predicted: Sequence[int | None], truth: Sequence[int | None]) -
 
   On solutions with an error (truth not None): accuracy of predicting exactly its first wrong
   step. On flawless ones: accuracy of predicting "no error" (None). f1: their harmonic mean.
+
+  Args:
+    predicted: the predicted first wrong step per solution (None: no error).
+    truth: the true first wrong step per solution (None: flawless).
   """
   wrong = [(p, t) for p, t in zip(predicted, truth) if t is not None]
   right = [p for p, t in zip(predicted, truth) if t is None]
@@ -302,6 +367,14 @@ def choose_where_threshold(
   """The threshold whose "first step below it" best localises `first_bad` (by F1), with that F1.
 
   Ties go to the threshold closest to 0.5 (the paper's default), then the lower one.
+
+  Args:
+    step_scores: [solution][step] SORM probabilities.
+    first_bad: each solution's true first wrong step (None: flawless).
+    grid: the thresholds to try.
+
+  Returns:
+    (best threshold, its F1); (0.5, None) when there is nothing to tune on.
   """
   best: tuple[float, float | None] = (0.5, None)
   best_key = None
@@ -345,6 +418,13 @@ def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarr
   """Exact area under the ROC curve: P(score of a positive > score of a negative), ties 1/2.
 
   Computed from average ranks (Mann-Whitney U). None if only one class is present.
+
+  Args:
+    scores: one score per example (any scale).
+    labels: 0 or 1 per example.
+
+  Raises:
+    ValueError: `scores` and `labels` differ in length, or a label is not 0 or 1.
   """
   s, y = _flat(scores), _flat(labels)
   if s.shape != y.shape:
@@ -373,6 +453,17 @@ def calibration_bins(
   """Per equal-width bin: mean probability, fraction of positives, count (NaN where empty).
 
   Bin b holds b/bins <= p < (b+1)/bins; p = 1 goes to the last bin.
+
+  Args:
+    probs: predicted probabilities in [0, 1].
+    labels: 0 or 1 per prediction.
+    bins: the number of bins (>= 1).
+
+  Returns:
+    (mean probability, fraction positive, count), each of shape [bins].
+
+  Raises:
+    ValueError: bins < 1, lengths differ, a probability outside [0, 1] or a label not 0/1.
   """
   p, y = _flat(probs), _flat(labels)
   _check_binary(p, y, "calibration")
@@ -389,7 +480,16 @@ def calibration_bins(
 def expected_calibration_error(
   probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, bins: int = 10
 ) -> float | None:
-  """ECE = sum over bins of (bin count / N) * |fraction positive - mean probability|."""
+  """ECE = sum over bins of (bin count / N) * |fraction positive - mean probability|.
+
+  Args:
+    probs: predicted probabilities in [0, 1].
+    labels: 0 or 1 per prediction.
+    bins: the number of equal-width bins.
+
+  Returns:
+    The ECE, or None when there are no predictions.
+  """
   conf, acc, count = calibration_bins(probs, labels, bins)
   total = count.sum()
   if total == 0:
@@ -410,6 +510,13 @@ def step_level_metrics(
   step_accuracy: fraction of steps where (prob >= threshold) equals the hard label; auroc and ece
   over the same steps; final_accuracy: the same thresholded accuracy for final-answer
   probabilities against outcomes. Ragged per-solution lists are flattened.
+
+  Args:
+    probs_per_step: [solution][step] predicted probabilities (ragged).
+    labels_per_step: [solution][step] hard rollout labels, same shape.
+    final_probs: one final-answer probability per solution.
+    outcomes: whether each solution is right.
+    threshold: the probability at or above which a prediction counts as positive.
   """
   p, y = _flat(probs_per_step), _flat(labels_per_step)
   fp, fy = _flat(final_probs), _flat(outcomes)
@@ -433,6 +540,11 @@ def reliability_diagram(curves: Mapping[str, tuple[Any, Any]], path: Any, bins: 
 
   Uses the Agg canvas directly (no pyplot state, no display needed); `path` may be any
   `etils.epath` path, gs:// included.
+
+  Args:
+    curves: {model name: (probabilities, labels)}.
+    path: the PNG file to write (str or etils.epath path).
+    bins: the number of equal-width bins.
   """
   from etils import epath
   from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -118,7 +118,16 @@ class FirstErrorSearch:
     return (self._lo + self._hi) // 2
 
   def record(self, index: int, successes: int, rollouts: int) -> None:
-    """The result of evaluating prefix `index`: `successes` of its `rollouts` succeeded."""
+    """The result of evaluating prefix `index`: `successes` of its `rollouts` succeeded.
+
+    Args:
+      index: the prefix evaluated; must be `next_query()`.
+      successes: how many of its rollouts succeeded.
+      rollouts: how many were sampled (>= 1).
+
+    Raises:
+      ValueError: `index` is not the prefix asked for, or the counts are out of range.
+    """
     if index != self.next_query():
       raise ValueError(f"recorded prefix {index}, but the search asked for {self.next_query()}")
     if rollouts < 1 or not 0 <= successes <= rollouts:
@@ -151,6 +160,10 @@ def evaluation_bounds(num_steps: int, outcome: bool) -> tuple[int, int]:
   A correct solution needs none; an incorrect one with n steps has n candidate boundaries, so
   bisection needs floor(log2 n) to ceil(log2 n) evaluations (exactly log2 n when n is a power
   of two).
+
+  Args:
+    num_steps: the solution's step count.
+    outcome: whether the solution is correct.
   """
   if outcome or num_steps <= 1:
     return 0, 0
@@ -161,7 +174,13 @@ def gallop_evaluation_bound(num_steps: int, outcome: bool, boundary: int) -> int
   """The most prefix evaluations the galloping search makes on a solution whose first negative
   prefix is `boundary`: none for a correct solution, else 1 for b = 0 and at most
   2*ceil(log2(b+1)) (probes 0, 1, 3, ..., 2^j-1 up to the first failure, then a bisection of the
-  2^(j-1) candidates left), never more than the n-1 prefixes exhaustive labeling evaluates."""
+  2^(j-1) candidates left), never more than the n-1 prefixes exhaustive labeling evaluates.
+
+  Args:
+    num_steps: the solution's step count.
+    outcome: whether the solution is correct.
+    boundary: the index of the first negative prefix.
+  """
   if outcome or num_steps <= 1:
     return 0
   return min(max(1, 2 * int(math.ceil(math.log2(boundary + 1)))), num_steps - 1)
@@ -224,6 +243,13 @@ def compare_hard_labels(search: Sequence[Sequence[int]],
 
   Returns counts (steps, solutions, disagreeing steps and solutions, steps the search calls
   negative where exhaustive says positive and the reverse) and the step and solution agreement.
+
+  Args:
+    search: [solution][step] hard labels from the search.
+    exhaustive: [solution][step] hard labels from exhaustive labelling, same solutions.
+
+  Raises:
+    ValueError: the two label different solutions or step counts.
   """
   if len(search) != len(exhaustive):
     raise ValueError(f"label the same solutions: {len(search)} vs {len(exhaustive)}")

@@ -41,7 +41,7 @@ class Rollout:
   correct: bool
 
   @classmethod
-  def from_json(cls, obj: Mapping[str, Any]) -> "Rollout":
+  def from_json(cls, obj: Mapping[str, Any]) -> Rollout:
     return cls(text=obj["text"], correct=bool(obj["correct"]))
 
 
@@ -66,7 +66,7 @@ class StepRollouts:
       )
 
   @classmethod
-  def from_json(cls, obj: Mapping[str, Any]) -> "StepRollouts":
+  def from_json(cls, obj: Mapping[str, Any]) -> StepRollouts:
     """Inverse of `dataclasses.asdict`."""
     return cls(
       steps=list(obj["steps"]),
@@ -83,7 +83,7 @@ class StepLabels:
   soft: list[float]
 
   @classmethod
-  def from_json(cls, obj: Mapping[str, Any]) -> "StepLabels":
+  def from_json(cls, obj: Mapping[str, Any]) -> StepLabels:
     return cls(hard=[int(x) for x in obj["hard"]], soft=[float(x) for x in obj["soft"]])
 
 
@@ -139,6 +139,10 @@ def is_consistent(step_text: str, rollout_text: str) -> bool:
 
   Compared as exact values, never as substrings ("36" is not in "360", "36.0" is 36). A step
   without a number constrains nothing, so it is always consistent.
+
+  Args:
+    step_text: the prefix's last step.
+    rollout_text: the rollout's text after the prefix.
   """
   result = intermediate_result(step_text)
   if result is None:
@@ -152,7 +156,13 @@ def is_consistent(step_text: str, rollout_text: str) -> bool:
 
 def prefix_successes(step: str, rollouts: Sequence[Rollout], consistency: bool) -> int:
   """How many rollouts from the prefix ending in `step` succeed: correct, and (with
-  `consistency`) building on the step's result."""
+  `consistency`) building on the step's result.
+
+  Args:
+    step: the prefix's last step.
+    rollouts: the rollouts from that prefix.
+    consistency: count only rollouts that build on the step's result (`is_consistent`).
+  """
   return sum(1 for r in rollouts if r.correct and (not consistency or is_consistent(step, r.text)))
 
 
@@ -164,6 +174,14 @@ def sorm_labels(sol: StepRollouts, *, consistency: bool, propagate_positive: boo
   The last prefix is the full solution: its labels are the outcome. With `propagate_positive`,
   a positive step makes every earlier step positive (a completable prefix has completable
   prefixes); soft values are left as measured.
+
+  Args:
+    sol: the solution and its rollouts per prefix.
+    consistency: a success must build on the step's result (`is_consistent`).
+    propagate_positive: a positive step makes every earlier step positive.
+
+  Raises:
+    ValueError: a prefix other than the last has no rollouts.
   """
   n = len(sol.steps)
   hard: list[int] = []
@@ -196,7 +214,12 @@ def orm_labels(sol: StepRollouts) -> StepLabels:
 
 def hash_rank(seed: int, *parts: object) -> int:
   """A deterministic pseudo-random key from (seed, parts): stable across runs, Python and numpy
-  versions and input order, unlike a shared RNG stream."""
+  versions and input order, unlike a shared RNG stream.
+
+  Args:
+    seed: the seed.
+    *parts: the key's parts (hashed as their str()).
+  """
   data = "\x1f".join(str(p) for p in (seed, *parts)).encode("utf-8")
   return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
@@ -210,6 +233,17 @@ def balance_by_step_index(
   At index j with p positives and n negatives, min(p, n) of each are kept, picked by a hash of
   (seed, key of the solution, j), so the choice does not depend on the order of `labels` when
   `keys` (e.g. solution ids) are given; the default keys are the solution positions.
+
+  Args:
+    labels: [solution][step] hard labels (0 or 1).
+    seed: the seed of the choice.
+    keys: one key per solution; None: the solution positions.
+
+  Returns:
+    [solution][step] True where the label is kept.
+
+  Raises:
+    ValueError: `keys` has the wrong length, or a label is not 0 or 1.
   """
   if keys is None:
     keys = range(len(labels))
@@ -246,6 +280,14 @@ def label_statistics(
   how often a hard label agrees with the ORM label (the solution's outcome) overall, on correct
   and on incorrect solutions (SORM and ORM differ exactly on the disagreements); and, given a
   balancing `keep` mask, the kept counts per index.
+
+  Args:
+    labels: the step labels of each solution.
+    outcomes: whether each solution is right.
+    keep: the balancing mask from `balance_by_step_index`; None: no kept counts.
+
+  Raises:
+    ValueError: `labels` and `outcomes` differ in length.
   """
   if len(labels) != len(outcomes):
     raise ValueError(f"one outcome per solution: {len(labels)} labels, {len(outcomes)} outcomes")

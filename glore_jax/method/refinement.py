@@ -107,6 +107,15 @@ def global_pairs(
   right drafts too; right -> right pairs teach it to keep what is already right.
   counts: pairs, correct_draft_pairs, questions_with_pairs, questions_without_correct,
   questions_without_incorrect.
+
+  Args:
+    problems_solutions: {problem id: its sampled solutions}.
+    seed: the seed of the orders and choices.
+    max_pairs_per_question: at most this many wrong -> right pairs per question; None: all.
+    correct_draft_pairs: right -> right pairs per question (0: none, as in the paper).
+
+  Raises:
+    ValueError: a negative `max_pairs_per_question` or `correct_draft_pairs`.
   """
   if max_pairs_per_question is not None and max_pairs_per_question < 0:
     raise ValueError(f"max_pairs_per_question must be >= 0 or None, got {max_pairs_per_question}")
@@ -166,6 +175,16 @@ def local_triples(
   example gets bad_index = 0 and a seeded correct solution of the same question as target.
   counts: triples, from_rollout, from_empty_prefix, and the skips no_correct_rollout,
   no_correct_solution, empty_prefix_disabled, duplicate_drafts.
+
+  Args:
+    problems: {problem id: (solution with rollouts, its step labels) per solution}.
+    consistency: a target rollout must build on the prefix's result (`is_consistent`).
+    seed: the seed of the choices.
+    from_empty_prefix: make bad_index = 0 examples when step 0 is already negative.
+    separator: the step separator of the rollouts' text.
+
+  Raises:
+    ValueError: a solution's labels and steps differ in count.
   """
   triples: list[LocalTriple] = []
   counts = collections.Counter(
