@@ -25,7 +25,13 @@ import importlib.util
 import math
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+  import jax
+
+  from glore_jax.model.config import LlamaConfig
 
 GiB = 1024 ** 3
 
@@ -121,14 +127,26 @@ def devices(name: str) -> tuple:
   return tuple(topo.devices)
 
 
-def mesh(name: str, data: int = 1, fsdp: int = -1, tensor: int = 1):
-  """The ('data', 'fsdp', 'tensor') mesh over slice `name`'s devices (default: fsdp over all)."""
+def mesh(name: str, data: int = 1, fsdp: int = -1, tensor: int = 1) -> jax.sharding.Mesh:
+  """The ('data', 'fsdp', 'tensor') mesh over slice `name`'s devices (default: fsdp over all).
+
+  Args:
+    name: a slice name, e.g. 'v5e-8' (see SLICES).
+    data: the 'data' axis size.
+    fsdp: the 'fsdp' axis size; -1: what the other axes leave.
+    tensor: the 'tensor' axis size.
+  """
   from glore_jax.model.sharding import make_mesh
   return make_mesh(data, fsdp, tensor, devices=list(devices(name)))
 
 
-def host_mesh(name: str, global_mesh):
-  """The mesh one host's sampling stages run on (`distributed.local_mesh`): host 0's devices."""
+def host_mesh(name: str, global_mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+  """The mesh one host's sampling stages run on (`distributed.local_mesh`): host 0's devices.
+
+  Args:
+    name: the slice's name.
+    global_mesh: the slice's mesh (`mesh(name, ...)`); its axes give the local mesh's.
+  """
   from glore_jax.distributed import local_mesh
   host0 = [d for d in devices(name) if d.process_index == 0]
   return local_mesh(global_mesh, devices=host0)
@@ -165,8 +183,13 @@ class Program:
     return max(self.flops / chip.peak_bf16_flops, self.bytes_accessed / chip.hbm_bytes_per_s)
 
 
-def compile_lowered(name: str, lower) -> Program:
-  """Compiles `lower()` (a jax.stages.Lowered) and reads its memory and cost analyses."""
+def compile_lowered(name: str, lower: Callable[[], jax.stages.Lowered]) -> Program:
+  """Compiles `lower()` (a jax.stages.Lowered) and reads its memory and cost analyses.
+
+  Args:
+    name: the program's name in the result.
+    lower: returns the lowered program (called once, timed with the compile).
+  """
   start = time.perf_counter()
   compiled = lower().compile()
   seconds = time.perf_counter() - start
@@ -182,7 +205,7 @@ def compile_lowered(name: str, lower) -> Program:
                  bytes_accessed=float(cost.get("bytes accessed", 0.0)), compile_s=seconds)
 
 
-def for_tpu(cfg):
+def for_tpu(cfg: LlamaConfig) -> LlamaConfig:
   """`cfg` built for TPU (its programs as they run there), unless it names a platform."""
   return cfg if cfg.platform else cfg.replace(platform="tpu")
 
@@ -200,11 +223,22 @@ def _with_shardings(abstract_tree, shardings):
                       abstract_tree, shardings)
 
 
-def train_args(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1, loss: str = "lm",
-               steps_per_row: int = 16):
+def train_args(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int,
+               grad_accum: int = 1, loss: str = "lm", steps_per_row: int = 16
+               ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
   """(jitted step, its abstract arguments) exactly as `trainer.train` builds them: fp32 (or
   `cfg.param_dtype`) parameters and AdamW moments sharded by the model's table, the batch
-  [A, B/A, T] over (data, fsdp), the state donated."""
+  [A, B/A, T] over (data, fsdp), the state donated.
+
+  Args:
+    cfg: the model's config (built for TPU unless it names a platform: `for_tpu`).
+    mesh: the ('data', 'fsdp', 'tensor') mesh to compile for (`aot.mesh`).
+    batch: the global batch, in rows.
+    seq: tokens per row.
+    grad_accum: micro-batches per step (A).
+    loss: 'lm' or 'value' (needs `cfg.value_head`).
+    steps_per_row: the most step targets per row of a value batch.
+  """
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -244,9 +278,18 @@ def train_args(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1, loss: st
   return fn, (state, frozen, data)
 
 
-def compile_train(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1,
-                  loss: str = "lm") -> Program:
-  """The trainer's step for a global batch of `batch` rows of `seq` tokens."""
+def compile_train(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int,
+                  grad_accum: int = 1, loss: str = "lm") -> Program:
+  """The trainer's step for a global batch of `batch` rows of `seq` tokens.
+
+  Args:
+    cfg: the model's config (built for TPU unless it names a platform: `for_tpu`).
+    mesh: the ('data', 'fsdp', 'tensor') mesh to compile for (`aot.mesh`).
+    batch: the global batch, in rows.
+    seq: tokens per row.
+    grad_accum: micro-batches per step.
+    loss: 'lm' or 'value'.
+  """
   import jax
   fn, args = train_args(cfg, mesh, batch=batch, seq=seq, grad_accum=grad_accum, loss=loss)
 
@@ -300,9 +343,17 @@ def _keys(mesh, rows: int):
   return _rows(mesh, shape, one.dtype, P(BATCH, *(None,) * (len(shape) - 1)))
 
 
-def compile_prefill(cfg, mesh, *, batch: int, seq: int) -> Program:
+def compile_prefill(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int
+                    ) -> Program:
   """`sampling.prefill_program`: `batch` left-padded prompts of `seq` tokens into a fresh
-  cache (the sharded path: no token packing)."""
+  cache (the sharded path: no token packing).
+
+  Args:
+    cfg: the model's config (built for TPU unless it names a platform: `for_tpu`).
+    mesh: the ('data', 'fsdp', 'tensor') mesh to compile for (`aot.mesh`).
+    batch: prompts per call.
+    seq: the padded prompt length, in tokens.
+  """
   import jax
   import jax.numpy as jnp
   from glore_jax import sampling
@@ -317,12 +368,22 @@ def compile_prefill(cfg, mesh, *, batch: int, seq: int) -> Program:
   return compile_lowered("prefill", lower)
 
 
-def compile_fanout(cfg, mesh, *, sequences: int, seq: int, rows: int, max_new_tokens: int,
-                   temperature: float = 1.0) -> Program:
+def compile_fanout(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, sequences: int, seq: int,
+                   rows: int, max_new_tokens: int, temperature: float = 1.0) -> Program:
   """`sampling.start_program`: `rows` decode rows gathered from `sequences` prefilled
   sequences of `seq` slots (each row its own prefix length), caches widened to
   seq + max_new_tokens, first tokens sampled: the label stage's K rollouts from every step
-  prefix start here."""
+  prefix start here.
+
+  Args:
+    cfg: the model's config (built for TPU unless it names a platform: `for_tpu`).
+    mesh: the ('data', 'fsdp', 'tensor') mesh to compile for (`aot.mesh`).
+    sequences: prefilled sequences gathered from.
+    seq: their cache slots.
+    rows: decode rows made.
+    max_new_tokens: the slots each row's cache gains.
+    temperature: the sampling temperature (0: greedy, a different program).
+  """
   import jax
   import jax.numpy as jnp
   from glore_jax import sampling
@@ -343,10 +404,19 @@ def compile_fanout(cfg, mesh, *, sequences: int, seq: int, rows: int, max_new_to
   return compile_lowered("fanout", lower)
 
 
-def compile_decode(cfg, mesh, *, rows: int, cache: int, max_new_tokens: int,
-                   temperature: float = 1.0) -> Program:
+def compile_decode(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, rows: int, cache: int,
+                   max_new_tokens: int, temperature: float = 1.0) -> Program:
   """`sampling.decode_program`: the while loop of one-token steps over a donated cache of
-  `cache` slots for `rows` rows (cost analysis: one step, the loop body counted once)."""
+  `cache` slots for `rows` rows (cost analysis: one step, the loop body counted once).
+
+  Args:
+    cfg: the model's config (built for TPU unless it names a platform: `for_tpu`).
+    mesh: the ('data', 'fsdp', 'tensor') mesh to compile for (`aot.mesh`).
+    rows: decode rows.
+    cache: KV-cache slots per row.
+    max_new_tokens: the loop's step bound.
+    temperature: the sampling temperature (0: greedy, a different program).
+  """
   import jax
   import jax.numpy as jnp
   from glore_jax import sampling

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etils import epath
 
@@ -29,6 +29,9 @@ from glore_jax.data.prompts import PromptFormat
 from glore_jax.data.steps import join_steps
 from glore_jax.provenance import RUN_CONFIG
 from glore_jax.workdir import read_all, read_json, stage_done
+
+if TYPE_CHECKING:
+  import ml_collections
 
 FORMATS = ("jsonl", "parquet")
 
@@ -69,7 +72,14 @@ def stepwise_rows(records: Iterable[dict], questions: dict[str, str], fmt: Promp
 def chat_rows(records: Iterable[dict], questions: dict[str, str], fmt: PromptFormat, *,
               kind: str) -> list[dict[str, Any]]:
   """Chat SFT rows (`messages`) from refine_data records of `kind` ('global' or 'local'): the
-  same input and target text the refiners are trained on (train_refiner.py)."""
+  same input and target text the refiners are trained on (train_refiner.py).
+
+  Args:
+    records: refine_data records.
+    questions: {problem id: question text}.
+    fmt: the run's prompt format.
+    kind: 'global' or 'local'; records of the other kind are skipped.
+  """
   rows = []
   for r in records:
     if r["kind"] != kind:
@@ -88,7 +98,16 @@ def chat_rows(records: Iterable[dict], questions: dict[str, str], fmt: PromptFor
 
 
 def write_rows(rows: list[dict], path: epath.Path, file_format: str) -> epath.Path:
-  """Writes rows as JSON lines or (with pyarrow) a parquet file; the path written."""
+  """Writes rows as JSON lines or (with pyarrow) a parquet file; the path written.
+
+  Args:
+    rows: JSON-ready rows.
+    path: the output file; its suffix becomes .jsonl or .parquet.
+    file_format: 'jsonl' or 'parquet'.
+
+  Raises:
+    SystemExit: 'parquet' without pyarrow installed.
+  """
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   if file_format == "jsonl":
@@ -105,7 +124,7 @@ def write_rows(rows: list[dict], path: epath.Path, file_format: str) -> epath.Pa
   return path
 
 
-def run_config(workdir: epath.Path):
+def run_config(workdir: epath.Path) -> ml_collections.ConfigDict:
   """The config a work directory was run with, from its resolved_config.json."""
   import ml_collections
   path = workdir / RUN_CONFIG
@@ -114,7 +133,8 @@ def run_config(workdir: epath.Path):
   return ml_collections.ConfigDict(read_json(path)["config"])
 
 
-def export(workdir: str | os.PathLike, out: str | os.PathLike | None = None, *, config=None,
+def export(workdir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+           config: ml_collections.ConfigDict | None = None,
            file_format: str = "jsonl") -> dict[str, epath.Path]:
   """Exports what `workdir` has (labels, samples, refinement data); {name: path written}.
 

@@ -18,7 +18,10 @@ import dataclasses
 import fnmatch
 import hashlib
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+  import ml_collections
 
 # Pipeline order; every stage's inputs come before it.
 STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data", "train_global",
@@ -62,7 +65,12 @@ SPECS: dict[str, StageSpec] = {
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-  """{dotted key: leaf} of a ConfigDict / dict (lists stay leaves)."""
+  """{dotted key: leaf} of a ConfigDict / dict (lists stay leaves).
+
+  Args:
+    node: a ConfigDict, dict or leaf.
+    prefix: prepended to every key (e.g. "data.").
+  """
   if hasattr(node, "to_dict"):
     node = node.to_dict()
   if isinstance(node, Mapping):
@@ -86,8 +94,13 @@ def _free(key: str, patterns) -> bool:
   return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
-def own_keys(config, stage: str) -> dict[str, Any]:
-  """The config keys `stage` itself reads, flat, minus the resume-free ones."""
+def own_keys(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
+  """The config keys `stage` itself reads, flat, minus the resume-free ones.
+
+  Args:
+    config: the run config.
+    stage: a stage name (a key of SPECS).
+  """
   spec = SPECS[stage]
   out: dict[str, Any] = {}
   for name in SHARED + spec.reads:
@@ -97,8 +110,13 @@ def own_keys(config, stage: str) -> dict[str, Any]:
   return out
 
 
-def inputs(stage: str, config=None) -> tuple[str, ...]:
-  """The stages whose outputs `stage` reads under `config` (None: every one it may read)."""
+def inputs(stage: str, config: ml_collections.ConfigDict | None = None) -> tuple[str, ...]:
+  """The stages whose outputs `stage` reads under `config` (None: every one it may read).
+
+  Args:
+    stage: a stage name.
+    config: the run config (optional inputs count only when enabled); None: all of them.
+  """
   spec = SPECS[stage]
   optional = tuple(s for s, key in spec.optional_inputs
                    if config is None or bool(_get_or(config, key, False)))
@@ -112,8 +130,13 @@ def _get_or(config, dotted: str, default: Any) -> Any:
     return default
 
 
-def closure(stage: str, config=None) -> list[str]:
-  """`stage` and every stage it depends on (under `config`), in pipeline order."""
+def closure(stage: str, config: ml_collections.ConfigDict | None = None) -> list[str]:
+  """`stage` and every stage it depends on (under `config`), in pipeline order.
+
+  Args:
+    stage: a stage name.
+    config: the run config; None: with every optional input.
+  """
   seen = {stage}
   todo = [stage]
   while todo:
@@ -129,9 +152,14 @@ def downstream(stage: str) -> list[str]:
   return [s for s in STAGES if stage in closure(s)]
 
 
-def record(config, stage: str) -> dict[str, Any]:
+def record(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
   """What determines `stage`'s output: its keys and its inputs' keys, and its inputs'
-  fingerprints. JSON-ready; stored in the output's manifest."""
+  fingerprints. JSON-ready; stored in the output's manifest.
+
+  Args:
+    config: the run config.
+    stage: a stage name.
+  """
   keys: dict[str, Any] = {}
   for s in closure(stage, config):
     keys.update(own_keys(config, s))
@@ -139,14 +167,24 @@ def record(config, stage: str) -> dict[str, Any]:
   return {"stage": stage, "keys": dict(sorted(keys.items())), "inputs": fingerprints}
 
 
-def fingerprint(config, stage: str) -> str:
-  """sha256 of `record(config, stage)` (the same function as `workdir.fingerprint`)."""
+def fingerprint(config: ml_collections.ConfigDict, stage: str) -> str:
+  """sha256 of `record(config, stage)` (the same function as `workdir.fingerprint`).
+
+  Args:
+    config: the run config.
+    stage: a stage name.
+  """
   from glore_jax.workdir import fingerprint as of_record
   return of_record(record(config, stage))
 
 
 def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
-  """'key: old -> new' for every key whose value differs between two records."""
+  """'key: old -> new' for every key whose value differs between two records.
+
+  Args:
+    old: the stored record's keys; None: nothing stored.
+    new: the current record's keys.
+  """
   old_keys = dict((old or {}).get("keys") or {})
   new_keys = dict(new.get("keys") or {})
   out = []
@@ -162,7 +200,7 @@ def _short(value: Any) -> str:
   return text if len(text) <= 60 else text[:57] + "..."
 
 
-def recompute_list(config) -> list[str]:
+def recompute_list(config: ml_collections.ConfigDict) -> list[str]:
   """The stages named in `config.recompute` ('' or a comma-separated list)."""
   value = config.get("recompute", "") if hasattr(config, "get") else ""
   if isinstance(value, str):

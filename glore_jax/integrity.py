@@ -38,7 +38,15 @@ def _tensor_count(path: Path) -> int | None:
 
 def write_model_manifest(folder: str | os.PathLike, **extra: Any) -> dict:
   """Writes `glore_manifest.json` into a finished model folder: every file's size and sha256,
-  and the tensor count of each safetensors file. `extra` (e.g. the fingerprint) is stored too."""
+  and the tensor count of each safetensors file. `extra` (e.g. the fingerprint) is stored too.
+
+  Args:
+    folder: the finished model folder.
+    **extra: JSON-ready fields stored in the manifest too.
+
+  Returns:
+    The manifest written.
+  """
   folder = Path(folder)
   files = {}
   for path in sorted(folder.rglob("*")):
@@ -55,7 +63,15 @@ def write_model_manifest(folder: str | os.PathLike, **extra: Any) -> dict:
 
 def verify_model_folder(folder: str | os.PathLike, *, stage: str | None = None) -> None:
   """Checks every file of a model folder against its manifest (size, then sha256); raises
-  CorruptOutputError naming the first file that differs. Verified once per process."""
+  CorruptOutputError naming the first file that differs. Verified once per process.
+
+  Args:
+    folder: the model folder.
+    stage: the stage that wrote it (named in the error's fix); None: not named.
+
+  Raises:
+    CorruptOutputError: the manifest is missing or unreadable, or a file differs from it.
+  """
   folder = Path(folder)
   manifest_path = folder / MODEL_MANIFEST
   fix = (f"rerun with --config.recompute={stage} to train it again" if stage
@@ -86,7 +102,15 @@ def verify_model_folder(folder: str | os.PathLike, *, stage: str | None = None) 
 
 
 def check_finite(array: np.ndarray, what: str) -> None:
-  """Raises CorruptOutputError when a float array holds NaN or Inf (`what` names it)."""
+  """Raises CorruptOutputError when a float array holds NaN or Inf (`what` names it).
+
+  Args:
+    array: the array to check (non-float arrays pass).
+    what: its name in the error.
+
+  Raises:
+    CorruptOutputError: the array holds NaN or Inf.
+  """
   if array.dtype.kind not in "fc" and "float" not in str(array.dtype):
     return
   finite = np.isfinite(array)
@@ -126,7 +150,16 @@ def _bit_sums(leaves):
 
 def verify_checkpoint(tree: Any, saved: list[int] | None, where: str) -> None:
   """Compares a restored train state with the checksums saved beside it and checks its floats
-  are finite; raises CorruptOutputError naming the checkpoint and the first bad leaf."""
+  are finite; raises CorruptOutputError naming the checkpoint and the first bad leaf.
+
+  Args:
+    tree: the restored train state.
+    saved: the per-leaf checksums saved with it (`tree_checksums`); None: finiteness only.
+    where: the checkpoint's folder, named in the error.
+
+  Raises:
+    CorruptOutputError: a leaf's checksum differs or a float leaf holds NaN or Inf.
+  """
   import jax
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   fix = (f"delete {where} to resume from the checkpoint before it (or delete the whole "

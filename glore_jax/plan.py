@@ -49,8 +49,15 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+  import jax
+  import ml_collections
+
+  from glore_jax.aot import Chip, Program
+  from glore_jax.model.config import LlamaConfig
 
 GiB = 1024 ** 3
 
@@ -87,7 +94,16 @@ class Memory:
     return out
 
   @staticmethod
-  def from_compiled(compiled, compile_s: float = 0.0) -> Memory:
+  def from_compiled(compiled: jax.stages.Compiled, compile_s: float = 0.0) -> Memory:
+    """The compiler's memory analysis of `compiled`.
+
+    Args:
+      compiled: a compiled program.
+      compile_s: the seconds its compile took (kept in the result).
+
+    Raises:
+      RuntimeError: the backend gives no memory analysis.
+    """
     ma = compiled.memory_analysis()
     if ma is None:
       raise RuntimeError("this backend gives no memory analysis for compiled programs")
@@ -97,6 +113,15 @@ class Memory:
 
   @staticmethod
   def combine(a: Memory, b: Memory, fa: float, fb: float, note: str) -> Memory:
+    """The field-wise weighted sum fa * a + fb * b (a linear extrapolation in depth).
+
+    Args:
+      a: the first measurement.
+      b: the second measurement.
+      fa: the weight of `a`.
+      fb: the weight of `b`.
+      note: how the result was made, kept in `extrapolated`.
+    """
     f = lambda name: fa * getattr(a, name) + fb * getattr(b, name)
     return Memory(argument=f("argument"), output=f("output"), alias=f("alias"), temp=f("temp"),
                   code=f("code"), compile_s=a.compile_s + b.compile_s, extrapolated=note)
@@ -106,7 +131,18 @@ class Memory:
 
 
 def model_config(name: str, *, layers: int | None = None, dtype: str = "bfloat16",
-                 param_dtype: str = "float32", remat: bool = True, value_head: bool = False):
+                 param_dtype: str = "float32", remat: bool = True,
+                 value_head: bool = False) -> LlamaConfig:
+  """A preset's config as its TPU program runs (unfused projections).
+
+  Args:
+    name: a preset name, e.g. 'llama2-7b'.
+    layers: the depth to build; None: the preset's.
+    dtype: the compute dtype.
+    param_dtype: the stored parameters' dtype.
+    remat: rematerialise each block in the backward pass.
+    value_head: add the reward models' value head.
+  """
   from glore_jax.model.config import preset
   # the TPU program: separate q/k/v and gate/up matmuls (the fused ones are an XLA:CPU speed-up)
   cfg = preset(name, dtype=dtype, param_dtype=param_dtype, remat=remat, value_head=value_head,
@@ -149,10 +185,19 @@ def _with_shardings(abstract_tree, shardings):
 # ---- the two programs ---------------------------------------------------------------------
 
 
-def train_memory(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1,
-                 loss: str = "lm") -> Memory:
+def train_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int,
+                 grad_accum: int = 1, loss: str = "lm") -> Memory:
   """Compiles the trainer's step (AdamW, clipping, fp32 master weights, `cfg.dtype` compute,
-  `cfg.remat`) for a global batch of `batch` rows of `seq` tokens."""
+  `cfg.remat`) for a global batch of `batch` rows of `seq` tokens.
+
+  Args:
+    cfg: the model's config.
+    mesh: the mesh to compile for.
+    batch: the global batch, in rows.
+    seq: tokens per row.
+    grad_accum: micro-batches per step.
+    loss: 'lm' or 'value'.
+  """
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -201,10 +246,19 @@ def train_memory(cfg, mesh, *, batch: int, seq: int, grad_accum: int = 1,
   return Memory.from_compiled(compiled, time.perf_counter() - start)
 
 
-def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 256) -> Memory:
+def decode_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, cache: int,
+                  max_new_tokens: int = 256) -> Memory:
   """Compiles the sampler's decode loop (`sampling.decode_program`: a while_loop of one-token
   steps over a donated KV cache of `cache` slots) for `batch` rows, weights stored as
-  `param_dtype`."""
+  `param_dtype`.
+
+  Args:
+    cfg: the model's config.
+    mesh: the mesh to compile for.
+    batch: decode rows.
+    cache: KV-cache slots per row.
+    max_new_tokens: the loop's step bound.
+  """
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -246,8 +300,19 @@ def decode_memory(cfg, mesh, *, batch: int, cache: int, max_new_tokens: int = 25
   return Memory.from_compiled(compiled, time.perf_counter() - start)
 
 
-def scaled(measure, name: str, num_layers: int, layers: Sequence[int] | None) -> Memory:
-  """`measure(layers)` at the full depth, or at two depths extrapolated linearly to it."""
+def scaled(measure: Callable[[int], Memory], name: str, num_layers: int,
+           layers: Sequence[int] | None) -> Memory:
+  """`measure(layers)` at the full depth, or at two depths extrapolated linearly to it.
+
+  Args:
+    measure: compiles the program at a depth and returns its memory.
+    name: the program's name in the extrapolation note.
+    num_layers: the model's full depth.
+    layers: two depths to compile at; None or empty: the full depth.
+
+  Raises:
+    ValueError: the two depths are equal or deeper than the model.
+  """
   if not layers:
     return measure(num_layers)
   l1, l2 = sorted(layers)[:2]
@@ -306,6 +371,14 @@ class Fit:
 
   def predict(self, shards: int, rows_per_device: float, tensor: int = 1, *,
               remat_realized: bool = False) -> float:
+    """Bytes per device for `rows_per_device` rows with parameters in `shards` x `tensor` shards.
+
+    Args:
+      shards: the FSDP shard count.
+      rows_per_device: batch rows per device.
+      tensor: the tensor-parallel shard count.
+      remat_realized: use `per_row_remat` (when measured) for the activations.
+    """
     per_row = self.per_row_remat if remat_realized and self.per_row_remat else self.per_row
     return (self.state / (shards * tensor) + self.fixed / tensor
             + max(self.param_phase / (shards * tensor),
@@ -329,7 +402,7 @@ def _param_bytes(cfg, dtype=None) -> dict[str, float]:
           "itemsize": float(itemsize)}
 
 
-def gathered_bytes(cfg) -> float:
+def gathered_bytes(cfg: LlamaConfig) -> float:
   """FSDP working set: 2 layers + embedding + LM head all-gathered in the compute dtype, plus
   one layer's (or the embedding's) f32 gradient before its reduce-scatter."""
   p = _param_bytes(cfg)
@@ -337,10 +410,18 @@ def gathered_bytes(cfg) -> float:
   return weights + max(p["layer"], p["embedding"]) * 4
 
 
-def activation_memory(cfg, mesh, *, batch: int, seq: int) -> Memory:
+def activation_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int
+                      ) -> Memory:
   """The training loss's forward and backward with only the embedding trainable: the backward
   still runs through every layer (activation gradients), but no other parameter gradient
-  exists, so differences between batch sizes are the activations' cost per row."""
+  exists, so differences between batch sizes are the activations' cost per row.
+
+  Args:
+    cfg: the model's config.
+    mesh: the mesh to compile for.
+    batch: rows.
+    seq: tokens per row.
+  """
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -366,11 +447,22 @@ def activation_memory(cfg, mesh, *, batch: int, seq: int) -> Memory:
 ACT_ROWS = (8, 16)
 
 
-def fit_train(name: str, *, seq: int, layers: Sequence[int] | None = None, dtype="bfloat16",
-              param_dtype="float32", remat=True, grad_accum: int = 1) -> Fit:
+def fit_train(name: str, *, seq: int, layers: Sequence[int] | None = None,
+              dtype: str = "bfloat16", param_dtype: str = "float32", remat: bool = True,
+              grad_accum: int = 1) -> Fit:
   """The training-step memory model from one-device compiles: the full step at 1 row (state and
   the optimizer phase) and the activation program at 8 and 16 rows (activations per row); with
-  `layers`, each at two depths extrapolated linearly."""
+  `layers`, each at two depths extrapolated linearly.
+
+  Args:
+    name: a preset name.
+    seq: tokens per row.
+    layers: two depths to compile at and extrapolate from; None: the full depth.
+    dtype: the compute dtype.
+    param_dtype: the stored parameters' dtype.
+    remat: rematerialise each block in the backward pass.
+    grad_accum: micro-batches per step.
+  """
   full = model_config(name, dtype=dtype, param_dtype=param_dtype, remat=remat)
   mesh = _one_device_mesh()
   cfg_at = lambda l: model_config(name, layers=l, dtype=dtype, param_dtype=param_dtype,
@@ -409,10 +501,20 @@ def fit_train(name: str, *, seq: int, layers: Sequence[int] | None = None, dtype
                     "compile_s": step.compile_s + sum(a.compile_s for a in act)})
 
 
-def fit_decode(name: str, *, cache: int, max_new_tokens: int, layers: Sequence[int] | None = None,
-               dtype="bfloat16", param_dtype="bfloat16") -> Fit:
+def fit_decode(name: str, *, cache: int, max_new_tokens: int,
+               layers: Sequence[int] | None = None, dtype: str = "bfloat16",
+               param_dtype: str = "bfloat16") -> Fit:
   """The decode-loop memory model: weights / shards + (KV cache, carry, temp) per row, from two
-  one-device compiles (rows 8 and 16)."""
+  one-device compiles (rows 8 and 16).
+
+  Args:
+    name: a preset name.
+    cache: KV-cache slots per row.
+    max_new_tokens: the loop's step bound.
+    layers: two depths to compile at and extrapolate from; None: the full depth.
+    dtype: the compute dtype.
+    param_dtype: the stored weights' dtype.
+  """
   full = model_config(name, dtype=dtype, param_dtype=param_dtype, remat=False)
   mesh = _one_device_mesh()
 
@@ -438,7 +540,19 @@ def recommend(fit: Fit, *, hbm: float, devices: int, max_rows_per_device: int = 
               tensor_options: Sequence[int] = (1, 2, 4, 8)) -> dict[str, Any] | None:
   """Largest power-of-two rows per device that fit in HEADROOM of HBM with fsdp over the slice;
   tensor parallelism (which this estimate treats conservatively: activations not split) only
-  when one row per device does not fit."""
+  when one row per device does not fit.
+
+  Args:
+    fit: the memory model.
+    hbm: bytes of HBM per device.
+    devices: the slice's devices.
+    max_rows_per_device: the most rows per device tried.
+    tensor_options: tensor-parallel sizes tried, in order.
+
+  Returns:
+    {'mesh', 'global_batch', 'rows_per_device', 'bytes_per_device', 'hbm'}, or None when
+    nothing fits.
+  """
   for tensor in tensor_options:
     if devices % tensor:
       continue
@@ -470,9 +584,24 @@ def _pow2(n: int) -> int:
   return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-def tpu_program(kind: str, cfg, mesh, *, layers: Sequence[int] | None = None, **shape):
+def tpu_program(kind: str, cfg: LlamaConfig, mesh: jax.sharding.Mesh, *,
+                layers: Sequence[int] | None = None, **shape: int) -> tuple[Program, str]:
   """`aot.compile_<kind>` at the model's full depth, or at two depths extrapolated linearly
-  (every field, flops and bytes included) when `layers` is given."""
+  (every field, flops and bytes included) when `layers` is given.
+
+  Args:
+    kind: 'train_lm', 'train_value', 'prefill', 'fanout' or 'decode'.
+    cfg: the model's config.
+    mesh: the mesh to compile for.
+    layers: two depths to compile at and extrapolate from; None: the full depth.
+    **shape: the compile function's shape arguments (batch, seq, rows, ...).
+
+  Returns:
+    (the program, a note on the extrapolation or '').
+
+  Raises:
+    ValueError: the two depths are equal or deeper than the model.
+  """
   from glore_jax import aot
   compile_fn = {"train_lm": functools.partial(aot.compile_train, loss="lm"),
                 "train_value": functools.partial(aot.compile_train, loss="value"),
@@ -509,15 +638,20 @@ class StagePlan:
     return self.result["peak"] <= HEADROOM * self.hbm
 
 
-def load_config(path: str):
+def load_config(path: str) -> ml_collections.ConfigDict:
   """A config file's `get_config()`, found as `python -m glore_jax.main --config` finds it."""
   from glore_jax.config_files import load_config_file
   return load_config_file(path)
 
 
-def config_model(config, model: str = ""):
+def config_model(config: ml_collections.ConfigDict, model: str = "") -> LlamaConfig:
   """The policy architecture of a config: `model` (a preset) if given, else the checkpoint's
-  config.json when it exists, else `config.model.preset`; dtypes and remat from the config."""
+  config.json when it exists, else `config.model.preset`; dtypes and remat from the config.
+
+  Args:
+    config: the run config.
+    model: a preset name that overrides the config's model; '': the config's.
+  """
   from glore_jax.model.config import LlamaConfig, preset
   m = config.model
   settings = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
@@ -533,10 +667,16 @@ def config_model(config, model: str = ""):
   return preset(m.preset, **settings)
 
 
-def stage_shapes(config, *, prompt_tokens: int) -> list[tuple[str, str, bool, dict, int]]:
+def stage_shapes(config: ml_collections.ConfigDict, *, prompt_tokens: int
+                 ) -> list[tuple[str, str, bool, dict, int]]:
   """(stage, program, runs on one host, shape, the stage's batch_size) for every program a config's stages run, at the
   largest shapes the runtime builds from it (rows and lengths rounded up to its power-of-two
-  buckets). Sampling stages run on each host alone (`stages.LOCAL_STAGES`)."""
+  buckets). Sampling stages run on each host alone (`stages.LOCAL_STAGES`).
+
+  Args:
+    config: the run config.
+    prompt_tokens: the longest prompt, in tokens.
+  """
   stages = set(config.stages.split(","))
   max_length = config.data.max_length
   out = []
@@ -591,7 +731,15 @@ def batch_multiplier(peak: float, half_peak: float, hbm: float, *, lowest: int =
                      highest: int = 3) -> float | None:
   """The largest power-of-two factor f (2**lowest .. 2**highest) by which the rows of a
   program that needs `peak` bytes (and `half_peak` at half its rows) can be scaled and still
-  fit HEADROOM * hbm, bytes linear in rows; None when even 2**lowest does not fit."""
+  fit HEADROOM * hbm, bytes linear in rows; None when even 2**lowest does not fit.
+
+  Args:
+    peak: the program's peak bytes per device.
+    half_peak: its peak at half the rows.
+    hbm: bytes of HBM per device.
+    lowest: the smallest exponent tried.
+    highest: the largest exponent tried.
+  """
   per_unit = 2 * (peak - half_peak)  # bytes for the program's whole batch of rows
   fixed = peak - per_unit
   best = None
@@ -601,16 +749,31 @@ def batch_multiplier(peak: float, half_peak: float, hbm: float, *, lowest: int =
   return best
 
 
-def model_flops_per_token(cfg, seq: int) -> float:
+def model_flops_per_token(cfg: LlamaConfig, seq: int) -> float:
   """Training FLOPs per token as MFU counts them: 6 per matmul weight (forward + backward; the
-  LM head included, the embedding lookup not) plus causal attention's 6 * L * seq * N * H."""
+  LM head included, the embedding lookup not) plus causal attention's 6 * L * seq * N * H.
+
+  Args:
+    cfg: the model's config.
+    seq: tokens per row (attention's cost grows with it).
+  """
   weights = cfg.num_params(include_embedding=False) + cfg.vocab_size * cfg.hidden_size
   return 6.0 * weights + 6.0 * cfg.num_layers * seq * cfg.num_heads * cfg.head_dim
 
 
-def throughput(program: str, shape: dict, result, cfg, devices: int, chip) -> dict[str, float]:
+def throughput(program: str, shape: dict, result: Program, cfg: LlamaConfig, devices: int,
+               chip: Chip) -> dict[str, float]:
   """Roofline time of one call and what it implies: training tokens/s per chip and MFU, or a
-  decode step's tokens/s per chip. Estimates: collectives and overlap are not modelled."""
+  decode step's tokens/s per chip. Estimates: collectives and overlap are not modelled.
+
+  Args:
+    program: the program's kind ('train_*', 'prefill', 'fanout' or 'decode').
+    shape: its shape arguments.
+    result: the compiled program.
+    cfg: the model's config.
+    devices: the devices the program runs on.
+    chip: the chip's published figures.
+  """
   seconds = result.roofline_s(chip)
   out = {"roofline_s": seconds,
          "compute_bound": result.flops / chip.peak_bf16_flops >= result.bytes_accessed
@@ -630,12 +793,23 @@ def throughput(program: str, shape: dict, result, cfg, devices: int, chip) -> di
   return out
 
 
-def prefix_sharing(cfg, *, prefix_slots: int, new_tokens: int, rollouts: int, peak: float,
-                   rows: int, host_chips: int, hbm: float) -> dict[str, float]:
+def prefix_sharing(cfg: LlamaConfig, *, prefix_slots: int, new_tokens: int, rollouts: int,
+                   peak: float, rows: int, host_chips: int, hbm: float) -> dict[str, float]:
   """The label stage's KV cache on paper: bytes per rollout row when every row holds a copy of
   its prefix's cache (as the sampler does: `sampling.start_program` gathers a copy per row) and when
   the K rollouts of a prefix share one copy; decode rows one host fits either way, from the
-  compiled decode program's peak (`peak` per device at `rows` rows) minus its cache."""
+  compiled decode program's peak (`peak` per device at `rows` rows) minus its cache.
+
+  Args:
+    cfg: the model's config.
+    prefix_slots: cache slots of a prefix.
+    new_tokens: slots each rollout adds.
+    rollouts: rollouts per prefix (K).
+    peak: the decode program's peak bytes per device.
+    rows: its decode rows.
+    host_chips: chips per host.
+    hbm: bytes of HBM per chip.
+  """
   itemsize = cfg.compute_dtype.itemsize
   per_slot = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * itemsize
   row = per_slot * (prefix_slots + new_tokens)
@@ -647,14 +821,28 @@ def prefix_sharing(cfg, *, prefix_slots: int, new_tokens: int, rollouts: int, pe
           "rows_per_host_shared": budget / shared, "rollouts": rollouts}
 
 
-def plan_stages(config, slice_name: str, *, model: str = "", layers=None,
-                prompt_tokens: int = 256, only: Sequence[str] = (), recommend: bool = False,
+def plan_stages(config: ml_collections.ConfigDict, slice_name: str, *, model: str = "",
+                layers: Sequence[int] | None = None, prompt_tokens: int = 256,
+                only: Sequence[str] = (), recommend: bool = False,
                 sample_param_dtype: str = "", xla_attention: bool = False,
-                log=print) -> dict[str, Any]:
+                log: Callable[[str], None] = print) -> dict[str, Any]:
   """Compiles every program of `config`'s stages for `slice_name` with the TPU compiler; per
   program: per-device bytes, whether it fits HEADROOM of HBM, roofline time. Programs of equal
   shape compile once. `recommend` also compiles each at half its rows and gives the largest
-  power-of-two multiple of the stage's batch_size that fits (bytes linear in rows)."""
+  power-of-two multiple of the stage's batch_size that fits (bytes linear in rows).
+
+  Args:
+    config: the run config.
+    slice_name: a slice name, e.g. 'v4-32'.
+    model: a preset name that overrides the config's model; '': the config's.
+    layers: two depths to compile at and extrapolate from; None: the full depth.
+    prompt_tokens: the longest prompt, in tokens.
+    only: plan only these stages; empty: all the config runs.
+    recommend: also compile at half the rows and give batch multipliers.
+    sample_param_dtype: the sampling stages' weight dtype; '': the config's.
+    xla_attention: plan XLA attention instead of the Pallas kernels.
+    log: receives a progress line per compile.
+  """
   from glore_jax import aot
   from glore_jax.model.sharding import make_mesh
   sl = aot.get_slice(slice_name)
@@ -784,7 +972,12 @@ def _set_device_count(n: int) -> None:
 HOST_DEVICES = 4  # chips per TPU VM host for every slice above: sampling runs per host
 
 
-def make_plan(args) -> dict[str, Any]:
+def make_plan(args: argparse.Namespace) -> dict[str, Any]:
+  """The CPU plan of one model (`--model`, `--mesh`, `--devices`): compiled memory and estimates.
+
+  Args:
+    args: the parsed command line.
+  """
   import jax
 
   from glore_jax.model.sharding import make_mesh
@@ -962,7 +1155,7 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-def model_config_dict(args):
+def model_config_dict(args: argparse.Namespace) -> ml_collections.ConfigDict:
   """The plan of one model (`--model`, no `--config`) as a config: the policy stage's training
   step and the sample stage's prefill / fan-out / decode (one sample per prompt)."""
   from glore_jax.defaults import get_config
@@ -993,7 +1186,7 @@ def merge_plans(plans: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                         if p.get("label_prefix_sharing")), None)}
 
 
-def tpu_main(args) -> int:
+def tpu_main(args: argparse.Namespace) -> int:
   """--slice (and --config): the TPU compiler's plan. Exit status 1 when a stage does not fit."""
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from glore_jax import aot

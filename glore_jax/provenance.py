@@ -14,11 +14,14 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etils import epath
 
 import glore_jax
+
+if TYPE_CHECKING:
+  import ml_collections
 
 RUN_CONFIG = "resolved_config.json"
 # Config keys that name inputs from outside the work directory.
@@ -73,7 +76,7 @@ def describe_folder(path: str) -> dict[str, Any]:
   return out
 
 
-def input_checkpoints(config) -> dict[str, str]:
+def input_checkpoints(config: ml_collections.ConfigDict) -> dict[str, str]:
   """The config's non-empty outside inputs, by dotted key ("model.checkpoint": "/path")."""
   found = {}
   for key in INPUT_KEYS:
@@ -83,7 +86,7 @@ def input_checkpoints(config) -> dict[str, str]:
   return found
 
 
-def record(config, *, describe: bool = True) -> dict[str, Any]:
+def record(config: ml_collections.ConfigDict, *, describe: bool = True) -> dict[str, Any]:
   """The provenance of a run with `config`: resolved config, code version, inputs, versions.
 
   Args:
@@ -105,7 +108,7 @@ def record(config, *, describe: bool = True) -> dict[str, Any]:
   }
 
 
-def write_run_config(config, workdir: epath.Path) -> epath.Path:
+def write_run_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path:
   """Writes `record(config)` to <workdir>/resolved_config.json, unless it already holds the
   same record (time and argv aside): a rerun of a finished run leaves it as it was.
 

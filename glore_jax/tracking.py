@@ -6,7 +6,10 @@ metrics under its own prefix (`policy/train/loss`) against its own step axis."""
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+  import ml_collections
 
 Hook = Callable[[int, Mapping[str, float]], None]
 _RUN: dict[str, Any] = {}  # the process's W&B module and run, started on first use
@@ -24,7 +27,7 @@ def _wandb_installed() -> bool:
   return importlib.util.find_spec("wandb") is not None
 
 
-def check(config) -> None:
+def check(config: ml_collections.ConfigDict) -> None:
   """Fails before any compute when a configured tracker is not installed.
 
   Args:
@@ -36,7 +39,7 @@ def check(config) -> None:
                         'pip install "glore-jax[wandb]"')
 
 
-def metrics_hook(config, stage: str) -> Hook | None:
+def metrics_hook(config: ml_collections.ConfigDict, stage: str) -> Hook | None:
   """The trainer's `metrics_hook` for `stage`, or None when no tracker is configured.
 
   Args:

@@ -93,7 +93,12 @@ def _write_atomic(path: PathLike, data: str) -> None:
 
 
 def write_json_atomic(path: PathLike, obj: Any) -> None:
-  """Write JSON so that readers see the old file or the new one, never half of one."""
+  """Write JSON so that readers see the old file or the new one, never half of one.
+
+  Args:
+    path: the file (local path or etils.epath URI).
+    obj: a JSON-serialisable value.
+  """
   _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
@@ -126,11 +131,26 @@ def fingerprint(config: Any) -> str:
 
 
 def shard_name(index: int, num_shards: int) -> str:
+  """The file name of shard `index`, zero-padded to sort in order.
+
+  Args:
+    index: the shard's index.
+    num_shards: the stage's shard count (sets the padding width).
+  """
   return f"shard-{index:05d}-of-{num_shards:05d}.jsonl"
 
 
 def shards_for_process(num_shards: int, process_index: int, process_count: int) -> list[int]:
-  """Shards of process p of n: i % n == p, so every shard has exactly one owner."""
+  """Shards of process p of n: i % n == p, so every shard has exactly one owner.
+
+  Args:
+    num_shards: the stage's shard count.
+    process_index: this process's index p.
+    process_count: the number of processes n.
+
+  Raises:
+    ValueError: `process_index` is not in [0, process_count).
+  """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   return list(range(process_index, num_shards, process_count))
@@ -274,7 +294,15 @@ class ShardedStage:
     return [i for i in self.my_shards if not self.is_complete(i)]
 
   def write_shard(self, index: int, records: Iterable[Any]) -> int:
-    """Write one shard atomically (records: dicts, dataclasses, or objects with `to_json`)."""
+    """Write one shard atomically (records: dicts, dataclasses, or objects with `to_json`).
+
+    Args:
+      index: the shard's index.
+      records: the shard's records, in item order.
+
+    Returns:
+      The number of records written.
+    """
     self.shard_bounds(index)  # validates the index
     lines = [json.dumps(_to_json(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records]
     text = "".join(lines)
@@ -294,6 +322,11 @@ class ShardedStage:
 
     Returns the shards processed now; `on_shard(index, num_records)` is called after each
     (for progress bars). Finished shards are skipped, so a rerun resumes where it stopped.
+
+    Args:
+      items: all of the stage's items (this process takes its shards' slices).
+      fn: computes the records of one shard's items.
+      on_shard: called as on_shard(index, num_records) after each shard; None: not called.
     """
     if len(items) != self.num_items:
       raise ValueError(
@@ -414,7 +447,16 @@ def iter_all(stage_dir: PathLike) -> Iterator[dict[str, Any]]:
 
 def read_all(stage_dir: PathLike, parse: Callable[[dict[str, Any]], T] | None = None) -> list[Any]:
   """All records of a finished stage in item order; fails naming the stage if any shard is
-  missing. `parse` (e.g. `MyRecord.from_json`) converts each JSON object."""
+  missing. `parse` (e.g. `MyRecord.from_json`) converts each JSON object.
+
+  Args:
+    stage_dir: the stage's folder.
+    parse: converts each record's JSON object; None: the dicts themselves.
+
+  Raises:
+    MissingStageError: the stage has no output or a shard is missing.
+    CorruptShardError: a shard fails its record count or checksum.
+  """
   return [parse(r) if parse else r for r in iter_all(stage_dir)]
 
 
@@ -429,6 +471,13 @@ def mark_done(stage_dir: PathLike, summary: Mapping[str, Any] | None = None) -> 
 
   Checks every shard is present, then rewrites the manifest with done = true, the list of
   completed shards and an optional JSON summary (the stage's figures).
+
+  Args:
+    stage_dir: the stage's folder.
+    summary: JSON-ready figures of the stage; None: none.
+
+  Raises:
+    MissingStageError: a shard is missing.
   """
   stage_dir = epath.Path(stage_dir)
   manifest, name, n, missing = _shard_status(stage_dir)
