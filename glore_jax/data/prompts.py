@@ -87,10 +87,12 @@ class PromptFormat:
 
   # --- policy (SFT and sampling) -----------------------------------------------------------
   def policy_prompt(self, question: str) -> str:
+    """The policy's prompt for `question` (no solution yet)."""
     return self._fill(self.policy, question=question, draft="")
 
   # --- ORM / SORM scoring: prompt + the solution's steps, labels at step terminators ---------
   def reward_prompt(self, question: str) -> str:
+    """The ORM / SORM prompt for `question`; the solution's steps follow it."""
     return self._fill(self.reward, question=question, draft="")
 
   # --- global refiner: (question, draft) -> a whole new solution ----------------------------
@@ -106,6 +108,7 @@ class PromptFormat:
     )
 
   def global_refine_target(self, solution_steps: Sequence[str]) -> list[str]:
+    """The global refiner's target: the whole correct solution."""
     return list(solution_steps)
 
   # --- local refiner: (question, draft with marker before the first bad step) -> the rest ----

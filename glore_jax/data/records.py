@@ -159,10 +159,19 @@ class JsonRecord:
   """
 
   def to_json(self) -> dict[str, Any]:
+    """The record as a JSON-ready dict (tuples as lists)."""
     return {f.name: _to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
   @classmethod
   def from_json(cls: type[T], obj: Mapping[str, Any]) -> T:
+    """The record from a JSON object; fields are checked against the dataclass's types.
+
+    Args:
+      obj: the parsed JSON object.
+
+    Raises:
+      FieldError: not an object, an unknown or missing field, or a field of the wrong type.
+    """
     if not isinstance(obj, Mapping):
       raise FieldError("<record>", f"expected a JSON object, got {_json_type(obj)}")
     hints = typing.get_type_hints(cls)

@@ -100,6 +100,14 @@ class SyntheticConfig:
 
   @classmethod
   def from_dict(cls, overrides: Mapping[str, Any] | None) -> SyntheticConfig:
+    """The defaults with `overrides` applied.
+
+    Args:
+      overrides: {field: value}; None: the defaults.
+
+    Raises:
+      ValueError: an unknown field or an invalid value.
+    """
     overrides = dict(overrides or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
