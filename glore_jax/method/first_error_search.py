@@ -107,6 +107,7 @@ class FirstErrorSearch:
 
   @property
   def done(self) -> bool:
+    """Whether the first negative prefix is found (no query left)."""
     return self._lo >= self._hi
 
   def next_query(self) -> int | None:
@@ -141,6 +142,11 @@ class FirstErrorSearch:
       self._galloping = False  # the boundary is bracketed: bisect the gap
 
   def labels(self) -> SearchLabels:
+    """The solution's labels once the search is done.
+
+    Raises:
+      ValueError: the search is not finished.
+    """
     if not self.done:
       raise ValueError(f"the search is not finished: prefix {self.next_query()} is still to evaluate")
     n, boundary = self.num_steps, self._lo

@@ -42,6 +42,7 @@ class Rollout:
 
   @classmethod
   def from_json(cls, obj: Mapping[str, Any]) -> Rollout:
+    """A Rollout from its {'text', 'correct'} JSON object."""
     return cls(text=obj["text"], correct=bool(obj["correct"]))
 
 
@@ -84,6 +85,7 @@ class StepLabels:
 
   @classmethod
   def from_json(cls, obj: Mapping[str, Any]) -> StepLabels:
+    """StepLabels from their {'hard', 'soft'} JSON object."""
     return cls(hard=[int(x) for x in obj["hard"]], soft=[float(x) for x in obj["soft"]])
 
 

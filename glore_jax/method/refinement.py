@@ -70,6 +70,7 @@ class LocalTriple:
 
   @property
   def rewrite_steps(self) -> list[str]:
+    """The steps the local refiner writes: the target from `bad_index` on."""
     return self.target_steps[self.bad_index :]
 
 
