@@ -421,6 +421,7 @@ def label_quality(ctx: Context) -> dict[str, Any] | None:
 
 
 def run(ctx: Context) -> None:
+  """The evaluate stage: the main table and verifier metrics, written to results.json."""
   section = ctx.config.evaluate
   out_dir = ctx.path("evaluate")
   if outputs.start(ctx, "evaluate"):

@@ -167,6 +167,7 @@ def _grade(tokenizer, tokens: Sequence[int], gold: str) -> Rollout:
 
 
 def run(ctx: Context) -> None:
+  """The label stage: SORM step labels from rollouts of the policy's samples (sharded)."""
   section = ctx.config.sorm
   if outputs.start(ctx, "label"):
     print(f"[label] already done: {ctx.path('label')}", flush=True)

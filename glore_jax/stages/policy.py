@@ -38,6 +38,7 @@ def sft_examples(ctx: Context, tokenizer: PreTrainedTokenizerFast,
 
 
 def run(ctx: Context) -> None:
+  """The policy stage: SFT of the student on the training questions' reference solutions."""
   folder = ctx.path("policy")
   if outputs.start(ctx, "policy"):
     print(f"[policy] already trained: {folder}")

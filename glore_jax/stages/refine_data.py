@@ -35,6 +35,7 @@ def build(ctx: Context, records: list[dict]) -> tuple[list, list, dict]:
 
 
 def run(ctx: Context) -> None:
+  """The refine_data stage: global pairs and local triples from the label records."""
   if outputs.start(ctx, "refine_data"):
     print(f"[refine_data] already built: {ctx.path('refine_data')}")
     return

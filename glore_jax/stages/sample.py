@@ -64,6 +64,7 @@ def sample_problems(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFa
 
 
 def run(ctx: Context) -> None:
+  """The sample stage: the policy's samples on the training questions (sharded, resumable)."""
   section = ctx.config.sample
   if outputs.start(ctx, "sample"):
     print(f"[sample] already done: {ctx.path('sample')}", flush=True)
