@@ -105,6 +105,11 @@ def _compile_only_environment() -> None:
 
 
 def get_slice(name: str) -> Slice:
+  """The named slice, e.g. 'v5e-8'.
+
+  Raises:
+    ValueError: an unknown slice name.
+  """
   try:
     return SLICES[name]
   except KeyError:

@@ -29,6 +29,7 @@ _ACCELERATOR_MODULES = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax
 
 
 def tunables_active(env: dict[str, str] | None = None) -> bool:
+  """Whether GLIBC_TUNABLES in `env` (default: os.environ) already holds `TUNABLES`."""
   env = os.environ if env is None else env
   return TUNABLES in env.get("GLIBC_TUNABLES", "")
 
@@ -57,6 +58,7 @@ def _tpu_chips_present() -> bool:
 
 
 def environment_with_tunables(env: dict[str, str] | None = None) -> dict[str, str]:
+  """A copy of `env` (default: os.environ) with `TUNABLES` appended to GLIBC_TUNABLES."""
   env = dict(os.environ if env is None else env)
   existing = env.get("GLIBC_TUNABLES", "")
   env["GLIBC_TUNABLES"] = f"{existing}:{TUNABLES}" if existing else TUNABLES

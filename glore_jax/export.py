@@ -174,6 +174,10 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike | None = None, *,
 
 
 def main(argv: list[str] | None = None) -> int:
+  """`python -m glore_jax.export`: exports a work directory's data.
+
+  Exit status 0; 2 on a bad value; 3 when a needed file is missing.
+  """
   import argparse
   parser = argparse.ArgumentParser(prog="python -m glore_jax.export", description=__doc__.split(
       "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -906,6 +906,7 @@ def plan_stages(config: ml_collections.ConfigDict, slice_name: str, *, model: st
 
 
 def format_stage_plan(plan: dict[str, Any]) -> str:
+  """The `plan_stages` result as a Markdown table, one row per program."""
   chip = plan["chip"]
   lines = [f"# {plan['slice']}: {chip['kind']} chips of {chip['hbm_bytes'] / GiB:.0f} GiB; "
            f"{plan['model'] / 1e9:.2f}B parameters, {plan['num_layers']} layers, attention: "
@@ -1043,6 +1044,7 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_plan(plan: dict[str, Any]) -> str:
+  """The `make_plan` result as readable text."""
   m = plan["mesh"]
   lines = [f"# {plan['model']}: {plan['params'] / 1e9:.2f}B parameters, {plan['num_layers']} layers",
            f"mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']} ({plan['devices']} "
@@ -1117,6 +1119,7 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
+  """The command line of `python -m glore_jax.plan`."""
   p = argparse.ArgumentParser(prog="python -m glore_jax.plan", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="llama2-7b", help="a preset: llama2-7b, llama2-13b, llama2-70b, ...")
@@ -1221,6 +1224,7 @@ def tpu_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m glore_jax.plan`: prints the plan; exit status 1 when a stage does not fit."""
   args = parser().parse_args(argv)
   if args.merge:
     plan = merge_plans([json.loads(open(f).read()) for f in args.merge.split(",")])

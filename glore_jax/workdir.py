@@ -179,6 +179,7 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def read_manifest(stage_dir: PathLike) -> dict[str, Any] | None:
+  """The stage's manifest, or None when the stage has none yet."""
   path = epath.Path(stage_dir) / MANIFEST
   return read_json(path) if path.exists() else None
 
@@ -277,6 +278,7 @@ class ShardedStage:
       )
 
   def shard_path(self, index: int) -> epath.Path:
+    """The file of shard `index`."""
     return self.dir / shard_name(index, self.num_shards)
 
   def shard_bounds(self, index: int) -> tuple[int, int]:
@@ -287,6 +289,7 @@ class ShardedStage:
     return start, min(start + self.shard_size, self.num_items)
 
   def is_complete(self, index: int) -> bool:
+    """Whether shard `index` has its finished file."""
     return self.shard_path(index).exists()
 
   def pending_shards(self) -> list[int]:
