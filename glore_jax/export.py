@@ -102,7 +102,7 @@ def write_rows(rows: list[dict], path: epath.Path, file_format: str) -> epath.Pa
 
   Args:
     rows: JSON-ready rows.
-    path: the output file; its suffix becomes .jsonl or .parquet.
+    path: the output file (parquet: its suffix becomes .parquet).
     file_format: 'jsonl' or 'parquet'.
 
   Raises:

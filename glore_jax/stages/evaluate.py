@@ -99,7 +99,8 @@ def candidates(ctx: Context, tests: Sequence[Problem]) -> tuple[list[dict], dict
     tests: the test questions.
 
   Returns:
-    (one record per question with its candidates, summary counts).
+    (one record per question with its candidates, the chosen where threshold, its held-out
+    F1 and the ORM + likelihood selector).
   """
   section = ctx.config.evaluate
   policy_dir = ctx.require("policy", "evaluate")

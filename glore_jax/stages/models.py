@@ -60,7 +60,8 @@ def load(ctx: Context, folder: epath.Path, *, value_head: bool = False,
     ctx: the run's context.
     folder: an HF model folder written by `save` (or the user's).
     value_head: add a fresh value head (a reward model made from the policy).
-    vocab_size: resize the embeddings to this many tokens (a marker token added); None: keep.
+    vocab_size: grow the embeddings to this many rows (a marker token added); None or not
+      larger than the checkpoint's: keep.
     mesh: the mesh to place the weights on; None: `ctx.mesh`.
   """
   m = ctx.config.model

@@ -42,7 +42,7 @@ def root(ctx: Context, stage: str) -> epath.Path:
 
   Args:
     ctx: the run's context.
-    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+    stage: a stage name (a value of PRODUCER), e.g. 'train_orm'.
   """
   path = ctx.path(OUTPUT[stage])
   return path.parent if stage in MODELS else path
@@ -57,7 +57,7 @@ def stored(ctx: Context, stage: str) -> dict | None:
 
   Args:
     ctx: the run's context.
-    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+    stage: a stage name (a value of PRODUCER), e.g. 'train_orm'.
   """
   path = _record_path(ctx, stage)
   if not path.exists():
@@ -71,7 +71,7 @@ def finished(ctx: Context, stage: str) -> bool:
 
   Args:
     ctx: the run's context.
-    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+    stage: a stage name (a value of PRODUCER), e.g. 'train_orm'.
   """
   if stage in SHARDED:
     return wd.stage_done(ctx.path(OUTPUT[stage]))
@@ -136,7 +136,7 @@ def remove_orphans(ctx: Context, stage: str) -> None:
 
   Args:
     ctx: the run's context.
-    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+    stage: a stage name (a value of PRODUCER), e.g. 'train_orm'.
   """
   if stage not in MODELS or not ctx.is_leader:
     return
@@ -178,7 +178,7 @@ def write_record(ctx: Context, stage: str) -> None:
 
   Args:
     ctx: the run's context.
-    stage: the stage's name (a key of PRODUCER's values), e.g. 'policy'.
+    stage: a stage name (a value of PRODUCER), e.g. 'train_orm'.
   """
   if stage in SHARDED:
     raise ValueError(f"stage {stage!r} keeps its fingerprint in its manifest (workdir.py)")

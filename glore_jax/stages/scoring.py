@@ -64,7 +64,7 @@ def score_steps(model: Llama, tokenizer: PreTrainedTokenizerFast, prompts: Seque
     steps: each solution's steps.
     max_length: the longest encoding in tokens.
     batch_size: rows per forward pass.
-    mesh: the mesh to run under; None: none.
+    mesh: the mesh to run under (`jax.set_mesh`); None: the current one.
   """
   def values(m, tokens_bt, mask_bt):
     hidden_btd, _ = m.forward(tokens_bt, attention_mask_bt=mask_bt)
@@ -90,7 +90,7 @@ def solution_logprobs(model: Llama, tokenizer: PreTrainedTokenizerFast, prompts:
     steps: each solution's steps.
     max_length: the longest encoding in tokens.
     batch_size: rows per forward pass.
-    mesh: the mesh to run under; None: none.
+    mesh: the mesh to run under (`jax.set_mesh`); None: the current one.
   """
   def token_logprobs(m, tokens_bt, mask_bt):
     hidden_btd, _ = m.forward(tokens_bt, attention_mask_bt=mask_bt)

@@ -38,7 +38,7 @@ def value_example(ctx: Context, tokenizer: PreTrainedTokenizerFast, question: st
     keep: whether each step's label is trained on; None: all.
 
   Returns:
-    The example, or None when it does not encode.
+    The example, or None when it does not encode or no step is kept.
   """
   enc = try_encode(tokenizer, ctx.prompts.reward_prompt(question), steps,
                    ctx.config.data.max_length)
