@@ -330,6 +330,9 @@ class ShardedStage:
       items: all of the stage's items (this process takes its shards' slices).
       fn: computes the records of one shard's items.
       on_shard: called as on_shard(index, num_records) after each shard; None: not called.
+
+    Raises:
+      ValueError: `items` is not as long as the stage was laid out for.
     """
     if len(items) != self.num_items:
       raise ValueError(
@@ -481,6 +484,7 @@ def mark_done(stage_dir: PathLike, summary: Mapping[str, Any] | None = None) -> 
 
   Raises:
     MissingStageError: a shard is missing.
+    CorruptShardError: a shard fails its record count or checksum.
   """
   stage_dir = epath.Path(stage_dir)
   manifest, name, n, missing = _shard_status(stage_dir)

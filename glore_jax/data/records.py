@@ -245,7 +245,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
   resumed stage would mistake for finished output.
 
   Args:
-    path: the output file (local path or etils.epath URI); replaced when it exists.
+    path: the output file (a local path); replaced when it exists.
     records: the records to write, in order.
   """
   path = os.fspath(path)
