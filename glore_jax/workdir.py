@@ -11,6 +11,9 @@ work*. The manifest is written once when the stage starts and once more by `mark
 "completed shards" list updated by several processes would lose updates, so it is listed only at the
 end. A rerun with the same config skips finished shards; with another config it stops with an error
 instead of mixing outputs of two configurations. Process p of n handles shards i with i % n == p.
+
+Atomic writes and JSON reads are glore_jax.atomic_io's (re-exported here: read_json,
+write_json_atomic, CorruptFileError).
 """
 
 from __future__ import annotations
@@ -18,28 +21,33 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import re
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from etils import epath
 
+from glore_jax.atomic_io import (
+  CorruptFileError,
+  PathLike,
+  read_json,
+  temp_pattern,
+  write_json_atomic,
+  write_text_atomic,
+)
 from glore_jax.errors import InputError
 
 __all__ = [
   "MANIFEST",
-  "FingerprintMismatchError",
   "CorruptFileError",
   "CorruptShardError",
+  "FingerprintMismatchError",
   "MissingStageError",
-  "damaged_shards",
-  "mark_undone",
   "ShardedStage",
+  "damaged_shards",
   "fingerprint",
   "iter_all",
   "mark_done",
+  "mark_undone",
   "read_all",
   "read_json",
   "read_manifest",
@@ -50,9 +58,7 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
-_SHARD = re.compile(r"^shard-(\d{5})-of-(\d{5})\.jsonl$")
 T = TypeVar("T")
-PathLike = str | os.PathLike
 
 
 class FingerprintMismatchError(InputError):
@@ -63,53 +69,12 @@ class MissingStageError(InputError, FileNotFoundError):
   """A stage's outputs are absent or incomplete."""
 
 
-class CorruptFileError(InputError, ValueError):
-  """A file of the work directory cannot be read back (truncated, damaged, edited)."""
-
-
 class CorruptShardError(CorruptFileError):
   """A shard does not match the record count / checksum written beside it."""
 
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def _temp_name(path: epath.Path) -> epath.Path:
-  """A hidden, unique sibling name: never matches the shard pattern, never collides."""
-  return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _write_atomic(path: PathLike, data: str) -> None:
-  path = epath.Path(path)
-  tmp = _temp_name(path)
-  try:
-    tmp.write_text(data, encoding="utf-8")
-    tmp.replace(path)
-  except BaseException:
-    if tmp.exists():
-      tmp.unlink()
-    raise
-
-
-def write_json_atomic(path: PathLike, obj: Any) -> None:
-  """Write JSON so that readers see the old file or the new one, never half of one.
-
-  Args:
-    path: the file (local path or etils.epath URI).
-    obj: a JSON-serialisable value.
-  """
-  _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
-def read_json(path: PathLike) -> Any:
-  """A JSON file of the work directory; a damaged one raises CorruptFileError naming it."""
-  try:
-    return json.loads(epath.Path(path).read_text(encoding="utf-8"))
-  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-    raise CorruptFileError(f"{path}: not valid JSON ({e}); the file is truncated or damaged: "
-                           "delete its stage folder (or use --config.recompute) to recompute it"
-                           ) from None
 
 
 def _canonical(config: Any) -> Any:
@@ -250,7 +215,7 @@ class ShardedStage:
     and this process's shards that fail their checksum, so that they are computed again."""
     for i in self.my_shards:
       path = self.shard_path(i)
-      for pattern in (f".{path.name}.tmp-*", f".{_check_path(path).name}.tmp-*"):
+      for pattern in (temp_pattern(path), temp_pattern(_check_path(path))):
         for tmp in self.dir.glob(pattern):
           tmp.unlink()
       if path.exists():
@@ -310,9 +275,9 @@ class ShardedStage:
     lines = [json.dumps(_to_json(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records]
     text = "".join(lines)
     # the check first: a shard file never exists without the record count and checksum
-    _write_atomic(_check_path(self.shard_path(index)),
-                  json.dumps(_shard_check(text.encode("utf-8"), len(lines)), sort_keys=True) + "\n")
-    _write_atomic(self.shard_path(index), text)
+    check = json.dumps(_shard_check(text.encode("utf-8"), len(lines)), sort_keys=True) + "\n"
+    write_text_atomic(_check_path(self.shard_path(index)), check)
+    write_text_atomic(self.shard_path(index), text)
     return len(lines)
 
   def run(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 
 import pytest
 from etils import epath
 
 from glore_jax import workdir as wd
+from glore_jax.atomic_io import temp_pattern, write_text_atomic
 from glore_jax.workdir import (
   FingerprintMismatchError,
   MissingStageError,
@@ -233,3 +235,26 @@ def test_write_json_atomic(tmp_path):
   assert json.loads(path.read_text()) == {"a": [1.5], "b": 1}
   assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
   assert wd.MANIFEST == "manifest.json"
+
+
+def test_temp_pattern_matches_exactly_the_temp_files_of_its_path(tmp_path, monkeypatch):
+  # ShardedStage cleans a killed run's temps with temp_pattern: it must match the name the
+  # atomic write really used, and neither the finished file nor another file's temps.
+  path = epath.Path(tmp_path) / "shard-00001-of-00005.jsonl"
+  used = []
+  real_replace = type(path).replace
+
+  def spy_replace(self, target):
+    used.append(self.name)
+    return real_replace(self, target)
+
+  monkeypatch.setattr(type(path), "replace", spy_replace)
+  write_text_atomic(path, "{}\n")
+  assert path.read_text() == "{}\n"
+  assert len(used) == 1 and used[0] != path.name
+  assert fnmatch.fnmatchcase(used[0], temp_pattern(path))
+  assert not fnmatch.fnmatchcase(path.name, temp_pattern(path))
+  other = ".shard-00001-of-00005.jsonl.check.tmp-1-deadbeef"
+  assert not fnmatch.fnmatchcase(other, temp_pattern(path))
+  assert fnmatch.fnmatchcase(".check-00001-of-00005.json.tmp-1-deadbeef",
+                             temp_pattern(path.parent / "check-00001-of-00005.json"))
