@@ -7,14 +7,40 @@ checkpoint), `throughput.py`, `checkpoint.py` and `run_log.py`; `losses.py` hold
 functions and eval metrics.
 """
 
-from glore_jax.training.batch import (SFTExample, ValueExample, bucket_length, collate_lm,
-                                      collate_value, make_batches, padding_fraction)
+from glore_jax.training.batch import (
+  SFTExample,
+  ValueExample,
+  bucket_length,
+  collate_lm,
+  collate_value,
+  make_batches,
+  padding_fraction,
+)
 from glore_jax.training.losses import auroc, lm_loss, value_loss
-from glore_jax.training.trainer import (TrainConfig, TrainingDivergedError, TrainState, evaluate,
-                                        make_optimizer, train)
+from glore_jax.training.trainer import (
+  TrainConfig,
+  TrainingDivergedError,
+  TrainState,
+  evaluate,
+  make_optimizer,
+  train,
+)
 
 __all__ = [
-    "SFTExample", "ValueExample", "bucket_length", "collate_lm", "collate_value", "make_batches",
-    "padding_fraction", "auroc", "lm_loss", "value_loss", "TrainConfig", "TrainingDivergedError",
-    "TrainState", "evaluate", "make_optimizer", "train",
+  "SFTExample",
+  "TrainConfig",
+  "TrainState",
+  "TrainingDivergedError",
+  "ValueExample",
+  "auroc",
+  "bucket_length",
+  "collate_lm",
+  "collate_value",
+  "evaluate",
+  "lm_loss",
+  "make_batches",
+  "make_optimizer",
+  "padding_fraction",
+  "train",
+  "value_loss",
 ]

@@ -30,6 +30,7 @@ fixed step), and `make_batches` groups examples of similar length so padding sta
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -193,7 +194,7 @@ def collate_value(records: Sequence[Any], *, targets: Literal["hard", "soft"] = 
       raise ValueError(f"row {row}: {n} tokens / {m} steps do not fit [{length}, {num_steps}]")
     if len(hard) != m:
       raise ValueError(f"row {row}: {len(hard)} labels for {m} step ends")
-    if any(not 0 <= e < n for e in ends) or any(b <= a for a, b in zip(ends, ends[1:])):
+    if any(not 0 <= e < n for e in ends) or any(b <= a for a, b in itertools.pairwise(ends)):
       raise ValueError(f"row {row}: step_ends {ends} must increase within 0..{n - 1}")
     if targets == "soft":
       soft = _get(record, "soft")

@@ -111,7 +111,7 @@ class Checkpoints:
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    except Exception as e:  # noqa: BLE001  (tensorstore, JSON and file errors alike)
+    except Exception as e:
       first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       raise CorruptOutputError(f"checkpoint {where} cannot be read ({type(e).__name__}: {first}); "
                                f"delete it to resume from the checkpoint before it") from e

@@ -60,7 +60,7 @@ class RunLog:
     from tensorboardX import SummaryWriter
     if self.local:
       self.writer = SummaryWriter(os.fspath(self.tensorboard))
-      self.jsonl = open(self.jsonl_path, "a")
+      self.jsonl = open(self.jsonl_path, "a")  # noqa: SIM115  (open for the run; closed in close)
     else:
       self.events = tempfile.mkdtemp(prefix="glore-tensorboard-")
       log.warning("workdir %s is not local: TensorBoard events are written to %s and copied to "

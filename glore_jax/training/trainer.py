@@ -61,9 +61,16 @@ from glore_jax.training.feed import device_batch, iterate_from
 from glore_jax.training.hooks import Hooks, StepInfo
 from glore_jax.training.optimizer import FusedAdamW
 from glore_jax.training.run_log import RunLog, copy_tree
-from glore_jax.training.steps import (TrainState, make_eval_step, make_loss_fn, make_optimizer,
-                                      make_train_step, reconfigured, required_keys,
-                                      trainable_filter)
+from glore_jax.training.steps import (
+  TrainState,
+  make_eval_step,
+  make_loss_fn,
+  make_optimizer,
+  make_train_step,
+  reconfigured,
+  required_keys,
+  trainable_filter,
+)
 from glore_jax.training.throughput import Throughput
 
 __all__ = [
