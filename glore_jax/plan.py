@@ -204,7 +204,7 @@ def train_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: 
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  from glore_jax.model.sharding import BATCH, fit_spec
+  from glore_jax.model.sharding import BATCH, fit_spec, tree_shardings
   from glore_jax.training import trainer
 
   if loss == "value" and not cfg.value_head:
@@ -214,9 +214,9 @@ def train_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: 
   graphdef, params, frozen, _ = nnx.split(model, trainer.trainable_filter(tc), nnx.Param, ...)
   tx, schedule = trainer.make_optimizer(tc)
   replicated = NamedSharding(mesh, P())
-  param_sh, frozen_sh = trainer._shardings(params, mesh), trainer._shardings(frozen, mesh)
+  param_sh, frozen_sh = tree_shardings(params, mesh), tree_shardings(frozen, mesh)
   opt_abstract = jax.eval_shape(tx.init, params)
-  opt_sh = trainer._shardings(opt_abstract, mesh)
+  opt_sh = tree_shardings(opt_abstract, mesh)
   state_sh = trainer.TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
                                 rng=replicated)
   state = trainer.TrainState(

@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
@@ -56,7 +58,15 @@ RULES = ShardingRules()
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 to take the remaining devices."""
+  """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 to take the remaining devices.
+
+  Args:
+    data: pure data-parallel replicas.
+    fsdp: data-parallel replicas that also split the parameters.
+    tensor: Megatron-style splits of heads and MLP width.
+    devices: the devices to arrange (default: all of `jax.devices()`); their count must equal
+      the product of the sizes.
+  """
   devices = list(devices if devices is not None else jax.devices())
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
@@ -80,8 +90,14 @@ def _axis_size(mesh: Mesh | jax.sharding.AbstractMesh, entry) -> int:
   return math.prod(mesh.shape[n] for n in names)
 
 
-def fit_spec(spec: P, shape: Sequence[int], mesh) -> P:
-  """Drops mesh axes from `spec` that do not evenly divide the dimension they split."""
+def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh | jax.sharding.AbstractMesh) -> P:
+  """Drops mesh axes from `spec` that do not evenly divide the dimension they split.
+
+  Args:
+    spec: a PartitionSpec; missing trailing entries count as None.
+    shape: the shape it will split.
+    mesh: the (concrete or abstract) mesh whose axis sizes must divide the dimensions.
+  """
   fitted = []
   for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     if entry is None:
@@ -100,29 +116,65 @@ def fit_spec(spec: P, shape: Sequence[int], mesh) -> P:
 
 
 def named(spec: P, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+  """`NamedSharding(mesh, spec)` with `spec` fitted to `shape` (see `fit_spec`).
+
+  Args:
+    spec: the PartitionSpec from the sharding table.
+    shape: the array's shape.
+    mesh: the mesh.
+  """
   return NamedSharding(mesh, fit_spec(spec, shape, mesh))
 
 
-def current_mesh():
+def current_mesh() -> jax.sharding.AbstractMesh | None:
   """The mesh set with `jax.set_mesh`, or None when running unsharded."""
   mesh = jax.sharding.get_abstract_mesh()
   return None if mesh.empty else mesh
 
 
 def constrain(x: jax.Array, spec: P) -> jax.Array:
-  """`with_sharding_constraint` under a mesh; a no-op without one (plain single-device use)."""
+  """`with_sharding_constraint` under a mesh; a no-op without one (plain single-device use).
+
+  Args:
+    x: the array (traced).
+    spec: its PartitionSpec from the sharding table, fitted to `x.shape`.
+  """
   mesh = current_mesh()
   if mesh is None or mesh.size == 1:
     return x
   return jax.lax.with_sharding_constraint(x, fit_spec(spec, x.shape, mesh))
 
 
-def tree_shardings(abstract_state, mesh: Mesh):
-  """NamedShardings for an nnx state whose Variables carry `partition` specs (our metadata key; flax's own `out_sharding` would shard eagerly at creation)."""
+def tree_shardings(tree: Any, mesh: Mesh) -> Any:
+  """The one spec-to-sharding map: a NamedSharding for every leaf of `tree`, in its structure.
+
+  An nnx Variable (a parameter, or an optimizer moment that mirrors one) follows its `partition`
+  metadata (our key; flax's own `out_sharding` would shard eagerly at creation), fitted to its
+  shape by `fit_spec`; any other leaf (a step count, an RNG key) is replicated.
+
+  Args:
+    tree: an nnx State (abstract or concrete), or any pytree holding nnx Variables and arrays.
+    mesh: the mesh the shardings refer to.
+
+  Returns:
+    `tree` with each Variable's value replaced by its NamedSharding and each other leaf by the
+    replicated NamedSharding.
+  """
   from flax import nnx
 
-  def one(v):
-    spec = P(*(v.get_metadata().get("partition") or ()))
-    return v.replace(named(spec, v.shape, mesh))
+  def one(x):
+    if isinstance(x, nnx.Variable):
+      return x.replace(named(P(*(x.get_metadata().get("partition") or ())), x.shape, mesh))
+    return NamedSharding(mesh, P())
 
-  return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def single_device_mesh(device: jax.Device | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh of one device (this process's first by default): the
+  unsharded case run through the same code as a sharded one.
+
+  Args:
+    device: the device; None takes `jax.local_devices()[0]`, where unplaced arrays go.
+  """
+  return make_mesh(1, 1, 1, devices=[device if device is not None else jax.local_devices()[0]])

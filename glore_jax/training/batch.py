@@ -30,9 +30,11 @@ fixed step), and `make_batches` groups examples of similar length so padding sta
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -62,7 +64,7 @@ class ValueExample:
 
   @classmethod
   def from_encoded(cls, encoded: Any, labels: Sequence[float],
-                   soft: Sequence[float] | None = None) -> "ValueExample":
+                   soft: Sequence[float] | None = None) -> ValueExample:
     """From an `EncodedSteps` whose trailing steps may have been dropped by truncation: labels
     (given for every step of the untruncated solution) are cut to the steps that were kept."""
     kept = len(encoded.step_ends)
@@ -81,7 +83,14 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
 def bucket_length(n: int, *, multiple: int | None = None, minimum: int = 16,
                   maximum: int | None = None) -> int:
   """The padded length for a batch whose longest row has n tokens: the next power of two
-  (default) or the next multiple of `multiple`, at least `minimum`, at most `maximum`."""
+  (default) or the next multiple of `multiple`, at least `minimum`, at most `maximum`.
+
+  Args:
+    n: the longest row's token count.
+    multiple: round up to a multiple of this instead of a power of two.
+    minimum: the shortest length returned.
+    maximum: the longest length returned (None: no cap).
+  """
   n = max(int(n), 1)
   if multiple:
     length = max(minimum, multiple * math.ceil(n / multiple))
@@ -106,7 +115,19 @@ def collate_lm(records: Sequence[Any], *, length: int | None = None, batch_size:
   """Records with `ids` and `prompt_length` (SFTExample, EncodedSteps, or dicts) -> an LM batch.
 
   `length` defaults to the bucket of the longest row; `batch_size` > len(records) adds empty
-  filler rows (all masks 0) so a last partial batch keeps the compiled shape."""
+  filler rows (all masks 0) so a last partial batch keeps the compiled shape.
+
+  Args:
+    records: the rows; `prompt_length` tokens of each are the prompt (not trained on).
+    length: the padded length (default: `bucket_length` of the longest row).
+    batch_size: the row count (default: len(records)).
+    pad_id: the padding token id.
+    bucket_multiple: see `bucket_length`.
+
+  Returns:
+    `tokens` [B, T] int32, `attention_mask` [B, T] int32, `target_mask` [B, T] float32 (1 where
+    the position predicts a target token).
+  """
   batch_size = batch_size or len(records)
   if len(records) > batch_size:
     raise ValueError(f"{len(records)} records for batch_size={batch_size}")
@@ -135,7 +156,21 @@ def collate_value(records: Sequence[Any], *, targets: Literal["hard", "soft"] = 
                   num_steps: int | None = None, pad_id: int = 0,
                   bucket_multiple: int | None = None) -> dict[str, np.ndarray]:
   """Records with `ids`, `step_ends`, `labels` (and `soft` for soft targets) -> a value batch.
-  `num_steps` (M) defaults to the next power of two of the most steps in a row."""
+
+  Args:
+    records: the rows (ValueExample, or objects / dicts with those fields).
+    targets: `value_target` holds the hard 0/1 labels or the soft ones.
+    length: the padded length (default: `bucket_length` of the longest row).
+    batch_size: the row count (default: len(records)); extra rows are empty fillers.
+    num_steps: labelled steps per row, M (default: the next power of two of the most steps in a
+      row, at least 4).
+    pad_id: the padding token id.
+    bucket_multiple: see `bucket_length`.
+
+  Returns:
+    `tokens`, `attention_mask` [B, T] int32; `value_index` [B, M] int32 (the token ending each
+    step, -1 for none), `value_target` and `value_label` [B, M] float32.
+  """
   if targets not in ("hard", "soft"):
     raise ValueError(f"targets={targets!r}; choose 'hard' or 'soft'")
   batch_size = batch_size or len(records)
@@ -159,7 +194,7 @@ def collate_value(records: Sequence[Any], *, targets: Literal["hard", "soft"] = 
       raise ValueError(f"row {row}: {n} tokens / {m} steps do not fit [{length}, {num_steps}]")
     if len(hard) != m:
       raise ValueError(f"row {row}: {len(hard)} labels for {m} step ends")
-    if any(not 0 <= e < n for e in ends) or any(b <= a for a, b in zip(ends, ends[1:])):
+    if any(not 0 <= e < n for e in ends) or any(b <= a for a, b in itertools.pairwise(ends)):
       raise ValueError(f"row {row}: step_ends {ends} must increase within 0..{n - 1}")
     if targets == "soft":
       soft = _get(record, "soft")
@@ -205,7 +240,20 @@ def make_batches(records: Iterable[Any], *, batch_size: int, kind: Literal["lm",
   and cut into batches, so each batch holds similar lengths; batch order is shuffled again. Rows
   longer than `max_length` are truncated (LM: target tail cut; value: trailing steps dropped) and
   counted in a warning; rows left with nothing to train on are dropped and counted.
-  `batch_size` is the rows of one optimizer step (micro-batch size x grad_accum).
+
+  Args:
+    records: SFTExample (kind 'lm') or ValueExample (kind 'value') records, or objects / dicts
+      with their fields.
+    batch_size: the rows of one optimizer step (micro-batch size x grad_accum).
+    kind: 'lm' (`collate_lm`) or 'value' (`collate_value`).
+    value_targets: 'hard' or 'soft' (kind 'value').
+    pad_id: the padding token id.
+    max_length: truncate longer rows (None: no limit).
+    bucket_multiple: see `bucket_length`.
+    shuffle: shuffle examples and batches (seeded by `seed`); False keeps the order.
+    seed: the shuffle's seed.
+    drop_last: drop a last batch with fewer than `batch_size` records (else filler rows pad it).
+    group_window: batches per length-sorting window.
   """
   if kind not in ("lm", "value"):
     raise ValueError(f"kind={kind!r}; choose 'lm' or 'value'")
@@ -241,7 +289,11 @@ def make_batches(records: Iterable[Any], *, batch_size: int, kind: Literal["lm",
 
 
 def padding_fraction(batches: Iterable[Mapping[str, np.ndarray]]) -> float:
-  """Share of token slots that are padding, over a set of batches."""
+  """Share of token slots that are padding, over a set of batches.
+
+  Args:
+    batches: batches with an `attention_mask`.
+  """
   real = total = 0
   for b in batches:
     real += int(b["attention_mask"].sum())

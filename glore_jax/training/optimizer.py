@@ -27,6 +27,7 @@ import optax
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class AdamWState:
+  """The optimizer's state: the update count and the two moment trees (fp32)."""
   count: jax.Array  # int32 scalar: updates applied (the bias correction's t)
   mu: Any  # first moments, shaped like the parameters (fp32)
   nu: Any  # second moments
@@ -34,7 +35,17 @@ class AdamWState:
 
 @dataclasses.dataclass(frozen=True)
 class FusedAdamW:
-  """AdamW (decoupled weight decay) after optional global-norm clipping; see the module doc."""
+  """AdamW (decoupled weight decay) after optional global-norm clipping; see the module doc.
+
+  Args:
+    schedule: the learning rate as a function of the update count.
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: Adam's epsilon.
+    weight_decay: decoupled weight decay (on the parameters `decay_mask` selects).
+    decay_mask: a tree of bools like the parameters, or a function of them (None: all decay).
+    clip_norm: clip the gradients' global norm to this (None: no clipping).
+  """
 
   schedule: optax.Schedule
   b1: float = 0.9
@@ -45,17 +56,28 @@ class FusedAdamW:
   decay_mask: Callable[[Any], Any] | None = None
   clip_norm: float | None = None  # global-norm clipping of the (normalised) gradients
 
-  def init(self, params) -> AdamWState:
+  def init(self, params: Any) -> AdamWState:
+    """Zero moments shaped like `params` (fp32), count 0."""
     zeros = lambda tree: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), tree)
     return AdamWState(count=jnp.zeros((), jnp.int32), mu=zeros(params), nu=zeros(params))
 
-  def update(self, grads, state: AdamWState, params, *, grad_scale=1.0, skip=False):
+  def update(self, grads: Any, state: AdamWState, params: Any, *,
+             grad_scale: float | jax.Array = 1.0, skip: bool | jax.Array = False
+             ) -> tuple[Any, AdamWState, jax.Array, jax.Array]:
     """-> (new params, new state, update applied?, gradient norm).
 
     The gradients used are `grads * grad_scale` (e.g. 1 / the batch's target count), clipped to
     `clip_norm`. When `skip` is true, or the gradient norm or the learning rate is not finite,
     params and moments come back bit-identical and the count does not advance. The norm
-    returned is that of the scaled gradients before clipping."""
+    returned is that of the scaled gradients before clipping.
+
+    Args:
+      grads: the gradients, shaped like `params`.
+      state: the optimizer state.
+      params: the parameters (donated in the train step: updated in place).
+      grad_scale: multiplies the gradients (a scalar, traced or not).
+      skip: a scalar bool; true leaves everything unchanged.
+    """
     grad_norm = optax.global_norm(grads) * grad_scale
     lr = self.schedule(state.count)
     # finite gradients (clipped or not) and a finite rate keep moments and parameters finite

@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 from etils import epath
@@ -33,7 +33,16 @@ class RunLog:
 
   A local workdir: events go straight to `<workdir>/tensorboard`, metrics.jsonl is appended to.
   An object store (gs://), which cannot append: metrics.jsonl is rewritten whole at each update,
-  and events go to a local temporary folder copied to `<workdir>/tensorboard` on close."""
+  and events go to a local temporary folder copied to `<workdir>/tensorboard` on close.
+
+  Args:
+    workdir: the run's folder.
+    start: the step the run starts from (the bar's initial position).
+    total_steps: the bar's total.
+    loss: 'lm' or 'value' (the bar's label).
+    progress: show the tqdm bar.
+    hook: also called with every record, `hook(step, values)` (trackers such as W&B).
+  """
 
   def __init__(self, workdir: epath.Path, *, start: int, total_steps: int, loss: str,
                progress: bool = True,
@@ -51,7 +60,7 @@ class RunLog:
     from tensorboardX import SummaryWriter
     if self.local:
       self.writer = SummaryWriter(os.fspath(self.tensorboard))
-      self.jsonl = open(self.jsonl_path, "a")
+      self.jsonl = open(self.jsonl_path, "a")  # noqa: SIM115  (open for the run; closed in close)
     else:
       self.events = tempfile.mkdtemp(prefix="glore-tensorboard-")
       log.warning("workdir %s is not local: TensorBoard events are written to %s and copied to "
@@ -67,6 +76,12 @@ class RunLog:
                       unit="step", dynamic_ncols=True)
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    """Records `values` at `step`: TensorBoard (finite numbers), the hook, metrics.jsonl.
+
+    Args:
+      step: the training step.
+      values: name -> value.
+    """
     if not self.main:
       return
     for k, v in values.items():
@@ -82,13 +97,15 @@ class RunLog:
       self.lines.append(line)
       self.jsonl_path.write_text("".join(self.lines))
 
-  def progress(self, steps: int, **postfix) -> None:
+  def progress(self, steps: int, **postfix: str) -> None:
+    """Advances the bar by `steps` and sets its postfix (e.g. loss=..., tok_s=...)."""
     if self.bar is not None:
       self.bar.update(steps)
       if postfix:
         self.bar.set_postfix(postfix, refresh=False)
 
   def close(self) -> None:
+    """Closes the bar, the writers, and copies local events to an object-store workdir."""
     if self.bar is not None:
       self.bar.close()
     if self.writer is not None:

@@ -7,10 +7,20 @@ import pytest
 from flax import nnx
 
 from glore_jax.model import create_model, preset
-from glore_jax.training import (SFTExample, TrainConfig, ValueExample, auroc, bucket_length,
-                                collate_lm, collate_value, lm_loss, make_batches, padding_fraction,
-                                value_loss)
-from glore_jax.training import losses
+from glore_jax.training import (
+  SFTExample,
+  TrainConfig,
+  ValueExample,
+  auroc,
+  bucket_length,
+  collate_lm,
+  collate_value,
+  lm_loss,
+  losses,
+  make_batches,
+  padding_fraction,
+  value_loss,
+)
 from glore_jax.training.trainer import make_loss_fn, trainable_filter
 
 

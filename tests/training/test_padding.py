@@ -10,8 +10,7 @@ import pytest
 from glore_jax.data.tokenizer import embedded_tokenizer, padding_id
 from glore_jax.model import create_model, preset
 from glore_jax.stages.scoring import score_steps
-from glore_jax.training import SFTExample, ValueExample, make_batches
-from glore_jax.training import losses
+from glore_jax.training import SFTExample, ValueExample, losses, make_batches
 from glore_jax.training.batch import collate_lm, collate_value
 
 

@@ -8,8 +8,14 @@ import pytest
 from flax import nnx
 
 from glore_jax.model import create_model, load_hf, make_mesh, preset
-from glore_jax.training import (SFTExample, TrainConfig, TrainingDivergedError, ValueExample,
-                                make_batches, train)
+from glore_jax.training import (
+  SFTExample,
+  TrainConfig,
+  TrainingDivergedError,
+  ValueExample,
+  make_batches,
+  train,
+)
 from glore_jax.training.checkpoint import Checkpoints
 
 
