@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +22,30 @@ class UnsupportedConfigError(InputError, ValueError):
 class LlamaConfig:
   """Shapes and numerics of a Llama-2 style decoder.
 
-  `dtype` is the compute dtype (activations, matmul inputs); `param_dtype` is the
-  storage dtype of the parameters. TPU training wants bf16 compute over fp32 params;
-  the parity tests want fp32 everywhere.
+  Fields are settings as configs and HF files write them; three properties give the resolved
+  form of a field (one name per setting, one per resolved value):
+
+  * `dtype`: the compute dtype (activations, matmul inputs), a dtype name; `compute_dtype` is
+    the same as a `jnp.dtype` (for `.itemsize`, `ShapeDtypeStruct`).
+  * `param_dtype`: the storage dtype of the parameters (Flax's name). TPU training wants bf16
+    compute over fp32 params; the parity tests want fp32 everywhere.
+  * `fuse_projections`: a request (True, False, or None = the platform's default);
+    `fused_projections` is the answer for the platform, as `glore_jax.model.ops.select_ops`
+    resolves it when a model is built.
+  * `platform`: the platform asked for (None: the default backend); `target_platform` is the
+    resolved name.
+
+  Attributes:
+    vocab_size, hidden_size (D), intermediate_size (F), num_layers, num_heads (N),
+      num_kv_heads (K; N must be a multiple), head_dim (H; 0 = hidden_size // num_heads):
+      the shapes.
+    rope_theta, rms_norm_eps, max_position_embeddings, tie_word_embeddings, bos_token_id,
+      eos_token_id: as in an HF Llama config.json.
+    dtype, param_dtype: compute and storage dtype names (above).
+    value_head: add a scalar value head (reward models, value training).
+    remat: recompute each layer's activations in the backward pass.
+    fuse_projections, platform, pallas_attention: the platform's fast paths (see the comments
+      on each field).
   """
 
   vocab_size: int
@@ -69,26 +91,28 @@ class LlamaConfig:
 
   @property
   def compute_dtype(self) -> jnp.dtype:
+    """`dtype` as a `jnp.dtype`."""
     return jnp.dtype(self.dtype)
 
   @property
-  def weight_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
-
-  @property
   def fused_projections(self) -> bool:
-    if self.fuse_projections is None:
-      return self.target_platform == "cpu"
-    return self.fuse_projections
+    """`fuse_projections` resolved for the platform: whether a model built from this config
+    fuses its projections (`glore_jax.model.ops.select_ops` decides)."""
+    from glore_jax.model.ops import select_ops  # ops builds on this module
+    return select_ops(self).fused_projections
 
   @property
   def target_platform(self) -> str:
+    """`platform`, or the default backend when None ('cpu', 'tpu', 'gpu')."""
     return self.platform or jax.default_backend()
 
-  def replace(self, **changes: Any) -> "LlamaConfig":
+  def replace(self, **changes: Any) -> LlamaConfig:
+    """A copy with `changes` (field=value) applied and validated."""
     return dataclasses.replace(self, **changes)
 
   def num_params(self, *, include_embedding: bool = True) -> int:
+    """The parameter count (value head excluded); `include_embedding=False` leaves out the
+    embedding and the LM head."""
     d, f, h = self.hidden_size, self.intermediate_size, self.head_dim
     attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
     per_layer = attn + 3 * d * f + 2 * d
@@ -98,7 +122,7 @@ class LlamaConfig:
   # ---- HF interop -------------------------------------------------------------------------
 
   @classmethod
-  def from_hf(cls, source: str | Path | Mapping[str, Any], **overrides: Any) -> "LlamaConfig":
+  def from_hf(cls, source: str | Path | Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     """Reads an HF Llama `config.json` (a folder, the file, or its dict).
 
     Fails before any compute on features we do not implement, naming the key.
@@ -233,6 +257,11 @@ PRESETS: dict[str, LlamaConfig] = {
 
 
 def preset(name: str, **overrides: Any) -> LlamaConfig:
+  """The named preset (`PRESETS`) with `overrides` (LlamaConfig fields) applied.
+
+  Raises:
+    KeyError: an unknown name, listing the known ones.
+  """
   try:
     base = PRESETS[name]
   except KeyError:

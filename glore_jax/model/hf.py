@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,8 @@ from safetensors.numpy import save_file
 
 from glore_jax.errors import InputError
 from glore_jax.model.config import LlamaConfig
-from glore_jax.model.llama import _INIT_STD, Llama
+from glore_jax.model.layers import INIT_STD
+from glore_jax.model.llama import Llama
 from glore_jax.model.sharding import tree_shardings
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
   if vocab_size:
     cfg = cfg.replace(vocab_size=vocab_size)
   files = _safetensor_files(folder)  # fail on a bad folder before any compute
+  stored_dtype = jnp.dtype(cfg.param_dtype)  # a numpy dtype: the tensors are read as numpy
 
   graphdef, abstract_state = _abstract(cfg)
   shardings = None if mesh is None else tree_shardings(abstract_state, mesh)
@@ -208,7 +210,7 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
     if tuple(array.shape) != spec.hf_shape:
       raise CheckpointError(f"{file}: tensor {name!r} has shape {tuple(array.shape)}, "
                             f"expected {spec.hf_shape} from config.json")
-    array = spec.to_ours(array).astype(cfg.weight_dtype)
+    array = spec.to_ours(array).astype(stored_dtype)
     if vocab_size and vocab_size > ckpt_vocab and spec.ours in (("embedding",), ("lm_head",)):
       array = _grow_vocab(array, vocab_size, axis=0 if spec.ours == ("embedding",) else 1)
     target = _get_path(abstract_state, spec.ours)
@@ -225,9 +227,9 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     raise CheckpointError(f"{folder}: missing tensors {shown}")
   if value_head and "score.weight" not in loaded:
-    fresh = {("value_head",): _INIT_STD * jax.random.normal(
-                 jax.random.key(seed), (cfg.hidden_size, 1), jnp.float32).astype(cfg.weight_dtype),
-             ("value_bias",): jnp.zeros((1,), cfg.weight_dtype)}
+    fresh = {("value_head",): INIT_STD * jax.random.normal(
+                 jax.random.key(seed), (cfg.hidden_size, 1), jnp.float32).astype(stored_dtype),
+             ("value_bias",): jnp.zeros((1,), stored_dtype)}
     for ours, value in fresh.items():
       if shardings is not None:
         value = jax.device_put(value, _get_path(shardings, ours).get_value())

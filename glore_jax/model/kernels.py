@@ -1,10 +1,12 @@
-"""Attention kernels by platform, chosen in one place (`use_pallas`).
+"""Pallas attention kernels for TPU, and whether a model uses them (`use_pallas`).
 
 On TPU the training and scoring forward pass (causal attention over the call's own tokens, no
-cache, a multiple of 128 of them) runs Pallas flash attention (`jax.experimental.pallas.ops.tpu.flash_attention`): the
-[T, T] scores never reach HBM. Everywhere else, and for the cached prefill and decode steps, the
-XLA attention in `glore_jax.model.llama` runs; it is the reference, and the CPU program is left
-exactly as it was.
+cache, a multiple of 128 of them) runs Pallas flash attention
+(`jax.experimental.pallas.ops.tpu.flash_attention`): the [T, T] scores never reach HBM. A decode
+step runs the ragged decode kernel below when its 128-slot blocks tile the cache. Everywhere
+else, and for the cached prefill, the XLA attention in `glore_jax.model.attention` runs: it is
+the reference, and the CPU program is left exactly as it was. `glore_jax.model.ops.select_ops`
+asks `use_pallas` once, when a model is built.
 
 `LlamaConfig.pallas_attention` overrides the choice: False keeps XLA attention on TPU (the plan
 compares the two), True asks for the kernel elsewhere, where it runs only in Pallas interpret
@@ -16,26 +18,35 @@ from __future__ import annotations
 import functools
 import math
 
+import einops
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from glore_jax.model.config import LlamaConfig
 from glore_jax.model.sharding import BATCH, current_mesh, fit_spec
 
 _BLOCK = 128  # the kernel's tile along queries and keys
 
 
-def use_pallas(cfg) -> bool:
-  """Whether a model built from `cfg` attends with the Pallas kernels (no cache)."""
+def use_pallas(cfg: LlamaConfig) -> bool:
+  """Whether a model built from `cfg` attends with the Pallas kernels where they fit
+  (`glore_jax.model.ops.select_ops` asks once, when the model is built)."""
   if cfg.pallas_attention is not None:
     return cfg.pallas_attention
   return cfg.target_platform == "tpu"
 
 
-def use_flash_attention(cfg, seq: int) -> bool:
+def flash_fits(seq: int) -> bool:
+  """Whether flash attention's key tiles (multiples of 128 tokens, with padding masks) cover a
+  cache-free pass over `seq` tokens."""
+  return seq % _BLOCK == 0
+
+
+def use_flash_attention(cfg: LlamaConfig, seq: int) -> bool:
   """Flash attention for a cache-free pass over `seq` tokens: on the Pallas platforms, when the
-  kernel's key tiles (multiples of 128 tokens, with padding masks) cover the sequence."""
-  return use_pallas(cfg) and seq % _BLOCK == 0
+  kernel's tiles fit (`flash_fits`)."""
+  return use_pallas(cfg) and flash_fits(seq)
 
 
 def _block_sizes():
@@ -63,12 +74,12 @@ def flash_attention(q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
     (a shard_map around the kernel, which sees one device's block).
   """
   from jax.experimental.pallas.ops.tpu import flash_attention as fa
-  b, t, k_heads, groups, h = q_btkgh.shape
+  k_heads, groups, h = q_btkgh.shape[2:]
   dt = q_btkgh.dtype
-  q_bnth = jnp.transpose(q_btkgh, (0, 2, 3, 1, 4)).reshape(b, k_heads * groups, t, h)
+  q_bnth = einops.rearrange(q_btkgh, "b t k g h -> b (k g) t h")
   # every query head reads its kv head: repeat kv heads G times (head n = k * G + g)
-  k_bnth = jnp.repeat(jnp.swapaxes(k_bkhs, 2, 3).astype(dt), groups, axis=1)
-  v_bnth = jnp.repeat(v_bksh.astype(dt), groups, axis=1)
+  k_bnth = einops.repeat(k_bkhs.astype(dt), "b k h t -> b (k g) t h", g=groups)
+  v_bnth = einops.repeat(v_bksh.astype(dt), "b k t h -> b (k g) t h", g=groups)
   valid_bt = mask_bts[:, -1, :].astype(jnp.int32)
   block_sizes = _block_sizes()
   scale = 1.0 / math.sqrt(h)
@@ -84,7 +95,7 @@ def flash_attention(q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
     kernel = jax.shard_map(kernel, mesh=mesh, in_specs=(heads, heads, heads, rows),
                            out_specs=heads, check_vma=False)
   out_bnth = kernel(q_bnth, k_bnth, v_bnth, valid_bt)
-  return jnp.transpose(out_bnth.reshape(b, k_heads, groups, t, h), (0, 3, 1, 2, 4)).astype(dt)
+  return einops.rearrange(out_bnth, "b (k g) t h -> b t k g h", k=k_heads).astype(dt)
 
 
 # ---- decode: one query per row over the KV cache, ragged by each row's valid slots ------------
@@ -92,10 +103,15 @@ def flash_attention(q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
 _DECODE_BLOCK = 128  # cache slots per step of the kernel's reduction
 
 
-def use_decode_kernel(cfg, cache_slots: int) -> bool:
+def decode_fits(cache_slots: int) -> bool:
+  """Whether the decode kernel's 128-slot blocks tile a cache of `cache_slots` slots."""
+  return cache_slots % _DECODE_BLOCK == 0
+
+
+def use_decode_kernel(cfg: LlamaConfig, cache_slots: int) -> bool:
   """The Pallas decode kernel for a one-token step over `cache_slots` slots, on the Pallas
-  platforms, when its 128-slot blocks tile the cache."""
-  return use_pallas(cfg) and cache_slots % _DECODE_BLOCK == 0
+  platforms, when its blocks tile the cache (`decode_fits`)."""
+  return use_pallas(cfg) and decode_fits(cache_slots)
 
 
 def _decode_kernel(first_ref, last_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, acc_ref, *,

@@ -148,15 +148,15 @@ def test_fused_and_separate_projections_agree():
 def test_decode_attention_as_dots_equals_multiply_and_sum_row_by_row():
   """From DOT_ATTENTION_MIN_ROWS rows a decode step attends with batched dots; each row must
   equal the same row attended alone (multiply-and-sum), masked slots included."""
-  from glore_jax.model import llama
-  rows, k_heads, groups, h, s = llama.DOT_ATTENTION_MIN_ROWS, 2, 3, 16, 24
+  from glore_jax.model import cpu_paths
+  rows, k_heads, groups, h, s = cpu_paths.DOT_ATTENTION_MIN_ROWS, 2, 3, 16, 24
   rng = np.random.default_rng(4)
   q = jnp.asarray(rng.normal(size=(rows, 1, k_heads, groups, h)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(rows, k_heads, h, s)), jnp.float32)
   v = jnp.asarray(rng.normal(size=(rows, k_heads, s, h)), jnp.float32)
   mask = jnp.asarray(np.arange(s)[None, None, :] < rng.integers(1, s + 1, size=(rows, 1, 1)))
-  together = llama._attend_one_query(q, k, v, mask)
-  alone = jnp.concatenate([llama._attend_one_query(q[i:i + 1], k[i:i + 1], v[i:i + 1], mask[i:i + 1])
+  together = cpu_paths.attend_one_query(q, k, v, mask)
+  alone = jnp.concatenate([cpu_paths.attend_one_query(q[i:i + 1], k[i:i + 1], v[i:i + 1], mask[i:i + 1])
                            for i in range(rows)])
   np.testing.assert_allclose(together, alone, atol=1e-5)
   # and both equal a plain softmax attention in numpy

@@ -28,6 +28,19 @@ def test_choice_by_platform():
   # the kernel tiles keys by 128: other lengths keep XLA attention
   assert kernels.use_flash_attention(_cfg(platform="tpu"), 256)
   assert not kernels.use_flash_attention(_cfg(platform="tpu"), 64)
+  assert kernels.flash_fits(256) and not kernels.flash_fits(64)
+
+
+def test_model_built_for_tpu_selects_the_pallas_kernels():
+  """The choice is made once, when the model is built, and travels in its graph definition."""
+  from glore_jax.model import attention
+  tpu = nnx.eval_shape(lambda: Llama(_cfg(platform="tpu"), rngs=nnx.Rngs(0)))
+  assert tpu.ops.pallas and not tpu.ops.fused_projections
+  assert tpu.ops.one_query is attention.attend_one_query  # the reference where no kernel fits
+  assert tpu.layers[0].attn.ops is tpu.ops and tpu.layers[0].mlp.ops is tpu.ops
+  xla = nnx.eval_shape(lambda: Llama(_cfg(platform="tpu", pallas_attention=False), rngs=nnx.Rngs(0)))
+  assert not xla.ops.pallas
+  assert nnx.graphdef(tpu) != nnx.graphdef(xla)  # programs compiled for one are not reused
 
 
 def _batch(rows=2, seq=128, seed=0):
@@ -71,6 +84,7 @@ def test_flash_attention_matches_xla_attention():
 def test_flash_attention_under_a_mesh_matches():
   """Sharded over (data, fsdp) and tensor: the kernel runs per device inside a shard_map."""
   from jax.experimental.pallas import tpu as pltpu
+
   from glore_jax.model.sharding import make_mesh
   mesh = make_mesh(1, 4, 2, devices=jax.devices()[:8])
   ref = Llama(_cfg(), rngs=nnx.Rngs(1))
@@ -98,19 +112,21 @@ def test_decode_kernel_matches_xla_decode_attention():
   """Rows with different valid runs (left padding, a run crossing a block, one ending at the
   last slot): the ragged Pallas decode kernel (interpret mode) equals the XLA decode step."""
   from jax.experimental.pallas import tpu as pltpu
-  from glore_jax.model import llama
+
+  from glore_jax.model import attention
   q, k, v = _decode_inputs()
   slots = k.shape[-1]
   start, query_slot = np.array([0, 5, 130]), np.array([10, 200, slots - 1])
   slot = np.arange(slots)
   mask = jnp.asarray((slot >= start[:, None]) & (slot <= query_slot[:, None]))[:, None, :]
-  want = llama._attend_one_query(q, k, v, mask)
+  want = attention.attend_one_query(q, k, v, mask)
   with pltpu.force_tpu_interpret_mode():
     got = jax.jit(kernels.decode_attention)(q, k, v, mask)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 def test_decode_kernel_choice():
+  assert kernels.decode_fits(512) and not kernels.decode_fits(80)
   assert kernels.use_decode_kernel(_cfg(platform="tpu"), 512)
   assert not kernels.use_decode_kernel(_cfg(platform="tpu"), 80)  # not 128-slot blocks
   assert not kernels.use_decode_kernel(_cfg(), 512)  # CPU: the XLA step, unchanged
