@@ -227,12 +227,11 @@ def _check_hf_fields(hf: Mapping[str, Any], where: str) -> None:
                                    "needs it)")
   for key in _HF_POSITIVE_INTS:
     value = hf.get(key)
-    if key in _HF_REQUIRED or value is not None:
-      if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        if key == "head_dim" and value == 0:
-          continue
-        raise UnsupportedConfigError(f"{where}: field {key!r} = {value!r}; expected a positive "
-                                     "integer")
+    positive_int = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    head_dim_default = key == "head_dim" and value == 0  # 0: hidden_size // num_heads
+    if (key in _HF_REQUIRED or value is not None) and not positive_int and not head_dim_default:
+      raise UnsupportedConfigError(f"{where}: field {key!r} = {value!r}; expected a positive "
+                                   "integer")
   for key in _HF_NUMBERS:
     value = hf.get(key)
     if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -9,7 +9,7 @@ from safetensors.numpy import load_file, save_file
 from glore_jax.model import CheckpointError, LlamaConfig, UnsupportedConfigError, load_hf
 
 pytest.importorskip("torch")
-from tests.model.hf_reference import make_hf_llama  # noqa: E402
+from tests.model.hf_reference import make_hf_llama
 
 
 @pytest.fixture

@@ -60,8 +60,8 @@ def test_packed_prefill_equals_the_padded_one():
   np.testing.assert_allclose(np.asarray(packed_h)[real_bt], np.asarray(plain_h)[real_bt], atol=1e-5)
   assert not np.asarray(packed_h)[~real_bt].any()  # padding is not computed
   for layer in range(model.cfg.num_layers):  # keys [B, K, H, S], values [B, K, S, H] at real slots
-    keys = lambda c: np.moveaxis(np.asarray(c.k[layer]), 3, 1)[real_bt]  # [real tokens, K, H]
-    values = lambda c: np.moveaxis(np.asarray(c.v[layer]), 2, 1)[real_bt]
+    keys = lambda c, i=layer: np.moveaxis(np.asarray(c.k[i]), 3, 1)[real_bt]  # [real tokens, K, H]
+    values = lambda c, i=layer: np.moveaxis(np.asarray(c.v[i]), 2, 1)[real_bt]
     np.testing.assert_allclose(keys(packed_c), keys(plain_c), atol=1e-5)
     np.testing.assert_allclose(values(packed_c), values(plain_c), atol=1e-5)
   assert packed_c.length.tolist() == plain_c.length.tolist()

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from glore_jax.model import load_hf, save_hf
-
 from tests.model.hf_reference import hf_logits, make_hf_llama
 
 torch = pytest.importorskip("torch", reason="parity tests need torch==2.13.0 (the 'test' extra)")

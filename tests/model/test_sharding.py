@@ -25,7 +25,7 @@ def test_sharded_forward_equals_unsharded(reference, shape):
   tokens, ref_logits, ref_values = reference
   mesh = make_mesh(*shape)
   model = create_model(CFG, seed=0, mesh=mesh)
-  data, fsdp, tensor = shape
+  _, fsdp, tensor = shape
   q = model.layers[0].attn.q[...]  # [D, N, H] split (fsdp, tensor, -)
   assert q.sharding.shard_shape(q.shape) == (64 // fsdp, 8 // tensor, 8)
   down = model.layers[1].mlp.down[...]  # [F, D] split (tensor, fsdp)
