@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from glore_jax.model import attention, cpu_paths
-from glore_jax.model.config import preset
 from glore_jax.model.attention import Attention
+from glore_jax.model.config import preset
 from glore_jax.model.llama import Llama, create_model
 from glore_jax.model.ops import select_ops
 
