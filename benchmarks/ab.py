@@ -58,27 +58,47 @@ print("AB_RESULT " + json.dumps(out))
 
 def run_decode(tree: Path, batches: list[int], new_tokens: int, repeats: int) -> dict:
   env = {**os.environ, "PYTHONPATH": str(tree), "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", DECODE_SNIPPET,
-                         json.dumps([batches, new_tokens, repeats])],
-                        cwd=tree, env=env, capture_output=True, text=True, check=False)
+  proc = subprocess.run(
+    [sys.executable, "-c", DECODE_SNIPPET, json.dumps([batches, new_tokens, repeats])],
+    cwd=tree,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   line = next((x for x in proc.stdout.splitlines() if x.startswith("AB_RESULT ")), None)
   if proc.returncode or line is None:
     raise RuntimeError(f"decode in {tree} failed:\n{proc.stderr[-3000:]}")
-  return json.loads(line[len("AB_RESULT "):])
+  return json.loads(line[len("AB_RESULT ") :])
 
 
 def run_train(tree: Path, steps: int) -> dict:
   env = {**os.environ, "PYTHONPATH": str(tree), "JAX_PLATFORMS": "cpu"}
   with tempfile.TemporaryDirectory() as tmp:
     out = Path(tmp) / "train.json"
-    proc = subprocess.run([sys.executable, "benchmarks/train.py", "--skip-torch", "--steps",
-                           str(steps), "--out", str(out)], cwd=tree, env=env,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+      [
+        sys.executable,
+        "benchmarks/train.py",
+        "--skip-torch",
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+      ],
+      cwd=tree,
+      env=env,
+      capture_output=True,
+      text=True,
+      check=False,
+    )
     if proc.returncode or not out.exists():
       raise RuntimeError(f"train in {tree} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(out.read_text())
-  return {"tok_s": result["details"]["ours_median_tok_s"],
-          "losses": [round(float(x), 6) for x in result["details"]["ours_losses"]]}
+  return {
+    "tok_s": result["details"]["ours_median_tok_s"],
+    "losses": [round(float(x), 6) for x in result["details"]["ours_losses"]],
+  }
 
 
 def main(argv=None) -> int:
@@ -93,8 +113,12 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   base_dir = Path(tempfile.mkdtemp(prefix="glore-ab-"))
-  subprocess.run(["git", "worktree", "add", "--detach", str(base_dir), args.baseline], cwd=REPO,
-                 check=True, capture_output=True)
+  subprocess.run(
+    ["git", "worktree", "add", "--detach", str(base_dir), args.baseline],
+    cwd=REPO,
+    check=True,
+    capture_output=True,
+  )
   trees = {"this": REPO, "baseline": base_dir}
   runs: dict[str, list] = {"this": [], "baseline": []}
   try:
@@ -104,39 +128,64 @@ def main(argv=None) -> int:
         decode = run_decode(trees[name], args.batches, args.new_tokens, args.repeats)
         train = run_train(trees[name], args.train_steps)
         runs[name].append({"decode": decode, "train": train})
-        print(f"round {r + 1} {name}: decode "
-              + ", ".join(f"b{b} {decode[str(b)]['tok_s']:.1f}" for b in args.batches)
-              + f" tok/s; train {train['tok_s']:.1f} tok/s", flush=True)
+        print(
+          f"round {r + 1} {name}: decode "
+          + ", ".join(f"b{b} {decode[str(b)]['tok_s']:.1f}" for b in args.batches)
+          + f" tok/s; train {train['tok_s']:.1f} tok/s",
+          flush=True,
+        )
   finally:
-    subprocess.run(["git", "worktree", "remove", "--force", str(base_dir)], cwd=REPO,
-                   check=False, capture_output=True)
+    subprocess.run(
+      ["git", "worktree", "remove", "--force", str(base_dir)],
+      cwd=REPO,
+      check=False,
+      capture_output=True,
+    )
 
   def median(name, pick):
     return statistics.median(pick(x) for x in runs[name])
 
-  summary = {"baseline": args.baseline, "rounds": args.rounds, "new_tokens": args.new_tokens,
-             "decode": {}, "train": {}}
+  summary = {
+    "baseline": args.baseline,
+    "rounds": args.rounds,
+    "new_tokens": args.new_tokens,
+    "decode": {},
+    "train": {},
+  }
   for b in map(str, args.batches):
     this, base = (median(n, lambda x, b=b: x["decode"][b]["tok_s"]) for n in ("this", "baseline"))
     same = {x["decode"][b]["tokens_sha"] for n in runs for x in runs[n]}
-    summary["decode"][b] = {"this_tok_s": this, "baseline_tok_s": base, "ratio": this / base,
-                            "same_tokens": len(same) == 1}
+    summary["decode"][b] = {
+      "this_tok_s": this,
+      "baseline_tok_s": base,
+      "ratio": this / base,
+      "same_tokens": len(same) == 1,
+    }
   this, base = (median(n, lambda x: x["train"]["tok_s"]) for n in ("this", "baseline"))
   losses = {json.dumps(x["train"]["losses"][:2]) for n in runs for x in runs[n]}
-  summary["train"] = {"this_tok_s": this, "baseline_tok_s": base, "ratio": this / base,
-                      "same_first_losses": len(losses) == 1}
+  summary["train"] = {
+    "this_tok_s": this,
+    "baseline_tok_s": base,
+    "ratio": this / base,
+    "same_first_losses": len(losses) == 1,
+  }
   sys.path.insert(0, str(REPO / "benchmarks"))
   from roofline import machine_description
+
   summary["machine"] = machine_description()
   summary["runs"] = runs
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(summary, indent=2) + "\n")
   for b, d in summary["decode"].items():
-    print(f"decode batch {b}: this {d['this_tok_s']:.1f} vs baseline {d['baseline_tok_s']:.1f} "
-          f"tok/s = {d['ratio']:.3f}x, same tokens: {d['same_tokens']}")
+    print(
+      f"decode batch {b}: this {d['this_tok_s']:.1f} vs baseline {d['baseline_tok_s']:.1f} "
+      f"tok/s = {d['ratio']:.3f}x, same tokens: {d['same_tokens']}"
+    )
   t = summary["train"]
-  print(f"train: this {t['this_tok_s']:.1f} vs baseline {t['baseline_tok_s']:.1f} tok/s = "
-        f"{t['ratio']:.3f}x, same losses: {t['same_first_losses']}")
+  print(
+    f"train: this {t['this_tok_s']:.1f} vs baseline {t['baseline_tok_s']:.1f} tok/s = "
+    f"{t['ratio']:.3f}x, same losses: {t['same_first_losses']}"
+  )
   return 0
 
 

@@ -77,12 +77,18 @@ print("AB_RESULT " + json.dumps(out))
 
 def run(tree: Path, what: str, batches: list[int], new_tokens: int, name: str) -> dict:
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
-  proc = subprocess.run([sys.executable, "-c", SNIPPET, json.dumps([what, batches, new_tokens, name])],
-                        cwd=tree, env=env, capture_output=True, text=True, check=False)
+  proc = subprocess.run(
+    [sys.executable, "-c", SNIPPET, json.dumps([what, batches, new_tokens, name])],
+    cwd=tree,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   line = next((x for x in proc.stdout.splitlines() if x.startswith("AB_RESULT ")), None)
   if proc.returncode or line is None:
     return {"error": proc.stderr[-2500:]}
-  return json.loads(line[len("AB_RESULT "):])
+  return json.loads(line[len("AB_RESULT ") :])
 
 
 def main(argv=None) -> int:
@@ -93,12 +99,14 @@ def main(argv=None) -> int:
   parser.add_argument("--new-tokens", type=int, default=128)
   parser.add_argument("--what", default="decode,train")
   parser.add_argument("--preset", default="llama2-7b", help="model shapes (random weights)")
-  parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "accelerator_ab.json")
+  parser.add_argument(
+    "--out", type=Path, default=REPO / "benchmarks" / "results" / "accelerator_ab.json"
+  )
   args = parser.parse_args(argv)
   trees = {"this": REPO, "baseline": args.baseline_tree.resolve()}
   runs: dict[str, list] = {"this": [], "baseline": []}
   for r in range(args.rounds):
-    for name in (["this", "baseline"] if r % 2 == 0 else ["baseline", "this"]):
+    for name in ["this", "baseline"] if r % 2 == 0 else ["baseline", "this"]:
       for what in args.what.split(","):
         result = run(trees[name], what, args.batches, args.new_tokens, args.preset)
         runs[name].append({"what": what, **result})
@@ -108,12 +116,22 @@ def main(argv=None) -> int:
     vals = {n: [x[key]["tok_s"] for x in runs[n] if key in x] for n in runs}
     if all(vals.values()):
       this, base = statistics.median(vals["this"]), statistics.median(vals["baseline"])
-      same = {json.dumps(x[key].get("tokens_sha", x[key].get("losses"))) for n in runs
-              for x in runs[n] if key in x}
-      summary[key] = {"this_tok_s": this, "baseline_tok_s": base, "ratio": this / base,
-                      "same_output": len(same) == 1}
-      print(f"{key}: this {this:.1f} vs baseline {base:.1f} tok/s = {this / base:.3f}x, "
-            f"same tokens/losses: {len(same) == 1}")
+      same = {
+        json.dumps(x[key].get("tokens_sha", x[key].get("losses")))
+        for n in runs
+        for x in runs[n]
+        if key in x
+      }
+      summary[key] = {
+        "this_tok_s": this,
+        "baseline_tok_s": base,
+        "ratio": this / base,
+        "same_output": len(same) == 1,
+      }
+      print(
+        f"{key}: this {this:.1f} vs baseline {base:.1f} tok/s = {this / base:.3f}x, "
+        f"same tokens/losses: {len(same) == 1}"
+      )
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(summary, indent=2) + "\n")
   return 0

@@ -33,9 +33,20 @@ def summary(workdir: pathlib.Path) -> dict[str, str]:
   step = r.get("step_level", {})
   num = lambda x: "n/a" if x is None else f"{x:.3f}"
   out = {"run": workdir.name}
-  for key in ("greedy", "mean_sample", f"random_of_{n}", f"majority_of_{n}", f"likelihood_of_{n}",
-              f"best_of_{n}", f"best_of_{n}+lik", "global", "local", "draft_global_local",
-              "draft_global_local+lik", "oracle"):
+  for key in (
+    "greedy",
+    "mean_sample",
+    f"random_of_{n}",
+    f"majority_of_{n}",
+    f"likelihood_of_{n}",
+    f"best_of_{n}",
+    f"best_of_{n}+lik",
+    "global",
+    "local",
+    "draft_global_local",
+    "draft_global_local+lik",
+    "oracle",
+  ):
     out[key] = _pct(r.get(key))
   out["DGL+lik - greedy"] = _diff(r, "draft_global_local+lik - greedy")
   out["DGL - greedy"] = _diff(r, "draft_global_local - greedy")
@@ -47,9 +58,11 @@ def summary(workdir: pathlib.Path) -> dict[str, str]:
   q = r.get("label_quality") or {}
   out["SORM label acc"] = num(q.get("sorm_label_accuracy"))
   f = r.get("fixes", {})
-  out["fixes G/L/both/either of wrong"] = (f"{f.get('fixed_by_global')}/{f.get('fixed_by_local')}/"
-                                          f"{f.get('fixed_by_both')}/{f.get('fixed_by_either')} of "
-                                          f"{f.get('wrong_drafts')}")
+  out["fixes G/L/both/either of wrong"] = (
+    f"{f.get('fixed_by_global')}/{f.get('fixed_by_local')}/"
+    f"{f.get('fixed_by_both')}/{f.get('fixed_by_either')} of "
+    f"{f.get('wrong_drafts')}"
+  )
   out["broken G/L"] = f"{f.get('broken_by_global')}/{f.get('broken_by_local')}"
   return out
 
@@ -68,11 +81,11 @@ def claims(workdir: pathlib.Path) -> dict[str, str]:
     "(b) {D,G,L} - greedy": _diff(r, "draft_global_local - greedy"),
     f"(b) {{D,G,L}} - best_of_{n}": _diff(r, f"draft_global_local - best_of_{n}"),
     "(c) step AUROC vs truth, SORM / ORM": f"{num(step['sorm']['auroc_truth'])} / "
-                                          f"{num(step['orm']['auroc_truth'])}",
+    f"{num(step['orm']['auroc_truth'])}",
     "(c) final AUROC, ORM / SORM": f"{num(step['orm']['final_auroc'])} / "
-                                   f"{num(step['sorm']['final_auroc'])}",
+    f"{num(step['sorm']['final_auroc'])}",
     "(d) wrong drafts fixed by G / L / both": f"{f['fixed_by_global']} / {f['fixed_by_local']} / "
-                                              f"{f['fixed_by_both']} of {f['wrong_drafts']}",
+    f"{f['fixed_by_both']} of {f['wrong_drafts']}",
     f"ORM + likelihood: best_of_{n}+lik - mean_sample": _diff(r, f"best_of_{n}+lik - mean_sample"),
     "ORM + likelihood: {D,G,L}+lik - greedy": _diff(r, "draft_global_local+lik - greedy"),
   }

@@ -50,6 +50,7 @@ from glore_jax.stages.common import Context, is_heldout, problems, tokenizer_for
 
 def load_config(path: str):
   from glore_jax.config_files import load_config_file
+
   return load_config_file(path)
 
 
@@ -87,18 +88,24 @@ def label_quality(rows, truth) -> dict:
     if first_error is not None and first_error < len(hard) - 1:
       with_error += 1
       hits += (inter.index(0) if 0 in inter else None) == first_error
-  return {"step_accuracy": right / steps if steps else None, "intermediate_steps": steps,
-          "first_error_accuracy": hits / with_error if with_error else None,
-          "solutions_with_intermediate_error": with_error,
-          "exact_solutions": exact / counted if counted else None}
+  return {
+    "step_accuracy": right / steps if steps else None,
+    "intermediate_steps": steps,
+    "first_error_accuracy": hits / with_error if with_error else None,
+    "solutions_with_intermediate_error": with_error,
+    "exact_solutions": exact / counted if counted else None,
+  }
 
 
 def cost(records) -> dict:
   n = len(records)
   rollouts = sum(len(p) for r in records for p in r["rollouts"])
   tokens = sum(x["num_tokens"] for r in records for p in r["rollouts"] for x in p)
-  return {"solutions": n, "rollouts_per_solution": rollouts / n,
-          "generated_tokens_per_solution": tokens / n}
+  return {
+    "solutions": n,
+    "rollouts_per_solution": rollouts / n,
+    "generated_tokens_per_solution": tokens / n,
+  }
 
 
 MODES = ("exhaustive", "bisect", "gallop")
@@ -148,12 +155,19 @@ def score(config, workdir: Path, items) -> list[list[float]]:
   """The SORM of `workdir` on (question, steps) items."""
   from glore_jax.stages import models
   from glore_jax.stages.scoring import score_steps
+
   ctx = Context(config=config, workdir=epath.Path(workdir), mesh=None)
   tokenizer = tokenizer_for(config, ctx.path("policy"))
   model = models.load(ctx, ctx.path("sorm"), value_head=True)
   prompts = [ctx.prompts.reward_prompt(q) for q, _ in items]
-  return score_steps(model, tokenizer, prompts, [s for _, s in items],
-                     max_length=config.data.max_length, batch_size=64)
+  return score_steps(
+    model,
+    tokenizer,
+    prompts,
+    [s for _, s in items],
+    max_length=config.data.max_length,
+    batch_size=64,
+  )
 
 
 def step_auroc(scores, truth) -> tuple[float | None, int, list]:
@@ -220,10 +234,13 @@ def timing(workdir: Path, stage: str):
 def plot(sweep: dict, path: Path) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(8, 3.2), dpi=110)
   FigureCanvasAgg(fig)
-  panels = [("first_error_accuracy", "first negative = first wrong step"),
-            ("step_accuracy", "hard label = prefix soundness")]
+  panels = [
+    ("first_error_accuracy", "first negative = first wrong step"),
+    ("step_accuracy", "hard label = prefix soundness"),
+  ]
   for n, (key, title) in enumerate(panels):
     ax = fig.add_subplot(1, 2, n + 1)
     for mode, marker in (("exhaustive", "o-"), ("bisect", "s--"), ("gallop", "^:")):
@@ -247,13 +264,19 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", required=True)
   ap.add_argument("--exhaustive", required=True, type=Path)
-  ap.add_argument("--search", type=Path, nargs="*", default=[],
-                  help="first_error_search work directories (one per strategy); none: only the "
-                       "sweep, replayed from --exhaustive's records unless --sweep is given")
+  ap.add_argument(
+    "--search",
+    type=Path,
+    nargs="*",
+    default=[],
+    help="first_error_search work directories (one per strategy); none: only the "
+    "sweep, replayed from --exhaustive's records unless --sweep is given",
+  )
   ap.add_argument("--sweep", type=Path)
   ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8])
-  ap.add_argument("--test_records", type=Path,
-                  help="an evaluate stage's candidates.json (test solutions)")
+  ap.add_argument(
+    "--test_records", type=Path, help="an evaluate stage's candidates.json (test solutions)"
+  )
   ap.add_argument("--no_sorm", action="store_true", help="skip scoring the trained SORMs")
   ap.add_argument("--out", type=Path, required=True)
   ap.add_argument("--plot", type=Path, nargs="*", default=[])
@@ -268,45 +291,63 @@ def main() -> None:
   for d in args.search:
     strategy = wd.read_manifest(d / "label")["summary"].get("search_strategy", "bisect")
     dirs[f"search_{strategy}"] = d
-  records = {name: ex if name == "exhaustive" else wd.read_all(d / "label")
-             for name, d in dirs.items()}
+  records = {
+    name: ex if name == "exhaustive" else wd.read_all(d / "label") for name, d in dirs.items()
+  }
   for name, recs in records.items():
     if [key(r) for r in recs] != [key(r) for r in ex]:
       raise SystemExit(f"{name} ({dirs[name]}) did not label the same samples as --exhaustive")
   truth = [ground_truth(r["steps"], *truths[r["problem_id"]]) for r in ex]
   incorrect = [i for i, r in enumerate(ex) if not r["outcome"]]
-  out: dict = {"config": args.config, "num_rollouts": config.sorm.num_rollouts,
-               "label_dirs": {k: str(v) for k, v in dirs.items()}, "tokens_estimated": estimated}
+  out: dict = {
+    "config": args.config,
+    "num_rollouts": config.sorm.num_rollouts,
+    "label_dirs": {k: str(v) for k, v in dirs.items()},
+    "tokens_estimated": estimated,
+  }
   for name, recs in records.items():
     manifest = wd.read_manifest(dirs[name] / "label")
-    row = {**cost(recs), "label_seconds": timing(dirs[name], "label"),
-           "train_sorm_seconds": timing(dirs[name], "train_sorm"),
-           "quality": label_quality([r["sorm_hard"] for r in recs], truth),
-           "quality_incorrect": label_quality([recs[i]["sorm_hard"] for i in incorrect],
-                                              [truth[i] for i in incorrect]),
-           "summary": {k: v for k, v in manifest["summary"].items() if k != "statistics"}}
+    row = {
+      **cost(recs),
+      "label_seconds": timing(dirs[name], "label"),
+      "train_sorm_seconds": timing(dirs[name], "train_sorm"),
+      "quality": label_quality([r["sorm_hard"] for r in recs], truth),
+      "quality_incorrect": label_quality(
+        [recs[i]["sorm_hard"] for i in incorrect], [truth[i] for i in incorrect]
+      ),
+      "summary": {k: v for k, v in manifest["summary"].items() if k != "statistics"},
+    }
     if name != "exhaustive":
       strategy = name.removeprefix("search_")
-      row["agreement"] = compare_hard_labels([r["sorm_hard"] for r in recs],
-                                             [r["sorm_hard"] for r in ex])
-      row["agreement_incorrect"] = compare_hard_labels([recs[i]["sorm_hard"] for i in incorrect],
-                                                       [ex[i]["sorm_hard"] for i in incorrect])
-      row["token_ratio"] = (out["exhaustive"]["generated_tokens_per_solution"]
-                            / max(row["generated_tokens_per_solution"], 1e-9))
+      row["agreement"] = compare_hard_labels(
+        [r["sorm_hard"] for r in recs], [r["sorm_hard"] for r in ex]
+      )
+      row["agreement_incorrect"] = compare_hard_labels(
+        [recs[i]["sorm_hard"] for i in incorrect], [ex[i]["sorm_hard"] for i in incorrect]
+      )
+      row["token_ratio"] = out["exhaustive"]["generated_tokens_per_solution"] / max(
+        row["generated_tokens_per_solution"], 1e-9
+      )
       # the search stage against the search replayed on the exhaustive rollouts (same keys)
-      replayed = [search_from_rollouts(StepRollouts.from_json(r), consistency=consistency,
-                                       strategy=strategy) for r in ex]
+      replayed = [
+        search_from_rollouts(StepRollouts.from_json(r), consistency=consistency, strategy=strategy)
+        for r in ex
+      ]
       row["replay_mismatches"] = sum(
-          s["sorm_hard"] != p.hard or s["sorm_soft"] != p.soft or s["sorm_measured"] != p.measured
-          for s, p in zip(recs, replayed))
+        s["sorm_hard"] != p.hard or s["sorm_soft"] != p.soft or s["sorm_measured"] != p.measured
+        for s, p in zip(recs, replayed)
+      )
     out[name] = row
   out["first_negative_histogram"] = {
-      "exhaustive": np.bincount([first_negative(r["sorm_hard"]) for r in ex]).tolist(),
-      "num_steps": np.bincount([len(r["steps"]) for r in ex]).tolist()}
+    "exhaustive": np.bincount([first_negative(r["sorm_hard"]) for r in ex]).tolist(),
+    "num_steps": np.bincount([len(r["steps"]) for r in ex]).tolist(),
+  }
 
   if args.sweep or not args.search:
     sw = wd.read_all(args.sweep / "label") if args.sweep else ex
-    sweep_estimated = add_token_counts(config, args.exhaustive, sw) or (not args.sweep and estimated)
+    sweep_estimated = add_token_counts(config, args.exhaustive, sw) or (
+      not args.sweep and estimated
+    )
     if [key(r) for r in sw] != [key(r) for r in ex]:
       raise SystemExit("the sweep labelled other samples")
     sw_truth = [ground_truth(r["steps"], *truths[r["problem_id"]]) for r in sw]
@@ -315,9 +356,14 @@ def main() -> None:
     for k in args.ks:
       rep = replay(sw, consistency, k)
       n = len(sw)
-      row = {m: {"generated_tokens_per_solution": rep[m]["tokens"] / n,
-                 "rollouts_per_solution": rep[m]["rollouts"] / n,
-                 "quality": label_quality(rep[m]["labels"], sw_truth)} for m in MODES}
+      row = {
+        m: {
+          "generated_tokens_per_solution": rep[m]["tokens"] / n,
+          "rollouts_per_solution": rep[m]["rollouts"] / n,
+          "quality": label_quality(rep[m]["labels"], sw_truth),
+        }
+        for m in MODES
+      }
       for m in ("bisect", "gallop"):
         row[m]["agreement"] = compare_hard_labels(rep[m]["labels"], rep["exhaustive"]["labels"])
         row[m]["token_ratio"] = rep["exhaustive"]["tokens"] / max(rep[m]["tokens"], 1)

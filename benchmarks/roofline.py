@@ -31,8 +31,9 @@ def matmul_flops(m: int = 1024, k: int = 1536, n: int = 1536, dtype=jnp.float32)
   return 2.0 * m * k * n / seconds
 
 
-def matmul_flops_by_shape(shapes=((1024, 1536, 1536), (32, 576, 1536), (1, 576, 1536)),
-                          dtype=jnp.float32) -> dict[str, float]:
+def matmul_flops_by_shape(
+  shapes=((1024, 1536, 1536), (32, 576, 1536), (1, 576, 1536)), dtype=jnp.float32
+) -> dict[str, float]:
   """FLOP/s per [m,k]x[k,n] shape: the big prefill-like matmul and the small decode-step ones
   (at batch 1 a matmul is a matrix-vector product, bandwidth-bound)."""
   return {f"{m}x{k}x{n}": matmul_flops(m, k, n, dtype) for m, k, n in shapes}
@@ -48,8 +49,11 @@ def memory_bandwidth(num_bytes: int = 512 * 2**20, dtype=jnp.float32) -> float:
 def machine_description() -> str:
   dev = jax.devices()[0]
   import os
-  return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}), numpy {np.__version__}")
+
+  return (
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}), numpy {np.__version__}"
+  )
 
 
 if __name__ == "__main__":

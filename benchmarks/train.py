@@ -34,13 +34,13 @@ sys.path.insert(0, str(REPO))
 from benchmarks.roofline import machine_description, matmul_flops  # noqa: E402
 from glore_jax.cpu_malloc import reexec_with_malloc_tunables  # noqa: E402
 from glore_jax.model import load_hf  # noqa: E402
-from glore_jax.training import TrainConfig, collate_lm, SFTExample  # noqa: E402
-from glore_jax.training.trainer import (TrainState, make_optimizer, make_train_step,  # noqa: E402
-                                        trainable_filter)
+from glore_jax.training import SFTExample, TrainConfig, collate_lm  # noqa: E402
+from glore_jax.training.trainer import TrainState, make_optimizer, make_train_step, trainable_filter  # noqa: E402
 
 
 def smollm2_dir() -> Path:
   from glore_jax.model.gguf import convert_gguf_to_hf, smollm2_gguf_path
+
   cache = Path(os.environ.get("GLORE_TEST_CACHE", Path.home() / ".cache" / "glore_jax_tests"))
   return convert_gguf_to_hf(smollm2_gguf_path(), cache / "smollm2-135m-instruct-hf")
 
@@ -60,12 +60,19 @@ def make_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict[str, np.
 def ours_step(hf_dir: Path, batch: dict, compute_dtype: str | None):
   """A closure running one optimizer step of our trainer's jitted step (state donated)."""
   from flax import nnx
+
   model = load_hf(hf_dir, dtype=compute_dtype)
   config = TrainConfig(learning_rate=1e-5, total_steps=1000)
   graphdef, params, frozen, _ = nnx.split(model, trainable_filter(config), nnx.Param, ...)
   tx, schedule = make_optimizer(config)
-  holder = {"state": TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                opt_state=tx.init(params), rng=jax.random.PRNGKey(0))}
+  holder = {
+    "state": TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rng=jax.random.PRNGKey(0),
+    )
+  }
   step = jax.jit(make_train_step(graphdef, config, tx, schedule), donate_argnums=(0,))
   dev = {k: jnp.asarray(v[None]) for k, v in batch.items()}
 
@@ -80,6 +87,7 @@ def ours_step(hf_dir: Path, batch: dict, compute_dtype: str | None):
 def torch_step(hf_dir: Path, batch: dict):
   import torch
   from transformers import LlamaForCausalLM
+
   torch.set_num_threads(os.cpu_count() or 1)
   model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
   model.train()
@@ -153,38 +161,48 @@ def main() -> None:
   torch_s = min(torch_times) if torch_times else None
 
   result = {
-      "ours_tok_s": tokens / ours_s,
-      "torch_tok_s": None if torch_s is None else tokens / torch_s,
-      "ratio": None if torch_s is None else torch_s / ours_s,
-      "mfu": flops / ours_s / peak,
-      "peak_flops": peak,
-      "machine": machine_description(),
-      "details": {
-          "model": "SmolLM2-135M", "params": cfg.num_params(), "batch": args.batch,
-          "seq": args.seq, "tokens_per_step": tokens, "model_flops_per_step": flops,
-          "compute_dtype": args.compute_dtype or cfg.dtype,
-          "estimator": "fastest of the interleaved repeats; peak = best matmul measurement",
-          "ours_step_s": ours_times, "ours_first_step_s_incl_compile": ours_first,
-          "ours_median_tok_s": tokens / statistics.median(ours_times),
-          "ours_median_mfu": flops / statistics.median(ours_times) / statistics.median(peaks),
-          "torch_step_s": torch_times or None,
-          "torch_median_tok_s": tokens / statistics.median(torch_times) if torch_times else None,
-          "torch_mfu": None if torch_s is None else flops / torch_s / peak,
-          "peak_flops_measurements": peaks,
-          "ours_losses": ours_losses, "torch_losses": torch_losses or None,
-          "torch_threads": os.cpu_count(),
-          "load_average_at_end": os.getloadavg(),
-      },
+    "ours_tok_s": tokens / ours_s,
+    "torch_tok_s": None if torch_s is None else tokens / torch_s,
+    "ratio": None if torch_s is None else torch_s / ours_s,
+    "mfu": flops / ours_s / peak,
+    "peak_flops": peak,
+    "machine": machine_description(),
+    "details": {
+      "model": "SmolLM2-135M",
+      "params": cfg.num_params(),
+      "batch": args.batch,
+      "seq": args.seq,
+      "tokens_per_step": tokens,
+      "model_flops_per_step": flops,
+      "compute_dtype": args.compute_dtype or cfg.dtype,
+      "estimator": "fastest of the interleaved repeats; peak = best matmul measurement",
+      "ours_step_s": ours_times,
+      "ours_first_step_s_incl_compile": ours_first,
+      "ours_median_tok_s": tokens / statistics.median(ours_times),
+      "ours_median_mfu": flops / statistics.median(ours_times) / statistics.median(peaks),
+      "torch_step_s": torch_times or None,
+      "torch_median_tok_s": tokens / statistics.median(torch_times) if torch_times else None,
+      "torch_mfu": None if torch_s is None else flops / torch_s / peak,
+      "peak_flops_measurements": peaks,
+      "ours_losses": ours_losses,
+      "torch_losses": torch_losses or None,
+      "torch_threads": os.cpu_count(),
+      "load_average_at_end": os.getloadavg(),
+    },
   }
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2) + "\n")
   print(json.dumps({k: v for k, v in result.items() if k != "details"}, indent=2))
-  print(f"ours  s/step {[round(t, 2) for t in ours_times]} (first {ours_first:.1f} s), losses "
-        f"{[round(x, 3) for x in ours_losses]}")
+  print(
+    f"ours  s/step {[round(t, 2) for t in ours_times]} (first {ours_first:.1f} s), losses "
+    f"{[round(x, 3) for x in ours_losses]}"
+  )
   if torch_times:
-    print(f"torch s/step {[round(t, 2) for t in torch_times]}, losses "
-          f"{[round(x, 3) for x in torch_losses]}")
+    print(
+      f"torch s/step {[round(t, 2) for t in torch_times]}, losses "
+      f"{[round(x, 3) for x in torch_losses]}"
+    )
 
 
 if __name__ == "__main__":

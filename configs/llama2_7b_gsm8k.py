@@ -24,17 +24,36 @@ def get_config(size: str = "7b"):
   c.model.preset = f"llama2-{size}"  # the checkpoint's architecture (what the memory plan compiles)
   c.model.update(dtype="bfloat16", param_dtype="float32", remat=True)
   c.mesh.update(data=1, fsdp=-1, tensor=1)  # FSDP over the whole slice
-  c.data.update(source="gsm8k", path="/path/to/gsm8k", train_size=7473, test_size=1319,
-                max_length=512)
-  c.policy.train.update(steps=2000, batch_size=128, learning_rate=2e-5, warmup_steps=100,
-                        checkpoint_every=250, eval_every=250)
-  c.sample.update(num_samples=16, temperature=1.0, max_new_tokens=256, batch_size=128,
-                  num_questions=7473, shard_size=256)
-  c.sorm.update(num_rollouts=8, temperature=1.0, max_new_tokens=256, batch_size=128,
-                shard_size=128)
+  c.data.update(
+    source="gsm8k", path="/path/to/gsm8k", train_size=7473, test_size=1319, max_length=512
+  )
+  c.policy.train.update(
+    steps=2000,
+    batch_size=128,
+    learning_rate=2e-5,
+    warmup_steps=100,
+    checkpoint_every=250,
+    eval_every=250,
+  )
+  c.sample.update(
+    num_samples=16,
+    temperature=1.0,
+    max_new_tokens=256,
+    batch_size=128,
+    num_questions=7473,
+    shard_size=256,
+  )
+  c.sorm.update(num_rollouts=8, temperature=1.0, max_new_tokens=256, batch_size=128, shard_size=128)
   for section in (c.reward, c.refine):
-    section.train.update(steps=2000, batch_size=128, learning_rate=1e-5, warmup_steps=100,
-                         checkpoint_every=250, eval_every=250)
-  c.evaluate.update(num_questions=1319, temperature=1.0, max_new_tokens=256, batch_size=128,
-                    heldout_fraction=0.05)
+    section.train.update(
+      steps=2000,
+      batch_size=128,
+      learning_rate=1e-5,
+      warmup_steps=100,
+      checkpoint_every=250,
+      eval_every=250,
+    )
+  c.evaluate.update(
+    num_questions=1319, temperature=1.0, max_new_tokens=256, batch_size=128, heldout_fraction=0.05
+  )
   return c

@@ -1,6 +1,6 @@
 """SORM: K rollouts from every step prefix of every sample (labels), then SORM training.
 
-  python -m glore_jax.main --config=configs/sorm.py --workdir=DIR --config.sorm.num_rollouts=8
+python -m glore_jax.main --config=configs/sorm.py --workdir=DIR --config.sorm.num_rollouts=8
 """
 
 from glore_jax.defaults import get_config as base

@@ -33,12 +33,13 @@ if TYPE_CHECKING:
 
   from glore_jax.model.config import LlamaConfig
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
   """Published per-chip figures (one JAX device per chip for every kind below)."""
+
   kind: str
   hbm_bytes: float
   peak_bf16_flops: float  # FLOP/s
@@ -48,16 +49,17 @@ class Chip:
 
 # Cloud TPU documentation, "system architecture" tables of each generation.
 CHIPS = {
-    "v4": Chip("v4", 32 * GiB, 275e12, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
-    "v5e": Chip("v5e", 16 * GiB, 197e12, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": Chip("v5p", 95 * GiB, 459e12, 2765e9, "https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": Chip("v6e", 32 * GiB, 918e12, 1640e9, "https://cloud.google.com/tpu/docs/v6e"),
+  "v4": Chip("v4", 32 * GiB, 275e12, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
+  "v5e": Chip("v5e", 16 * GiB, 197e12, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
+  "v5p": Chip("v5p", 95 * GiB, 459e12, 2765e9, "https://cloud.google.com/tpu/docs/v5p"),
+  "v6e": Chip("v6e", 32 * GiB, 918e12, 1640e9, "https://cloud.google.com/tpu/docs/v6e"),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Slice:
   """A named slice: its chip, libtpu topology name, chip configuration and chips per host."""
+
   name: str
   chip: Chip
   topology: str
@@ -78,7 +80,9 @@ def _slice(name, kind, topology, chip_config="default", host_bounds=(2, 2, 1)) -
 
 
 # v4 and v5p chips have two TensorCores run as one device (megacore): a v4-8 is 4 devices.
-SLICES = {s.name: s for s in [
+SLICES = {
+  s.name: s
+  for s in [
     _slice("v4-8", "v4", "2x2x1", "megacore"),
     _slice("v4-32", "v4", "2x2x4", "megacore"),
     _slice("v5p-8", "v5p", "2x2x1"),
@@ -86,7 +90,8 @@ SLICES = {s.name: s for s in [
     _slice("v5e-8", "v5e", "2x4", host_bounds=(2, 4, 1)),  # one host of 8 chips
     _slice("v5e-256", "v5e", "16x16"),  # 64 hosts of 4 chips
     _slice("v6e-8", "v6e", "2x4", host_bounds=(2, 4, 1)),
-]}
+  ]
+}
 
 
 def available() -> bool:
@@ -120,15 +125,22 @@ def get_slice(name: str) -> Slice:
 def devices(name: str) -> tuple:
   """The abstract TPU devices of slice `name` (compile-only: nothing runs on them)."""
   if not available():
-    raise RuntimeError("the TPU compiler is not installed: pip install 'glore-jax[tpu-aot]' "
-                       "(the libtpu wheel; Linux x86-64 only)")
+    raise RuntimeError(
+      "the TPU compiler is not installed: pip install 'glore-jax[tpu-aot]' "
+      "(the libtpu wheel; Linux x86-64 only)"
+    )
   _compile_only_environment()
   from jax.experimental import topologies
+
   s = get_slice(name)
-  topo = topologies.get_topology_desc(platform="tpu", topology_name=s.topology,
-                                      chip_config_name=s.chip_config,
-                                      chips_per_host_bounds=s.host_bounds, num_slices=1,
-                                      wrap=(False, False, False))
+  topo = topologies.get_topology_desc(
+    platform="tpu",
+    topology_name=s.topology,
+    chip_config_name=s.chip_config,
+    chips_per_host_bounds=s.host_bounds,
+    num_slices=1,
+    wrap=(False, False, False),
+  )
   return tuple(topo.devices)
 
 
@@ -142,6 +154,7 @@ def mesh(name: str, data: int = 1, fsdp: int = -1, tensor: int = 1) -> jax.shard
     tensor: the 'tensor' axis size.
   """
   from glore_jax.model.sharding import make_mesh
+
   return make_mesh(data, fsdp, tensor, devices=list(devices(name)))
 
 
@@ -153,6 +166,7 @@ def host_mesh(name: str, global_mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
     global_mesh: the slice's mesh (`mesh(name, ...)`); its axes give the local mesh's.
   """
   from glore_jax.distributed import local_mesh
+
   host0 = [d for d in devices(name) if d.process_index == 0]
   return local_mesh(global_mesh, devices=host0)
 
@@ -163,6 +177,7 @@ def host_mesh(name: str, global_mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
 @dataclasses.dataclass
 class Program:
   """One compiled program: the compiler's per-device memory and cost analyses."""
+
   name: str
   argument: float
   output: float
@@ -203,11 +218,17 @@ def compile_lowered(name: str, lower: Callable[[], jax.stages.Lowered]) -> Progr
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per partition
     cost = cost[0] if cost else {}
   cost = cost or {}
-  return Program(name=name, argument=float(ma.argument_size_in_bytes),
-                 output=float(ma.output_size_in_bytes), alias=float(ma.alias_size_in_bytes),
-                 temp=float(ma.temp_size_in_bytes), code=float(ma.generated_code_size_in_bytes),
-                 flops=float(cost.get("flops", 0.0)),
-                 bytes_accessed=float(cost.get("bytes accessed", 0.0)), compile_s=seconds)
+  return Program(
+    name=name,
+    argument=float(ma.argument_size_in_bytes),
+    output=float(ma.output_size_in_bytes),
+    alias=float(ma.alias_size_in_bytes),
+    temp=float(ma.temp_size_in_bytes),
+    code=float(ma.generated_code_size_in_bytes),
+    flops=float(cost.get("flops", 0.0)),
+    bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+    compile_s=seconds,
+  )
 
 
 def for_tpu(cfg: LlamaConfig) -> LlamaConfig:
@@ -217,20 +238,31 @@ def for_tpu(cfg: LlamaConfig) -> LlamaConfig:
 
 def _abstract_model(cfg):
   from flax import nnx
+
   from glore_jax.model.llama import Llama
+
   cfg = for_tpu(cfg)
   return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
 
 
 def _with_shardings(abstract_tree, shardings):
   import jax
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      abstract_tree, shardings)
+
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings
+  )
 
 
-def train_args(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int,
-               grad_accum: int = 1, loss: str = "lm", steps_per_row: int = 16
-               ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+def train_args(
+  cfg: LlamaConfig,
+  mesh: jax.sharding.Mesh,
+  *,
+  batch: int,
+  seq: int,
+  grad_accum: int = 1,
+  loss: str = "lm",
+  steps_per_row: int = 16,
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
   """(jitted step, its abstract arguments) exactly as `trainer.train` builds them: fp32 (or
   `cfg.param_dtype`) parameters and AdamW moments sharded by the model's table, the batch
   [A, B/A, T] over (data, fsdp), the state donated.
@@ -247,44 +279,59 @@ def train_args(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: in
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   from glore_jax.model.sharding import BATCH, fit_spec, tree_shardings
   from glore_jax.training import trainer
 
   if loss == "value" and not cfg.value_head:
     cfg = cfg.replace(value_head=True)
   tc = trainer.TrainConfig(loss=loss, grad_accum=grad_accum, total_steps=1000, progress=False)
-  graphdef, params, frozen, _ = nnx.split(_abstract_model(cfg), trainer.trainable_filter(tc),
-                                          nnx.Param, ...)
+  graphdef, params, frozen, _ = nnx.split(
+    _abstract_model(cfg), trainer.trainable_filter(tc), nnx.Param, ...
+  )
   tx, schedule = trainer.make_optimizer(tc)
   replicated = NamedSharding(mesh, P())
   param_sh, frozen_sh = tree_shardings(params, mesh), tree_shardings(frozen, mesh)
   opt_abstract = jax.eval_shape(tx.init, params)
   opt_sh = tree_shardings(opt_abstract, mesh)
-  state_sh = trainer.TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
-                                rng=replicated)
+  state_sh = trainer.TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
   state = trainer.TrainState(
-      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-      params=_with_shardings(params, param_sh), opt_state=_with_shardings(opt_abstract, opt_sh),
-      rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
+    step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+    params=_with_shardings(params, param_sh),
+    opt_state=_with_shardings(opt_abstract, opt_sh),
+    rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
+  )
   frozen = _with_shardings(frozen, frozen_sh)
   shape = (grad_accum, batch // grad_accum, seq)
-  rows = lambda s, dtype: jax.ShapeDtypeStruct(s, dtype, sharding=NamedSharding(
-      mesh, fit_spec(P(None, BATCH), s, mesh)))
+  rows = lambda s, dtype: jax.ShapeDtypeStruct(
+    s, dtype, sharding=NamedSharding(mesh, fit_spec(P(None, BATCH), s, mesh))
+  )
   data = {"tokens": rows(shape, jnp.int32), "attention_mask": rows(shape, jnp.int32)}
   if loss == "lm":
     data["target_mask"] = rows(shape, jnp.int32)
   else:
     steps = shape[:2] + (steps_per_row,)  # labelled steps per row
-    data.update(value_index=rows(steps, jnp.int32), value_target=rows(steps, jnp.float32),
-                value_label=rows(steps, jnp.float32))
+    data.update(
+      value_index=rows(steps, jnp.int32),
+      value_target=rows(steps, jnp.float32),
+      value_label=rows(steps, jnp.float32),
+    )
   step = trainer.make_train_step(graphdef, tc, tx, schedule)
   fn = jax.jit(step, donate_argnums=(0,), out_shardings=(state_sh, replicated))
   return fn, (state, frozen, data)
 
 
-def compile_train(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int,
-                  grad_accum: int = 1, loss: str = "lm") -> Program:
+def compile_train(
+  cfg: LlamaConfig,
+  mesh: jax.sharding.Mesh,
+  *,
+  batch: int,
+  seq: int,
+  grad_accum: int = 1,
+  loss: str = "lm",
+) -> Program:
   """The trainer's step for a global batch of `batch` rows of `seq` tokens.
 
   Args:
@@ -296,17 +343,21 @@ def compile_train(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq:
     loss: 'lm' or 'value'.
   """
   import jax
+
   fn, args = train_args(cfg, mesh, batch=batch, seq=seq, grad_accum=grad_accum, loss=loss)
 
   def lower():
     with jax.set_mesh(mesh):
       return fn.lower(*args)
+
   return compile_lowered(f"train_{loss}", lower)
 
 
 def _sampling_state(cfg, mesh):
   from flax import nnx
+
   from glore_jax.model.sharding import tree_shardings
+
   graphdef, state = nnx.split(_abstract_model(cfg))
   return graphdef, _with_shardings(state, tree_shardings(state, mesh))
 
@@ -314,26 +365,35 @@ def _sampling_state(cfg, mesh):
 def _cache(cfg, mesh, batch: int, size: int, *, length_spec=None):
   import jax
   import jax.numpy as jnp
+
   from glore_jax.model.llama import KVCache
   from glore_jax.model.sharding import RULES, named
+
   k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, size)  # the model's KVCache layouts
   v_shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
-  k, v = (jax.ShapeDtypeStruct(s, cfg.compute_dtype, sharding=named(RULES.cache_kv, s, mesh))
-          for s in (k_shape, v_shape))
+  k, v = (
+    jax.ShapeDtypeStruct(s, cfg.compute_dtype, sharding=named(RULES.cache_kv, s, mesh))
+    for s in (k_shape, v_shape)
+  )
   row = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=named(RULES.cache_b, (batch,), mesh))
-  return KVCache(tuple(k for _ in range(cfg.num_layers)), tuple(v for _ in range(cfg.num_layers)),
-                 row, row)
+  return KVCache(
+    tuple(k for _ in range(cfg.num_layers)), tuple(v for _ in range(cfg.num_layers)), row, row
+  )
 
 
 def _rows(mesh, shape, dtype, spec=None):
   import jax
+
   from glore_jax.model.sharding import RULES, named
+
   return jax.ShapeDtypeStruct(shape, dtype, sharding=named(spec or RULES.cache_b, shape, mesh))
 
 
 def _scalar(mesh, dtype):
   import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   return jax.ShapeDtypeStruct((), dtype, sharding=NamedSharding(mesh, P()))
 
 
@@ -341,15 +401,16 @@ def _keys(mesh, rows: int):
   """Per-row keys exactly as the sampler makes them (raw key data)."""
   import numpy as np
   from jax.sharding import PartitionSpec as P
+
   from glore_jax import sampling
   from glore_jax.model.sharding import BATCH
+
   one = sampling.row_keys(0, np.zeros((1, 1), np.uint32))
   shape = (rows,) + tuple(one.shape[1:])
   return _rows(mesh, shape, one.dtype, P(BATCH, *(None,) * (len(shape) - 1)))
 
 
-def compile_prefill(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int
-                    ) -> Program:
+def compile_prefill(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int) -> Program:
   """`sampling.prefill_program`: `batch` left-padded prompts of `seq` tokens into a fresh
   cache (the sharded path: no token packing).
 
@@ -361,8 +422,10 @@ def compile_prefill(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, se
   """
   import jax
   import jax.numpy as jnp
+
   from glore_jax import sampling
   from glore_jax.model.sharding import RULES
+
   graphdef, state = _sampling_state(cfg, mesh)
   tokens = _rows(mesh, (batch, seq), jnp.int32, RULES.act_bt)
   start = _rows(mesh, (batch,), jnp.int32)
@@ -370,11 +433,20 @@ def compile_prefill(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, se
   def lower():
     with jax.set_mesh(mesh):
       return sampling.prefill_program.lower(graphdef, state, tokens, start, None)
+
   return compile_lowered("prefill", lower)
 
 
-def compile_fanout(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, sequences: int, seq: int,
-                   rows: int, max_new_tokens: int, temperature: float = 1.0) -> Program:
+def compile_fanout(
+  cfg: LlamaConfig,
+  mesh: jax.sharding.Mesh,
+  *,
+  sequences: int,
+  seq: int,
+  rows: int,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+) -> Program:
   """`sampling.start_program`: `rows` decode rows gathered from `sequences` prefilled
   sequences of `seq` slots (each row its own prefix length), caches widened to
   seq + max_new_tokens, first tokens sampled: the label stage's K rollouts from every step
@@ -391,8 +463,10 @@ def compile_fanout(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, sequences: int,
   """
   import jax
   import jax.numpy as jnp
+
   from glore_jax import sampling
   from glore_jax.model.sharding import RULES
+
   graphdef, state = _sampling_state(cfg, mesh)
   cache = _cache(cfg, mesh, sequences, seq)
   hidden = _rows(mesh, (sequences, seq, cfg.hidden_size), cfg.compute_dtype, RULES.act_btd)
@@ -403,14 +477,33 @@ def compile_fanout(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, sequences: int,
 
   def lower():
     with jax.set_mesh(mesh):
-      return sampling.start_program.lower(graphdef, state, cache, hidden, src, src, keys,
-                                          ids, ids, params=params, cache_size=seq + max_new_tokens,
-                                          max_new_tokens=max_new_tokens)
+      return sampling.start_program.lower(
+        graphdef,
+        state,
+        cache,
+        hidden,
+        src,
+        src,
+        keys,
+        ids,
+        ids,
+        params=params,
+        cache_size=seq + max_new_tokens,
+        max_new_tokens=max_new_tokens,
+      )
+
   return compile_lowered("fanout", lower)
 
 
-def compile_decode(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, rows: int, cache: int,
-                   max_new_tokens: int, temperature: float = 1.0) -> Program:
+def compile_decode(
+  cfg: LlamaConfig,
+  mesh: jax.sharding.Mesh,
+  *,
+  rows: int,
+  cache: int,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+) -> Program:
   """`sampling.decode_program`: the while loop of one-token steps over a donated cache of
   `cache` slots for `rows` rows (cost analysis: one step, the loop body counted once).
 
@@ -424,23 +517,29 @@ def compile_decode(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, rows: int, cach
   """
   import jax
   import jax.numpy as jnp
+
   from glore_jax import sampling
   from glore_jax.model.sharding import RULES
+
   graphdef, state = _sampling_state(cfg, mesh)
   kv = _cache(cfg, mesh, rows, cache)
   decode_state = sampling.DecodeState(
-      tokens_rn=_rows(mesh, (rows, max_new_tokens), jnp.int32, RULES.act_bt),
-      logprobs_rn=_rows(mesh, (rows, max_new_tokens), jnp.float32, RULES.act_bt),
-      finish_r=_rows(mesh, (rows,), jnp.int32), last_r=_rows(mesh, (rows,), jnp.int32),
-      step=_scalar(mesh, jnp.int32))
+    tokens_rn=_rows(mesh, (rows, max_new_tokens), jnp.int32, RULES.act_bt),
+    logprobs_rn=_rows(mesh, (rows, max_new_tokens), jnp.float32, RULES.act_bt),
+    finish_r=_rows(mesh, (rows,), jnp.int32),
+    last_r=_rows(mesh, (rows,), jnp.int32),
+    step=_scalar(mesh, jnp.int32),
+  )
   ids = _rows(mesh, (1,), jnp.int32, jax.sharding.PartitionSpec())
   params = sampling.SamplingParams(temperature=temperature)
   keys = _keys(mesh, rows)  # outside the mesh: it runs a (CPU) computation
 
   def lower():
     with jax.set_mesh(mesh):
-      return sampling.decode_program.lower(graphdef, state, kv, decode_state, keys, ids, ids,
-                                           _scalar(mesh, jnp.int32), params=params)
+      return sampling.decode_program.lower(
+        graphdef, state, kv, decode_state, keys, ids, ids, _scalar(mesh, jnp.int32), params=params
+      )
+
   return compile_lowered("decode", lower)
 
 

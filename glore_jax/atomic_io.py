@@ -79,6 +79,7 @@ def read_json(path: PathLike) -> Any:
   try:
     return json.loads(epath.Path(path).read_text(encoding="utf-8"))
   except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-    raise CorruptFileError(f"{path}: not valid JSON ({e}); the file is truncated or damaged: "
-                           "delete its stage folder (or use --config.recompute) to recompute it"
-                           ) from None
+    raise CorruptFileError(
+      f"{path}: not valid JSON ({e}); the file is truncated or damaged: "
+      "delete its stage folder (or use --config.recompute) to recompute it"
+    ) from None

@@ -17,6 +17,7 @@ _PREFIXES = ("configs/", "glore_jax/configs/")
 def installed_config_dirs() -> list[Path]:
   """The folders of the `glore_jax.configs` package (the clone's configs/ or the installed copy)."""
   import glore_jax.configs
+
   return [Path(p) for p in glore_jax.configs.__path__]
 
 
@@ -36,7 +37,7 @@ def resolve_config_path(spec: str) -> str:
   relative = path.replace(os.sep, "/")
   for prefix in _PREFIXES:
     if relative.startswith(prefix):
-      relative = relative[len(prefix):]
+      relative = relative[len(prefix) :]
       break
   if "/" in relative or not relative.endswith(".py"):
     return spec
@@ -56,7 +57,7 @@ def resolve_config_argv(argv: Sequence[str]) -> list[str]:
   out = list(argv)
   for i, arg in enumerate(out):
     if arg.startswith("--config="):
-      out[i] = "--config=" + resolve_config_path(arg[len("--config="):])
+      out[i] = "--config=" + resolve_config_path(arg[len("--config=") :])
     elif arg == "--config" and i + 1 < len(out):
       out[i + 1] = resolve_config_path(out[i + 1])
   return out

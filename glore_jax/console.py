@@ -5,7 +5,8 @@ manifests keep the exact values)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # Keys shown under a shorter name.
 _NAMES = {"tokens_per_s": "tokens/s"}

@@ -22,8 +22,10 @@ import os
 import platform
 import sys
 
-TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-            "glibc.malloc.trim_threshold=1152921504606846976")  # 2**60: never trim
+TUNABLES = (
+  "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+  "glibc.malloc.trim_threshold=1152921504606846976"
+)  # 2**60: never trim
 OPT_OUT = "GLORE_JAX_MALLOC"
 _ACCELERATOR_MODULES = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin")
 
@@ -47,13 +49,15 @@ def should_reexec(env: dict[str, str] | None = None) -> bool:
   # no JAX_PLATFORMS: JAX picks an accelerator when its plugin is installed (libtpu alone, as
   # the tpu-aot extra installs it to compile for TPU on any machine, needs TPU chips too)
   return bool(platforms) or not any(
-      importlib.util.find_spec(m) and (m != "libtpu" or _tpu_chips_present())
-      for m in _ACCELERATOR_MODULES)
+    importlib.util.find_spec(m) and (m != "libtpu" or _tpu_chips_present())
+    for m in _ACCELERATOR_MODULES
+  )
 
 
 def _tpu_chips_present() -> bool:
   """TPU VM device nodes: /dev/accel* (v2-v4, v5p) or /dev/vfio/<n> (v5e, v6e)."""
   import glob
+
   return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 

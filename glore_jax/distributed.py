@@ -44,21 +44,32 @@ def initialize(settings) -> None:
     return
   if settings.coordinator_address:
     if settings.num_processes < 1 or settings.process_id < 0:
-      raise ValueError("config.distributed.coordinator_address is set: also set "
-                       "config.distributed.num_processes and config.distributed.process_id")
+      raise ValueError(
+        "config.distributed.coordinator_address is set: also set "
+        "config.distributed.num_processes and config.distributed.process_id"
+      )
     if settings.process_id >= settings.num_processes:
-      raise ValueError(f"config.distributed.process_id={settings.process_id} must be < "
-                       f"num_processes={settings.num_processes}")
-    jax.distributed.initialize(coordinator_address=settings.coordinator_address,
-                               num_processes=settings.num_processes,
-                               process_id=settings.process_id)
+      raise ValueError(
+        f"config.distributed.process_id={settings.process_id} must be < "
+        f"num_processes={settings.num_processes}"
+      )
+    jax.distributed.initialize(
+      coordinator_address=settings.coordinator_address,
+      num_processes=settings.num_processes,
+      process_id=settings.process_id,
+    )
   elif _on_tpu_pod():
     jax.distributed.initialize()
   else:
     return
   _initialized = True
-  log.info("process %d of %d; %d local / %d global devices", jax.process_index(),
-           jax.process_count(), jax.local_device_count(), jax.device_count())
+  log.info(
+    "process %d of %d; %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def local_mesh(mesh, devices=None):
@@ -71,6 +82,7 @@ def local_mesh(mesh, devices=None):
       return mesh
     devices = jax.local_devices()
   from glore_jax.model.sharding import make_mesh
+
   n = len(devices)
   tensor = math.gcd(mesh.shape["tensor"], n)
   fsdp = math.gcd(mesh.shape["fsdp"], n // tensor)

@@ -20,16 +20,19 @@ EXIT_OK, EXIT_OTHER, EXIT_CONFIG, EXIT_INPUT = 0, 1, 2, 3
 
 class GloreError(Exception):
   """Base of the package's user-facing errors; `exit_code` is what main returns for them."""
+
   exit_code = EXIT_OTHER
 
 
 class ConfigError(GloreError, ValueError):
   """A config key has a value the pipeline cannot use."""
+
   exit_code = EXIT_CONFIG
 
 
 class InputError(GloreError, RuntimeError):
   """An input of a stage is missing, outdated or damaged."""
+
   exit_code = EXIT_INPUT
 
 

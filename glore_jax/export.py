@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 FORMATS = ("jsonl", "parquet")
 
 
-def stepwise_rows(records: Iterable[dict], questions: dict[str, str], fmt: PromptFormat, *,
-                  kind: str) -> list[dict[str, Any]]:
+def stepwise_rows(
+  records: Iterable[dict], questions: dict[str, str], fmt: PromptFormat, *, kind: str
+) -> list[dict[str, Any]]:
   """TRL stepwise-supervision rows from label records (kind 'sorm') or samples ('orm').
 
   Args:
@@ -62,15 +63,17 @@ def stepwise_rows(records: Iterable[dict], questions: dict[str, str], fmt: Promp
     else:
       row["labels"] = [bool(r["correct"])] * len(steps)
     if len(row["labels"]) != len(steps):
-      raise ValueError(f"problem {r['problem_id']}: {len(row['labels'])} labels for "
-                       f"{len(steps)} steps")
+      raise ValueError(
+        f"problem {r['problem_id']}: {len(row['labels'])} labels for {len(steps)} steps"
+      )
     row["problem_id"] = r["problem_id"]
     rows.append(row)
   return rows
 
 
-def chat_rows(records: Iterable[dict], questions: dict[str, str], fmt: PromptFormat, *,
-              kind: str) -> list[dict[str, Any]]:
+def chat_rows(
+  records: Iterable[dict], questions: dict[str, str], fmt: PromptFormat, *, kind: str
+) -> list[dict[str, Any]]:
   """Chat SFT rows (`messages`) from refine_data records of `kind` ('global' or 'local'): the
   same input and target text the refiners are trained on (train_refiner.py).
 
@@ -91,9 +94,15 @@ def chat_rows(records: Iterable[dict], questions: dict[str, str], fmt: PromptFor
     else:
       prompt = fmt.local_refine_input(q, r["draft_steps"], r["bad_index"])
       target = fmt.local_refine_target(r["target_steps"], r["bad_index"])
-    rows.append({"messages": [{"role": "user", "content": prompt},
-                              {"role": "assistant", "content": join_steps(target, fmt.separator)}],
-                 "problem_id": r["problem_id"]})
+    rows.append(
+      {
+        "messages": [
+          {"role": "user", "content": prompt},
+          {"role": "assistant", "content": join_steps(target, fmt.separator)},
+        ],
+        "problem_id": r["problem_id"],
+      }
+    )
   return rows
 
 
@@ -127,15 +136,20 @@ def write_rows(rows: list[dict], path: epath.Path, file_format: str) -> epath.Pa
 def run_config(workdir: epath.Path) -> ml_collections.ConfigDict:
   """The config a work directory was run with, from its resolved_config.json."""
   import ml_collections
+
   path = workdir / RUN_CONFIG
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: give the run's config with --config")
   return ml_collections.ConfigDict(read_json(path)["config"])
 
 
-def export(workdir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-           config: ml_collections.ConfigDict | None = None,
-           file_format: str = "jsonl") -> dict[str, epath.Path]:
+def export(
+  workdir: str | os.PathLike,
+  out: str | os.PathLike | None = None,
+  *,
+  config: ml_collections.ConfigDict | None = None,
+  file_format: str = "jsonl",
+) -> dict[str, epath.Path]:
   """Exports what `workdir` has (labels, samples, refinement data); {name: path written}.
 
   Args:
@@ -179,17 +193,25 @@ def main(argv: list[str] | None = None) -> int:
   Exit status 0; 2 on a bad value; 3 when a needed file is missing.
   """
   import argparse
-  parser = argparse.ArgumentParser(prog="python -m glore_jax.export", description=__doc__.split(
-      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+  parser = argparse.ArgumentParser(
+    prog="python -m glore_jax.export",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--workdir", required=True, help="the run's work directory")
   parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/export)")
   parser.add_argument("--format", default="jsonl", choices=FORMATS)
-  parser.add_argument("--config", default=None,
-                      help="the run's config file, when the workdir has no resolved_config.json")
+  parser.add_argument(
+    "--config",
+    default=None,
+    help="the run's config file, when the workdir has no resolved_config.json",
+  )
   args = parser.parse_args(argv)
   config = None
   if args.config:
     from glore_jax.config_files import load_config_file
+
     config = load_config_file(args.config)
   try:
     written = export(args.workdir, args.out, config=config, file_format=args.format)

@@ -18,22 +18,39 @@ import dataclasses
 import fnmatch
 import hashlib
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
   import ml_collections
 
 # Pipeline order; every stage's inputs come before it.
-STAGES = ("policy", "sample", "label", "train_orm", "train_sorm", "refine_data", "train_global",
-          "train_local", "evaluate")
+STAGES = (
+  "policy",
+  "sample",
+  "label",
+  "train_orm",
+  "train_sorm",
+  "refine_data",
+  "train_global",
+  "train_local",
+  "evaluate",
+)
 # Config sections every stage reads (problems, tokenizer, model numerics, prompt formats).
 SHARED = ("seed", "model", "tokenizer", "data", "prompts")
 # Top-level keys that choose how and where a run happens, not what it computes.
 RUN_ONLY = ("stages", "mesh", "distributed", "recompute", "tracking")
 # Keys that a resumed run may change freely: shard and batch sizes of the samplers (their
 # randomness is keyed by example, not by batch) and the training loop's bookkeeping.
-RESUME_FREE = ("sample.batch_size", "sample.shard_size", "sorm.batch_size", "sorm.shard_size",
-               "*.train.checkpoint_every", "*.train.keep_last", "*.train.eval_every")
+RESUME_FREE = (
+  "sample.batch_size",
+  "sample.shard_size",
+  "sorm.batch_size",
+  "sorm.shard_size",
+  "*.train.checkpoint_every",
+  "*.train.keep_last",
+  "*.train.eval_every",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,21 +63,26 @@ class StageSpec:
 
 
 SPECS: dict[str, StageSpec] = {
-    "policy": StageSpec(("policy",)),
-    # A model folder given in config.inputs replaces a stage's output: whoever reads it reads
-    # its path (evaluate reads them all).
-    "sample": StageSpec(("sample", "inputs.policy"), ("policy",)),
-    "label": StageSpec(("sorm", "inputs.policy"), ("policy", "sample"), exclude=("sorm.balance",)),
-    "train_orm": StageSpec(("reward", "evaluate.heldout_fraction", "inputs.policy"),
-                           ("policy", "sample"), optional_inputs=(("label", "reward.orm_rollouts"),)),
-    "train_sorm": StageSpec(("reward", "sorm.balance", "evaluate.heldout_fraction",
-                             "inputs.policy"), ("policy", "label")),
-    "refine_data": StageSpec(("refine", "sorm.consistency"), ("label",),
-                             exclude=("refine.train.*",)),
-    "train_global": StageSpec(("refine", "inputs.policy"), ("policy", "refine_data")),
-    "train_local": StageSpec(("refine", "inputs.policy"), ("policy", "refine_data")),
-    "evaluate": StageSpec(("evaluate", "inputs"), ("policy", "sample", "label", "train_orm",
-                                                    "train_sorm", "train_global", "train_local")),
+  "policy": StageSpec(("policy",)),
+  # A model folder given in config.inputs replaces a stage's output: whoever reads it reads
+  # its path (evaluate reads them all).
+  "sample": StageSpec(("sample", "inputs.policy"), ("policy",)),
+  "label": StageSpec(("sorm", "inputs.policy"), ("policy", "sample"), exclude=("sorm.balance",)),
+  "train_orm": StageSpec(
+    ("reward", "evaluate.heldout_fraction", "inputs.policy"),
+    ("policy", "sample"),
+    optional_inputs=(("label", "reward.orm_rollouts"),),
+  ),
+  "train_sorm": StageSpec(
+    ("reward", "sorm.balance", "evaluate.heldout_fraction", "inputs.policy"), ("policy", "label")
+  ),
+  "refine_data": StageSpec(("refine", "sorm.consistency"), ("label",), exclude=("refine.train.*",)),
+  "train_global": StageSpec(("refine", "inputs.policy"), ("policy", "refine_data")),
+  "train_local": StageSpec(("refine", "inputs.policy"), ("policy", "refine_data")),
+  "evaluate": StageSpec(
+    ("evaluate", "inputs"),
+    ("policy", "sample", "label", "train_orm", "train_sorm", "train_global", "train_local"),
+  ),
 }
 
 
@@ -118,8 +140,9 @@ def inputs(stage: str, config: ml_collections.ConfigDict | None = None) -> tuple
     config: the run config (optional inputs count only when enabled); None: all of them.
   """
   spec = SPECS[stage]
-  optional = tuple(s for s, key in spec.optional_inputs
-                   if config is None or bool(_get_or(config, key, False)))
+  optional = tuple(
+    s for s, key in spec.optional_inputs if config is None or bool(_get_or(config, key, False))
+  )
   return spec.inputs + optional
 
 
@@ -175,6 +198,7 @@ def fingerprint(config: ml_collections.ConfigDict, stage: str) -> str:
     stage: a stage name.
   """
   from glore_jax.workdir import fingerprint as of_record
+
   return of_record(record(config, stage))
 
 

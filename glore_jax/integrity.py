@@ -32,6 +32,7 @@ def _tensor_count(path: Path) -> int | None:
   if path.suffix != ".safetensors":
     return None
   from safetensors import safe_open
+
   with safe_open(str(path), framework="numpy") as f:
     return len(list(f.keys()))
 
@@ -74,11 +75,14 @@ def verify_model_folder(folder: str | os.PathLike, *, stage: str | None = None) 
   """
   folder = Path(folder)
   manifest_path = folder / MODEL_MANIFEST
-  fix = (f"rerun with --config.recompute={stage} to train it again" if stage
-         else "recreate the folder")
+  fix = (
+    f"rerun with --config.recompute={stage} to train it again" if stage else "recreate the folder"
+  )
   if not manifest_path.exists():
-    raise CorruptOutputError(f"{folder}: no {MODEL_MANIFEST} (file sizes and checksums); the "
-                             f"model folder is incomplete or was not written by glore-jax: {fix}")
+    raise CorruptOutputError(
+      f"{folder}: no {MODEL_MANIFEST} (file sizes and checksums); the "
+      f"model folder is incomplete or was not written by glore-jax: {fix}"
+    )
   key = (str(folder.resolve()), manifest_path.stat().st_mtime_ns)
   if _VERIFIED.get(key):
     return
@@ -93,11 +97,13 @@ def verify_model_folder(folder: str | os.PathLike, *, stage: str | None = None) 
       raise CorruptOutputError(f"{path}: missing from the model folder; {fix}")
     have = path.stat().st_size
     if have != size:
-      raise CorruptOutputError(f"{path}: {have} bytes, the manifest says {size} (truncated or "
-                               f"replaced); {fix}")
+      raise CorruptOutputError(
+        f"{path}: {have} bytes, the manifest says {size} (truncated or replaced); {fix}"
+      )
     if _sha256(path) != digest:
-      raise CorruptOutputError(f"{path}: checksum differs from the manifest (the file is "
-                               f"damaged or was edited); {fix}")
+      raise CorruptOutputError(
+        f"{path}: checksum differs from the manifest (the file is damaged or was edited); {fix}"
+      )
   _VERIFIED[key] = True
 
 
@@ -116,8 +122,10 @@ def check_finite(array: np.ndarray, what: str) -> None:
   finite = np.isfinite(array)
   if not finite.all():
     bad = int(array.size - np.count_nonzero(finite))
-    raise CorruptOutputError(f"{what}: {bad} of {array.size} values are NaN or Inf; the weights "
-                             "are damaged (or were saved from a diverged run)")
+    raise CorruptOutputError(
+      f"{what}: {bad} of {array.size} values are NaN or Inf; the weights "
+      "are damaged (or were saved from a diverged run)"
+    )
 
 
 # ---- train-state checkpoints ------------------------------------------------------------------
@@ -127,6 +135,7 @@ def tree_checksums(tree: Any) -> list[int]:
   """One uint32 per leaf: the sum of the leaf's raw bits, modulo 2**32. Exact whatever the
   sharding or the order of reduction, and any flipped bit changes it. Computed on device."""
   import jax
+
   leaves = jax.tree.leaves(tree)
   return [int(x) for x in jax.device_get(_bit_sums(leaves))]
 
@@ -161,21 +170,30 @@ def verify_checkpoint(tree: Any, saved: list[int] | None, where: str) -> None:
     CorruptOutputError: a leaf's checksum differs or a float leaf holds NaN or Inf.
   """
   import jax
+
   leaves = jax.tree_util.tree_leaves_with_path(tree)
-  fix = (f"delete {where} to resume from the checkpoint before it (or delete the whole "
-         "checkpoints folder to start the training over)")
+  fix = (
+    f"delete {where} to resume from the checkpoint before it (or delete the whole "
+    "checkpoints folder to start the training over)"
+  )
   if saved is not None:
     have = tree_checksums(tree)
     if len(have) != len(saved):
-      raise CorruptOutputError(f"checkpoint {where}: {len(have)} arrays, saved with "
-                               f"{len(saved)}; {fix}")
+      raise CorruptOutputError(
+        f"checkpoint {where}: {len(have)} arrays, saved with {len(saved)}; {fix}"
+      )
     for (path, _), a, b in zip(leaves, have, saved):
       if a != b:
-        raise CorruptOutputError(f"checkpoint {where}: array {jax.tree_util.keystr(path)} does "
-                                 f"not match its saved checksum (damaged); {fix}")
+        raise CorruptOutputError(
+          f"checkpoint {where}: array {jax.tree_util.keystr(path)} does "
+          f"not match its saved checksum (damaged); {fix}"
+        )
   import jax.numpy as jnp
+
   for path, x in leaves:
-    if jnp.issubdtype(getattr(x, "dtype", np.int32), jnp.floating) and \
-        not bool(jax.device_get(jnp.isfinite(x).all())):
-      raise CorruptOutputError(f"checkpoint {where}: array {jax.tree_util.keystr(path)} holds "
-                               f"NaN or Inf; {fix}")
+    if jnp.issubdtype(getattr(x, "dtype", np.int32), jnp.floating) and not bool(
+      jax.device_get(jnp.isfinite(x).all())
+    ):
+      raise CorruptOutputError(
+        f"checkpoint {where}: array {jax.tree_util.keystr(path)} holds NaN or Inf; {fix}"
+      )

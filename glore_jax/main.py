@@ -23,14 +23,23 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (local path or gs://bucket/run).")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of an error, not only its "
-                             "one-line message (also: GLORE_VERBOSE=1).")
-_DESCRIBE = flags.DEFINE_bool("describe", False, "Print every config key with its type, value "
-                              "(after the overrides), default and doc, then exit; runs nothing.")
+_VERBOSE = flags.DEFINE_bool(
+  "verbose",
+  False,
+  "Print the traceback of an error, not only its one-line message (also: GLORE_VERBOSE=1).",
+)
+_DESCRIBE = flags.DEFINE_bool(
+  "describe",
+  False,
+  "Print every config key with its type, value "
+  "(after the overrides), default and doc, then exit; runs nothing.",
+)
 flags.mark_flags_as_required(["config"])
 flags.register_multi_flags_validator(
-    ["workdir", "describe"], lambda f: f["describe"] or f["workdir"] is not None,
-    message="--workdir is required (except with --describe)")
+  ["workdir", "describe"],
+  lambda f: f["describe"] or f["workdir"] is not None,
+  message="--workdir is required (except with --describe)",
+)
 
 log = logging.getLogger("glore_jax")
 # Set by run() in a process it restarts with malloc settings; the restarted process logs it.
@@ -45,11 +54,14 @@ def main(argv: list[str]) -> int:
     argv: the arguments absl left (the program name only, for a valid command line).
   """
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; configuration goes through --config.KEY=VALUE")
+    raise app.UsageError(
+      f"unexpected arguments {argv[1:]}; configuration goes through --config.KEY=VALUE"
+    )
   # orbax and friends log every checkpoint step through absl; keep the console for our stages.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("glore_jax").setLevel(logging.INFO)
   from glore_jax.errors import one_line, verbose_from_env
+
   try:
     _CONFIG.value.keys()  # ml_collections reports a config file that failed to load only now
   except OSError as e:
@@ -58,10 +70,10 @@ def main(argv: list[str]) -> int:
   if _DESCRIBE.value:
     from glore_jax.config_keys import describe
     from glore_jax.fingerprint import flatten
+
     print(describe(flatten(_CONFIG.value)))
     return 0
-  return run_pipeline(_CONFIG.value, _WORKDIR.value,
-                      verbose=_VERBOSE.value or verbose_from_env())
+  return run_pipeline(_CONFIG.value, _WORKDIR.value, verbose=_VERBOSE.value or verbose_from_env())
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = False) -> int:
@@ -78,13 +90,19 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, verbose: bo
   """
   from glore_jax import errors
   from glore_jax.config_check import validate
+
   try:
     validate(config)
     if _malloc_restarted:  # said after validation, so that a config error stays one line
       from glore_jax.cpu_malloc import OPT_OUT
-      log.info("restarted once with GLIBC_TUNABLES set (XLA:CPU keeps its buffers; "
-               "glore_jax/cpu_malloc.py); %s=0 turns this off", OPT_OUT)
+
+      log.info(
+        "restarted once with GLIBC_TUNABLES set (XLA:CPU keeps its buffers; "
+        "glore_jax/cpu_malloc.py); %s=0 turns this off",
+        OPT_OUT,
+      )
     from glore_jax.stages import run_stages
+
     run_stages(config, workdir)
   except Exception as e:  # classified below; unknown ones are re-raised
     code = errors.exit_code(e)
@@ -101,15 +119,17 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, verbose: bo
 def _unknown_overrides(argv: list[str]) -> list[str]:
   """The KEYs of --config.KEY=VALUE arguments that the default config does not have."""
   from glore_jax.defaults import get_config
+
   defaults, unknown = get_config(), []
   for arg in argv[1:]:
     if not arg.startswith("--config."):
       continue
-    path, node = arg[len("--config."):].split("=", 1)[0], defaults
+    path, node = arg[len("--config.") :].split("=", 1)[0], defaults
     for part in path.split("."):
       if not hasattr(node, "keys") or part not in node:
-        close = difflib.get_close_matches(part, list(node.keys()) if hasattr(node, "keys") else [],
-                                          n=1)
+        close = difflib.get_close_matches(
+          part, list(node.keys()) if hasattr(node, "keys") else [], n=1
+        )
         unknown.append(path + (f" (did you mean {close[0]!r}?)" if close else ""))
         break
       node = node[part]
@@ -127,13 +147,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
   except (AttributeError, KeyError) as e:
     keys = ", ".join(f"config.{k}" for k in _unknown_overrides(argv)) or str(e)
-    print(f"config error: unknown key {keys}: the config has no such key (every key, its "
-          "default and doc: glore_jax/config_keys.py, or --describe)", file=sys.stderr)
+    print(
+      f"config error: unknown key {keys}: the config has no such key (every key, its "
+      "default and doc: glore_jax/config_keys.py, or --describe)",
+      file=sys.stderr,
+    )
     sys.exit(2)
 
 
 def errors_one_line(e: BaseException) -> str:
   from glore_jax.errors import one_line
+
   return one_line(e)
 
 
@@ -143,10 +167,12 @@ def run() -> None:
   global _malloc_restarted
   _malloc_restarted = os.environ.pop(_MALLOC_RESTART, "") == "1"
   from glore_jax import cpu_malloc
+
   if cpu_malloc.should_reexec():  # CPU-only installs: keep XLA:CPU's buffers (see cpu_malloc.py)
     os.environ[_MALLOC_RESTART] = "1"
     cpu_malloc.reexec_with_malloc_tunables()
   from glore_jax.config_files import resolve_config_argv
+
   sys.argv = resolve_config_argv(sys.argv)  # configs/X.py from the installed package too
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
 

@@ -25,8 +25,16 @@ if TYPE_CHECKING:
 
 RUN_CONFIG = "resolved_config.json"
 # Config keys that name inputs from outside the work directory.
-INPUT_KEYS = ("model.checkpoint", "data.path", "tokenizer", "inputs.policy", "inputs.orm",
-              "inputs.sorm", "inputs.refiner_global", "inputs.refiner_local")
+INPUT_KEYS = (
+  "model.checkpoint",
+  "data.path",
+  "tokenizer",
+  "inputs.policy",
+  "inputs.orm",
+  "inputs.sorm",
+  "inputs.refiner_global",
+  "inputs.refiner_local",
+)
 
 
 def _git(*args: str) -> str | None:
@@ -45,8 +53,12 @@ def code_version() -> dict[str, Any]:
   """The package version, and the git commit (with a dirty flag) when run from a checkout."""
   commit = _git("rev-parse", "HEAD")
   dirty = None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
-  return {"package": "glore-jax", "version": glore_jax.__version__, "git_commit": commit,
-          "git_dirty": dirty}
+  return {
+    "package": "glore-jax",
+    "version": glore_jax.__version__,
+    "git_commit": commit,
+    "git_dirty": dirty,
+  }
 
 
 def _lookup(config, dotted: str) -> Any:
@@ -98,13 +110,13 @@ def record(config: ml_collections.ConfigDict, *, describe: bool = True) -> dict[
   inputs = input_checkpoints(config)
   as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   return {
-      "config": json.loads(json.dumps(as_dict, default=str)),
-      "code": code_version(),
-      "inputs": inputs,
-      "input_details": {k: describe_folder(v) for k, v in inputs.items()} if describe else {},
-      "versions": {"python": sys.version.split()[0], "jax": jax.__version__},
-      "argv": list(sys.argv),
-      "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "config": json.loads(json.dumps(as_dict, default=str)),
+    "code": code_version(),
+    "inputs": inputs,
+    "input_details": {k: describe_folder(v) for k, v in inputs.items()} if describe else {},
+    "versions": {"python": sys.version.split()[0], "jax": jax.__version__},
+    "argv": list(sys.argv),
+    "recorded_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
   }
 
 
@@ -142,5 +154,11 @@ def _stable(rec: dict) -> dict:
   return {k: v for k, v in rec.items() if k not in ("recorded_at", "argv")}
 
 
-__all__ = ["RUN_CONFIG", "code_version", "describe_folder", "input_checkpoints", "record",
-           "write_run_config"]
+__all__ = [
+  "RUN_CONFIG",
+  "code_version",
+  "describe_folder",
+  "input_checkpoints",
+  "record",
+  "write_run_config",
+]

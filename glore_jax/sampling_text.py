@@ -73,20 +73,31 @@ class StopStrings:
     if hit is None:
       return text, False
     pos, s = hit
-    return text[:pos + (len(s) if include_stop else 0)], True
+    return text[: pos + (len(s) if include_stop else 0)], True
 
 
 @functools.lru_cache(maxsize=4)
 def _vocab_texts(tokenizer, skip_special_tokens: bool) -> tuple[str, ...]:
   """Every token id's own text (one scan of the vocabulary per tokenizer)."""
-  return tuple(tokenizer.batch_decode([[i] for i in range(len(tokenizer))],
-                                      skip_special_tokens=skip_special_tokens))
+  return tuple(
+    tokenizer.batch_decode(
+      [[i] for i in range(len(tokenizer))], skip_special_tokens=skip_special_tokens
+    )
+  )
 
 
-def generate_text(model: Llama, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
-                  stop_strings: Sequence[str] = (), include_stop_string: bool = False,
-                  add_special_tokens: bool = True, skip_special_tokens: bool = True,
-                  **options) -> list[list[Sample]]:
+def generate_text(
+  model: Llama,
+  tokenizer,
+  prompts: Sequence[str],
+  *,
+  max_new_tokens: int,
+  stop_strings: Sequence[str] = (),
+  include_stop_string: bool = False,
+  add_special_tokens: bool = True,
+  skip_special_tokens: bool = True,
+  **options,
+) -> list[list[Sample]]:
   """`generate` on text: tokenizes `prompts` with `tokenizer`, stops at the first occurrence of
   any of `stop_strings`, and sets `.text` of each sample (cut exactly before the stop string,
   or after it with include_stop_string).
@@ -120,8 +131,9 @@ def generate_text(model: Llama, tokenizer, prompts: Sequence[str], *, max_new_to
   return samples
 
 
-def decode_samples(tokenizer, samples: Sequence[Sequence[Sample]], *,
-                   skip_special_tokens: bool = True) -> list[list[str]]:
+def decode_samples(
+  tokenizer, samples: Sequence[Sequence[Sample]], *, skip_special_tokens: bool = True
+) -> list[list[str]]:
   """Decoded text of every sample (no stop-string cut).
 
   Args:
@@ -129,5 +141,7 @@ def decode_samples(tokenizer, samples: Sequence[Sequence[Sample]], *,
     samples: samples[i][j], as `generate` returns them.
     skip_special_tokens: decode without special tokens.
   """
-  return [[tokenizer.decode(s.tokens, skip_special_tokens=skip_special_tokens) for s in row]
-          for row in samples]
+  return [
+    [tokenizer.decode(s.tokens, skip_special_tokens=skip_special_tokens) for s in row]
+    for row in samples
+  ]

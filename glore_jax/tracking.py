@@ -6,7 +6,8 @@ metrics under its own prefix (`policy/train/loss`) against its own step axis."""
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
   import ml_collections
@@ -35,8 +36,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   """
   t = _settings(config)
   if t is not None and t.wandb and not _wandb_installed():
-    raise TrackingError("config.tracking.wandb=True needs Weights & Biases: "
-                        'pip install "glore-jax[wandb]"')
+    raise TrackingError(
+      'config.tracking.wandb=True needs Weights & Biases: pip install "glore-jax[wandb]"'
+    )
 
 
 def metrics_hook(config: ml_collections.ConfigDict, stage: str) -> Hook | None:
@@ -52,9 +54,14 @@ def metrics_hook(config: ml_collections.ConfigDict, stage: str) -> Hook | None:
   check(config)
   if "wandb" not in _RUN:
     import wandb
+
     _RUN["wandb"] = wandb
-    _RUN["run"] = wandb.init(project=t.wandb_project, entity=t.wandb_entity or None,
-                             group=t.wandb_group or None, config=config.to_dict())
+    _RUN["run"] = wandb.init(
+      project=t.wandb_project,
+      entity=t.wandb_entity or None,
+      group=t.wandb_group or None,
+      config=config.to_dict(),
+    )
   wandb, run = _RUN["wandb"], _RUN["run"]
   run.define_metric(f"{stage}/step")
   run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")

@@ -315,7 +315,9 @@ class ShardedStage:
 
 def _check_path(shard: epath.Path) -> epath.Path:
   """`check-00003-of-00010.json`: the record count and sha256 of shard-00003-of-00010.jsonl."""
-  return shard.parent / ("check-" + shard.name.removeprefix("shard-").removesuffix(".jsonl") + ".json")
+  return shard.parent / (
+    "check-" + shard.name.removeprefix("shard-").removesuffix(".jsonl") + ".json"
+  )
 
 
 def _shard_check(data: bytes, records: int) -> dict[str, Any]:
@@ -396,16 +398,17 @@ def iter_all(stage_dir: PathLike) -> Iterator[dict[str, Any]]:
     try:
       text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-      raise CorruptShardError(f"{path}: not valid UTF-8 at byte {e.start}; rerun stage {name!r} "
-                              "to recompute the damaged shard") from None
+      raise CorruptShardError(
+        f"{path}: not valid UTF-8 at byte {e.start}; rerun stage {name!r} "
+        "to recompute the damaged shard"
+      ) from None
     for lineno, line in enumerate(text.splitlines(), start=1):
       if line.strip():
         try:
           records.append(json.loads(line))
         except json.JSONDecodeError as e:
           raise CorruptShardError(
-            f"{path}:{lineno}: not valid JSON ({e.msg}); delete this "
-            f"shard and rerun stage {name!r}"
+            f"{path}:{lineno}: not valid JSON ({e.msg}); delete this shard and rerun stage {name!r}"
           ) from None
     try:
       _verify_shard(path, data)
@@ -460,11 +463,16 @@ def mark_done(stage_dir: PathLike, summary: Mapping[str, Any] | None = None) -> 
     )
   bad = damaged_shards(stage_dir)
   if bad:
-    raise CorruptShardError(f"cannot mark stage {name!r} done: {stage_dir / bad[0][0]}: {bad[0][1]}")
+    raise CorruptShardError(
+      f"cannot mark stage {name!r} done: {stage_dir / bad[0][0]}: {bad[0][1]}"
+    )
   checks = [read_json(_check_path(stage_dir / shard_name(i, n))) for i in range(n)]
-  manifest.update(done=True, completed_shards=list(range(n)),
-                  records=sum(c["records"] for c in checks),
-                  shard_checks={shard_name(i, n): c for i, c in enumerate(checks)})
+  manifest.update(
+    done=True,
+    completed_shards=list(range(n)),
+    records=sum(c["records"] for c in checks),
+    shard_checks={shard_name(i, n): c for i, c in enumerate(checks)},
+  )
   if summary is not None:
     manifest["summary"] = _canonical(summary)
   write_json_atomic(stage_dir / MANIFEST, manifest)

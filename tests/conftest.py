@@ -39,6 +39,7 @@ def smollm2_hf_dir() -> Path:
   pytest.importorskip("torch", reason="parity tests need torch==2.13.0 (the 'test' extra)")
   pytest.importorskip("gguf", reason="reading GGUF needs the gguf package (the 'test' extra)")
   from glore_jax.model.gguf import convert_gguf_to_hf, smollm2_gguf_path
+
   try:
     gguf = smollm2_gguf_path()
   except (ImportError, FileNotFoundError) as e:
@@ -63,9 +64,12 @@ def micro_run(tmp_path_factory, subprocess_env):
   """The whole micro pipeline, once, as a real `python -m glore_jax.main` subprocess
   (helpers in tests/pipeline/conftest.py)."""
   from tests.pipeline.conftest import MicroRun, run_main
+
   workdir = tmp_path_factory.mktemp("micro") / "run"
   first = run_main(subprocess_env, workdir)
   if first.returncode != 0:
-    pytest.fail(f"micro pipeline failed (exit {first.returncode}):\n{first.stdout[-4000:]}\n"
-                f"{first.stderr[-8000:]}")
+    pytest.fail(
+      f"micro pipeline failed (exit {first.returncode}):\n{first.stdout[-4000:]}\n"
+      f"{first.stderr[-8000:]}"
+    )
   return MicroRun(workdir, first)

@@ -28,18 +28,23 @@ def recompute(candidates: dict) -> dict[str, float]:
   totals: dict[str, float] = {}
   questions = candidates["questions"]
   for q in questions:
-    role = lambda r: [c for c in q["candidates"] if c["role"] == r]
+    role = lambda r, q=q: [c for c in q["candidates"] if c["role"] == r]
     d, g, l = role("draft")[0], role("global")[0], role("local")[0]
     samples = role("sample")
     n = len(samples)
-    rows = {"greedy": d["correct"], "global": g["correct"], "local": l["correct"],
-            "oracle": d["correct"] or g["correct"] or l["correct"]}
+    rows = {
+      "greedy": d["correct"],
+      "global": g["correct"],
+      "local": l["correct"],
+      "oracle": d["correct"] or g["correct"] or l["correct"],
+    }
     orm = lambda c: c["orm"]
     rows["draft_global"] = _top([d, g], orm)["correct"]
     rows["draft_local"] = _top([d, l], orm)["correct"]
     rows["draft_global_local"] = _top([d, g, l], orm)["correct"]
-    rows["orm_gated"] = d["correct"] if d["orm"] >= candidates["threshold"] else \
-        rows["draft_global_local"]
+    rows["orm_gated"] = (
+      d["correct"] if d["orm"] >= candidates["threshold"] else rows["draft_global_local"]
+    )
     if "orm_lik" in d:  # the same reranks by ORM + policy likelihood
       mixed = lambda c: c["orm_lik"]
       rows["draft_global+lik"] = _top([d, g], mixed)["correct"]
@@ -51,7 +56,7 @@ def recompute(candidates: dict) -> dict[str, float]:
       rows["mean_sample"] = sum(c["correct"] for c in samples) / n
       rows[f"best_of_{n}"] = _top(samples, orm)["correct"]
       rows[f"likelihood_of_{n}"] = _top(
-          samples, lambda c: float("-inf") if c["mean_logprob"] is None else c["mean_logprob"]
+        samples, lambda c: float("-inf") if c["mean_logprob"] is None else c["mean_logprob"]
       )["correct"]
       pick = hash_rank(candidates["seed"], "random-pick", q["id"]) % n
       rows[f"random_of_{n}"] = samples[pick]["correct"]

@@ -20,8 +20,12 @@ def test_paths_resolve_from_another_directory(tmp_path, monkeypatch):
   assert resolve_config_path("demo.py") == demo
   assert resolve_config_path("configs/demo.py:arg") == demo + ":arg"  # ml_collections' argument
   assert resolve_config_path("configs/nope.py") == "configs/nope.py"  # the flag reports it
-  assert resolve_config_argv(["main", "--config", "configs/micro.py", "--workdir=x"]) == \
-      ["main", "--config", str(REPO / "configs" / "micro.py"), "--workdir=x"]
+  assert resolve_config_argv(["main", "--config", "configs/micro.py", "--workdir=x"]) == [
+    "main",
+    "--config",
+    str(REPO / "configs" / "micro.py"),
+    "--workdir=x",
+  ]
 
 
 def test_a_local_file_wins_over_the_packaged_one(tmp_path, monkeypatch):

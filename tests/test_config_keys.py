@@ -49,6 +49,7 @@ def test_every_key_has_a_doc_and_a_rule_its_default_passes():
 def test_stage_lists_agree():
   from glore_jax import fingerprint
   from glore_jax.method.first_error_search import STRATEGIES
+
   assert config_keys.STAGES == fingerprint.STAGES
   assert config_keys.SEARCH_STRATEGIES == STRATEGIES
 
@@ -56,6 +57,7 @@ def test_stage_lists_agree():
 def _fake_inputs(config, tmp_path: Path) -> None:
   """The paper configs name /path/to/... placeholders: a GSM8K folder and an HF config.json."""
   from glore_jax.model.config import preset
+
   if config.data.source == "gsm8k":
     data = tmp_path / "gsm8k"
     data.mkdir(exist_ok=True)
@@ -83,16 +85,22 @@ def test_every_config_file_loads_and_validates(name, tmp_path, monkeypatch):
 
 def test_an_unknown_key_in_a_config_file_is_refused(tmp_path):
   path = tmp_path / "typo.py"
-  path.write_text("from glore_jax.defaults import get_config as base\n\n\n"
-                  "def get_config():\n  c = base()\n  c.sorm.num_rolouts = 8\n  return c\n")
-  with pytest.raises(ConfigError, match=r"config.sorm.num_rolouts: unknown key \(did you mean "
-                                        r"'sorm.num_rollouts'\?\)"):
+  path.write_text(
+    "from glore_jax.defaults import get_config as base\n\n\n"
+    "def get_config():\n  c = base()\n  c.sorm.num_rolouts = 8\n  return c\n"
+  )
+  with pytest.raises(
+    ConfigError,
+    match=r"config.sorm.num_rolouts: unknown key \(did you mean "
+    r"'sorm.num_rollouts'\?\)",
+  ):
     validate(load_config_file(str(path)))
 
 
 def test_trainer_settings_come_from_the_table():
   from glore_jax.stages.models import train_config
   from glore_jax.training import TrainConfig
+
   fields = {f.name for f in dataclasses.fields(TrainConfig)}
   assert set(TRAIN_FIELDS.values()) <= fields
   assert TRAIN_FIELDS["steps"] == "total_steps"
@@ -129,9 +137,22 @@ def test_describe_lists_every_key_with_value_default_and_doc():
 def test_describe_on_the_command_line(tmp_path):
   """From another directory, as after a pip install: prints, exits 0, needs no --workdir."""
   env = {**os.environ, "PYTHONPATH": str(REPO), "GLORE_JAX_MALLOC": "0"}
-  p = subprocess.run([sys.executable, "-m", "glore_jax.main", "--config=configs/micro.py",
-                      "--describe", "--config.sorm.num_rollouts=8"], cwd=tmp_path, env=env,
-                     capture_output=True, text=True, timeout=300, check=False)
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "glore_jax.main",
+      "--config=configs/micro.py",
+      "--describe",
+      "--config.sorm.num_rollouts=8",
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert p.returncode == 0, p.stderr
   names = [line.split()[0] for line in p.stdout.splitlines() if line[:1].isalpha()]
   assert set(KEYS) <= set(names)

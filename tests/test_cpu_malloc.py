@@ -17,7 +17,9 @@ GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 
 @pytest.mark.skipif(not GLIBC_LINUX, reason="the tunables are glibc's (Linux)")
-@pytest.mark.parametrize("env, expected", [
+@pytest.mark.parametrize(
+  "env, expected",
+  [
     ({}, True),
     ({"JAX_PLATFORMS": "cpu"}, True),
     ({"JAX_PLATFORMS": "tpu"}, False),
@@ -25,7 +27,8 @@ GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
     ({"GLORE_JAX_MALLOC": "0"}, False),
     ({"GLIBC_TUNABLES": cpu_malloc.TUNABLES}, False),
     ({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}, True),
-])
+  ],
+)
 def test_should_reexec(env, expected):
   assert cpu_malloc.should_reexec(env) is expected  # this CI install has no TPU/CUDA plugin
 
@@ -59,10 +62,19 @@ def _run(tmp_path, **env_changes):
   script = tmp_path / "script.py"
   script.write_text(SCRIPT)
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "GLORE_JAX_MALLOC")}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(os.path.dirname(cpu_malloc.__file__)),
-             **env_changes)
-  out = subprocess.run([sys.executable, "-u", str(script), "--flag", "x y"], env=env,
-                       capture_output=True, text=True, timeout=120, check=False)
+  env.update(
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.path.dirname(os.path.dirname(cpu_malloc.__file__)),
+    **env_changes,
+  )
+  out = subprocess.run(
+    [sys.executable, "-u", str(script), "--flag", "x y"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert out.returncode == 0, out.stderr
   return out.stdout.splitlines()
 
@@ -70,9 +82,11 @@ def _run(tmp_path, **env_changes):
 @pytest.mark.skipif(not GLIBC_LINUX, reason="the tunables are glibc's (Linux)")
 def test_restarts_once_with_the_same_arguments(tmp_path):
   lines = _run(tmp_path)
-  assert lines == ["start - ['--flag', 'x y']",
-                   f"start {cpu_malloc.TUNABLES} ['--flag', 'x y']",
-                   f"running {cpu_malloc.TUNABLES}"]
+  assert lines == [
+    "start - ['--flag', 'x y']",
+    f"start {cpu_malloc.TUNABLES} ['--flag', 'x y']",
+    f"running {cpu_malloc.TUNABLES}",
+  ]
 
 
 def test_opt_out_runs_unchanged(tmp_path):

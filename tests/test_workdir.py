@@ -149,7 +149,10 @@ def test_temp_files_are_never_visible_as_shards(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="disk full"):
     stage.write_shard(1, square(ITEMS[5:10]))
   assert sorted(path.name for path in stage.dir.iterdir()) == [
-      "check-00000-of-00005.json", "manifest.json", shard_name(0, 5)]
+    "check-00000-of-00005.json",
+    "manifest.json",
+    shard_name(0, 5),
+  ]
 
 
 def test_stale_temp_files_from_a_killed_run_are_ignored_and_cleaned(tmp_path):
@@ -256,5 +259,7 @@ def test_temp_pattern_matches_exactly_the_temp_files_of_its_path(tmp_path, monke
   assert not fnmatch.fnmatchcase(path.name, temp_pattern(path))
   other = ".shard-00001-of-00005.jsonl.check.tmp-1-deadbeef"
   assert not fnmatch.fnmatchcase(other, temp_pattern(path))
-  assert fnmatch.fnmatchcase(".check-00001-of-00005.json.tmp-1-deadbeef",
-                             temp_pattern(path.parent / "check-00001-of-00005.json"))
+  assert fnmatch.fnmatchcase(
+    ".check-00001-of-00005.json.tmp-1-deadbeef",
+    temp_pattern(path.parent / "check-00001-of-00005.json"),
+  )

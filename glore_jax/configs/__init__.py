@@ -9,4 +9,4 @@ import pathlib
 
 _CLONE = pathlib.Path(__file__).resolve().parents[2]
 if (_CLONE / "setup.cfg").exists() and (_CLONE / "configs" / "__init__.py").exists():
-  __path__.append(str(_CLONE / "configs"))  # noqa: F821 (a package's __path__)
+  __path__.append(str(_CLONE / "configs"))

@@ -19,7 +19,6 @@ from typing import Any, Literal, TypeVar
 from etils import epath
 
 from glore_jax.data.grading import extract_answer
-from glore_jax.errors import InputError
 from glore_jax.data.steps import split_steps
 from glore_jax.errors import InputError
 
@@ -282,19 +281,35 @@ def _lines(f, path, max_line_bytes: int, on_error: OnError, skipped):
     if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
       while raw and not raw.endswith(b"\n"):  # skip the rest of the line, a block at a time
         raw = f.readline(1 << 20)
-      _handle(DataError(path, lineno, None, f"line longer than {max_line_bytes} bytes (the cap "
-                        "of glore_jax.data.records.MAX_LINE_BYTES); is this a JSONL file?"),
-              on_error, skipped)
+      _handle(
+        DataError(
+          path,
+          lineno,
+          None,
+          f"line longer than {max_line_bytes} bytes (the cap "
+          "of glore_jax.data.records.MAX_LINE_BYTES); is this a JSONL file?",
+        ),
+        on_error,
+        skipped,
+      )
       continue
     try:
       yield lineno, raw.decode("utf-8")
     except UnicodeDecodeError as e:
-      _handle(DataError(path, lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start} of "
-                        "the line)"), on_error, skipped)
+      _handle(
+        DataError(
+          path, lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)"
+        ),
+        on_error,
+        skipped,
+      )
 
 
 def iter_jsonl_objects(
-  path: str | os.PathLike, *, on_error: OnError = "raise", skipped: list[DataError] | None = None,
+  path: str | os.PathLike,
+  *,
+  on_error: OnError = "raise",
+  skipped: list[DataError] | None = None,
   max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
   """Yield (line_number, parsed JSON object) for each non-blank line of a JSONL file (a local

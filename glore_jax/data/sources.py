@@ -137,15 +137,21 @@ def load_gsm8k_jsonl(
       )
       if problem.id in first_line:
         # stages key answers by id: a duplicate would grade one question against another's
-        raise FieldError("id", f"duplicate problem id {problem.id!r} (first on line "
-                               f"{first_line[problem.id]})")
+        raise FieldError(
+          "id", f"duplicate problem id {problem.id!r} (first on line {first_line[problem.id]})"
+        )
       first_line[problem.id] = lineno
       out.append(problem)
     except FieldError as e:
       _handle(DataError(path, lineno, e.field, e.message), on_error, out.skipped)
   if not out and not out.skipped:
-    raise DataError(path, 1, None, "no problems: the file is empty (GSM8K JSONL has one "
-                    '{"question": ..., "answer": ...} object per line)')
+    raise DataError(
+      path,
+      1,
+      None,
+      "no problems: the file is empty (GSM8K JSONL has one "
+      '{"question": ..., "answer": ...} object per line)',
+    )
   _log_skips(path, out)
   return out
 

@@ -58,7 +58,9 @@ class Equation:
       return self.left - self.right == self.result
     if self.op == "*":
       return self.left * self.right == self.result
-    return self.right != 0 and self.left % self.right == 0 and self.left // self.right == self.result
+    return (
+      self.right != 0 and self.left % self.right == 0 and self.left // self.right == self.result
+    )
 
   def same_quantities(self, other: Equation) -> bool:
     """Same operator on the same operands (in either order when the operator commutes)."""

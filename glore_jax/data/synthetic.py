@@ -227,8 +227,9 @@ def _try_sample(rng: random.Random, cfg: SyntheticConfig) -> tuple[str, str, int
   return " ".join(q), "\n".join(sol), x, problem_signature((a, first_op, b), ops)
 
 
-def _with_distractors(rng: random.Random, q: list[str], name: str, pron: str, obj: str,
-                      cfg: SyntheticConfig) -> list[str]:
+def _with_distractors(
+  rng: random.Random, q: list[str], name: str, pron: str, obj: str, cfg: SyntheticConfig
+) -> list[str]:
   """The question's sentences with `cfg.distractors` sentences about someone else mixed in after
   the first one; the main person's sentences name them instead of a pronoun (both could be
   "He")."""

@@ -259,5 +259,5 @@ def padding_id(tokenizer: PreTrainedTokenizerFast) -> int:
       return int(value)
   raise ValueError(
     "the tokenizer has no pad, eos or unk token to pad batches with: set one in its "
-    "tokenizer_config.json (e.g. \"pad_token\": \"</s>\")"
+    'tokenizer_config.json (e.g. "pad_token": "</s>")'
   )

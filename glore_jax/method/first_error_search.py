@@ -34,6 +34,7 @@ differences are counted by `compare_hard_labels` and `non_monotone`, never hidde
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,8 +42,8 @@ from typing import Any
 from glore_jax.method.labels import StepLabels, StepRollouts, prefix_successes
 
 __all__ = [
-  "FirstErrorSearch",
   "STRATEGIES",
+  "FirstErrorSearch",
   "SearchLabels",
   "compare_hard_labels",
   "evaluation_bounds",
@@ -148,7 +149,9 @@ class FirstErrorSearch:
       ValueError: the search is not finished.
     """
     if not self.done:
-      raise ValueError(f"the search is not finished: prefix {self.next_query()} is still to evaluate")
+      raise ValueError(
+        f"the search is not finished: prefix {self.next_query()} is still to evaluate"
+      )
     n, boundary = self.num_steps, self._lo
     hard = [int(i < boundary) for i in range(n)]
     soft = [float(h) for h in hard]
@@ -173,7 +176,7 @@ def evaluation_bounds(num_steps: int, outcome: bool) -> tuple[int, int]:
   """
   if outcome or num_steps <= 1:
     return 0, 0
-  return int(math.floor(math.log2(num_steps))), int(math.ceil(math.log2(num_steps)))
+  return math.floor(math.log2(num_steps)), math.ceil(math.log2(num_steps))
 
 
 def gallop_evaluation_bound(num_steps: int, outcome: bool, boundary: int) -> int:
@@ -189,11 +192,12 @@ def gallop_evaluation_bound(num_steps: int, outcome: bool, boundary: int) -> int
   """
   if outcome or num_steps <= 1:
     return 0
-  return min(max(1, 2 * int(math.ceil(math.log2(boundary + 1)))), num_steps - 1)
+  return min(max(1, 2 * math.ceil(math.log2(boundary + 1))), num_steps - 1)
 
 
-def search_with_oracle(num_steps: int, outcome: bool, oracle: Callable[[int], tuple[int, int]],
-                       strategy: str = "bisect") -> SearchLabels:
+def search_with_oracle(
+  num_steps: int, outcome: bool, oracle: Callable[[int], tuple[int, int]], strategy: str = "bisect"
+) -> SearchLabels:
   """Runs one search to the end; `oracle(prefix_index)` -> (successes, rollouts).
 
   Args:
@@ -208,8 +212,9 @@ def search_with_oracle(num_steps: int, outcome: bool, oracle: Callable[[int], tu
   return search.labels()
 
 
-def search_from_rollouts(sol: StepRollouts, *, consistency: bool, num_rollouts: int | None = None,
-                         strategy: str = "bisect") -> SearchLabels:
+def search_from_rollouts(
+  sol: StepRollouts, *, consistency: bool, num_rollouts: int | None = None, strategy: str = "bisect"
+) -> SearchLabels:
   """The search replayed on exhaustive rollouts: it reads only the prefixes it asks for.
 
   The sampler's rollout k from a prefix depends only on (example, prefix end, k), so the search
@@ -222,11 +227,13 @@ def search_from_rollouts(sol: StepRollouts, *, consistency: bool, num_rollouts: 
     num_rollouts: K, at most the number recorded per prefix; None uses all of them.
     strategy: "bisect" or "gallop" (`FirstErrorSearch`).
   """
+
   def oracle(i: int) -> tuple[int, int]:
     rollouts = sol.rollouts[i][:num_rollouts]
     if not rollouts:
       raise ValueError(f"prefix {i} has no recorded rollouts to replay")
     return prefix_successes(sol.steps[i], rollouts, consistency), len(rollouts)
+
   return search_with_oracle(len(sol.steps), sol.outcome, oracle, strategy)
 
 
@@ -240,11 +247,12 @@ def first_negative(hard: Sequence[int]) -> int:
 def non_monotone(hard: Sequence[int]) -> bool:
   """Whether measured hard labels (before propagation) have a negative before a positive: the
   rollout noise that makes the search and exhaustive labeling disagree."""
-  return any(not a and b for a, b in zip(hard, hard[1:]))
+  return any(not a and b for a, b in itertools.pairwise(hard))
 
 
-def compare_hard_labels(search: Sequence[Sequence[int]],
-                        exhaustive: Sequence[Sequence[int]]) -> dict[str, Any]:
+def compare_hard_labels(
+  search: Sequence[Sequence[int]], exhaustive: Sequence[Sequence[int]]
+) -> dict[str, Any]:
   """How the search's hard labels differ from exhaustive ones on the same solutions.
 
   Returns counts (steps, solutions, disagreeing steps and solutions, steps the search calls
@@ -270,8 +278,11 @@ def compare_hard_labels(search: Sequence[Sequence[int]],
     search_neg += sum(1 for x, y in diff if not x)
     search_pos += sum(1 for x, y in diff if x)
   return {
-    "steps": steps, "solutions": len(search), "disagreeing_steps": diff_steps,
-    "disagreeing_solutions": diff_solutions, "search_negative_exhaustive_positive": search_neg,
+    "steps": steps,
+    "solutions": len(search),
+    "disagreeing_steps": diff_steps,
+    "disagreeing_solutions": diff_solutions,
+    "search_negative_exhaustive_positive": search_neg,
     "search_positive_exhaustive_negative": search_pos,
     "step_agreement": 1 - diff_steps / steps if steps else None,
     "solution_agreement": 1 - diff_solutions / len(search) if search else None,

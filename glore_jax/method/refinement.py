@@ -124,7 +124,9 @@ def global_pairs(
     raise ValueError(f"correct_draft_pairs must be >= 0, got {correct_draft_pairs}")
   pairs: list[GlobalPair] = []
   counts = collections.Counter(
-    questions_with_pairs=0, questions_without_correct=0, questions_without_incorrect=0,
+    questions_with_pairs=0,
+    questions_without_correct=0,
+    questions_without_incorrect=0,
     correct_draft_pairs=0,
   )
   for pid, sols in problems_solutions.items():

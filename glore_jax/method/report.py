@@ -97,8 +97,11 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     )
   differences = results.get("differences")
   if differences:
-    lines += ["", "| paired difference (same questions) | points | 95% CI (points) |",
-              "|---|---:|---|"]
+    lines += [
+      "",
+      "| paired difference (same questions) | points | 95% CI (points) |",
+      "|---|---:|---|",
+    ]
     for name, d in differences.items():
       lo, hi = d["ci95"]
       lines.append(f"| {name} | {_signed(d['difference'])} | [{_signed(lo)}, {_signed(hi)}] |")

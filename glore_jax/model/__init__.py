@@ -6,6 +6,17 @@ from glore_jax.model.llama import KVCache, Llama, create_model
 from glore_jax.model.sharding import RULES, ShardingRules, make_mesh
 
 __all__ = [
-    "PRESETS", "LlamaConfig", "UnsupportedConfigError", "preset", "CheckpointError", "load_hf",
-    "save_hf", "KVCache", "Llama", "create_model", "RULES", "ShardingRules", "make_mesh",
+  "PRESETS",
+  "RULES",
+  "CheckpointError",
+  "KVCache",
+  "Llama",
+  "LlamaConfig",
+  "ShardingRules",
+  "UnsupportedConfigError",
+  "create_model",
+  "load_hf",
+  "make_mesh",
+  "preset",
+  "save_hf",
 ]

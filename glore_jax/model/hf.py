@@ -43,6 +43,7 @@ class CheckpointError(InputError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class _Mapping:
   """How one HF tensor becomes one of our parameters, and back."""
+
   ours: tuple  # path into the nnx state
   hf_shape: tuple[int, ...]
   to_ours: Callable[[np.ndarray], np.ndarray]
@@ -56,11 +57,15 @@ def _tensor_map(cfg: LlamaConfig) -> dict[str, _Mapping]:
   transpose = lambda x: np.ascontiguousarray(x.T)
 
   def heads_in(num):  # HF [num*H, D] -> ours [D, num, H]
-    return (lambda x: np.ascontiguousarray(x.T).reshape(d, num, h),
-            lambda x: np.ascontiguousarray(x.reshape(d, num * h).T))
+    return (
+      lambda x: np.ascontiguousarray(x.T).reshape(d, num, h),
+      lambda x: np.ascontiguousarray(x.reshape(d, num * h).T),
+    )
 
-  table = {"model.embed_tokens.weight": _Mapping(("embedding",), (v, d), same, same),
-           "model.norm.weight": _Mapping(("final_norm",), (d,), same, same)}
+  table = {
+    "model.embed_tokens.weight": _Mapping(("embedding",), (v, d), same, same),
+    "model.norm.weight": _Mapping(("final_norm",), (d,), same, same),
+  }
   if not cfg.tie_word_embeddings:
     table["lm_head.weight"] = _Mapping(("lm_head",), (v, d), transpose, transpose)
   for i in range(cfg.num_layers):
@@ -68,27 +73,37 @@ def _tensor_map(cfg: LlamaConfig) -> dict[str, _Mapping]:
     layer = ("layers", i)
     q_in, q_out = heads_in(n)
     kv_in, kv_out = heads_in(k)
-    table.update({
+    table.update(
+      {
         pre + "self_attn.q_proj.weight": _Mapping(layer + ("attn", "q"), (n * h, d), q_in, q_out),
         pre + "self_attn.k_proj.weight": _Mapping(layer + ("attn", "k"), (k * h, d), kv_in, kv_out),
         pre + "self_attn.v_proj.weight": _Mapping(layer + ("attn", "v"), (k * h, d), kv_in, kv_out),
         pre + "self_attn.o_proj.weight": _Mapping(
-            layer + ("attn", "o"), (d, n * h),
-            lambda x: np.ascontiguousarray(x.T).reshape(n, h, d),
-            lambda x: np.ascontiguousarray(x.reshape(n * h, d).T)),
-        pre + "mlp.gate_proj.weight": _Mapping(layer + ("mlp", "gate"), (f, d), transpose, transpose),
+          layer + ("attn", "o"),
+          (d, n * h),
+          lambda x: np.ascontiguousarray(x.T).reshape(n, h, d),
+          lambda x: np.ascontiguousarray(x.reshape(n * h, d).T),
+        ),
+        pre + "mlp.gate_proj.weight": _Mapping(
+          layer + ("mlp", "gate"), (f, d), transpose, transpose
+        ),
         pre + "mlp.up_proj.weight": _Mapping(layer + ("mlp", "up"), (f, d), transpose, transpose),
-        pre + "mlp.down_proj.weight": _Mapping(layer + ("mlp", "down"), (d, f), transpose, transpose),
+        pre + "mlp.down_proj.weight": _Mapping(
+          layer + ("mlp", "down"), (d, f), transpose, transpose
+        ),
         pre + "input_layernorm.weight": _Mapping(layer + ("attn_norm",), (d,), same, same),
         pre + "post_attention_layernorm.weight": _Mapping(layer + ("mlp_norm",), (d,), same, same),
-    })
+      }
+    )
   return table
 
 
 def _value_head_map(cfg: LlamaConfig) -> dict[str, _Mapping]:
   d = cfg.hidden_size
-  return {"score.weight": _Mapping(("value_head",), (1, d), lambda x: x.T, lambda x: x.T),
-          "score.bias": _Mapping(("value_bias",), (1,), lambda x: x, lambda x: x)}
+  return {
+    "score.weight": _Mapping(("value_head",), (1, d), lambda x: x.T, lambda x: x.T),
+    "score.bias": _Mapping(("value_bias",), (1,), lambda x: x, lambda x: x),
+  }
 
 
 def _safetensor_files(folder: Path) -> list[Path]:
@@ -105,8 +120,9 @@ def _safetensor_files(folder: Path) -> list[Path]:
       path = (folder / name).resolve()
       # an index names files of its own folder; "../x" or "/etc/x" would read anything
       if path.parent != folder.resolve() or not name.endswith(".safetensors"):
-        raise CheckpointError(f"{index}: weight_map entry {name!r} is not a .safetensors file "
-                              "in the model folder")
+        raise CheckpointError(
+          f"{index}: weight_map entry {name!r} is not a .safetensors file in the model folder"
+        )
       if not path.is_file():
         raise CheckpointError(f"{index}: weight_map names {name!r}, which is not in {folder}")
       files.append(folder / name)
@@ -115,8 +131,10 @@ def _safetensor_files(folder: Path) -> list[Path]:
   if single.exists():
     return [single]
   if list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
-    raise CheckpointError(f"{folder}: only pickle weights (*.bin/*.pt) found; glore-jax loads "
-                          "safetensors only. Convert with transformers' save_pretrained(safe_serialization=True)")
+    raise CheckpointError(
+      f"{folder}: only pickle weights (*.bin/*.pt) found; glore-jax loads "
+      "safetensors only. Convert with transformers' save_pretrained(safe_serialization=True)"
+    )
   raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
@@ -124,21 +142,24 @@ def _iter_tensors(files: list[Path]) -> Iterator[tuple[str, Path, Callable[[], n
   for path in files:
     try:
       handle = safe_open(str(path), framework="numpy")
-    except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
-      raise CheckpointError(f"{path}: not a readable safetensors file (truncated or damaged?): "
-                            f"{e}") from None
+    except Exception as e:
+      raise CheckpointError(
+        f"{path}: not a readable safetensors file (truncated or damaged?): {e}"
+      ) from None
     with handle as f:
-      for name in f.keys():
+      for name in f.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
         yield name, path, lambda f=f, name=name, path=path: _read_tensor(f, name, path)
 
 
 def _read_tensor(f, name: str, path: Path) -> np.ndarray:
   try:
     array = f.get_tensor(name)
-  except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"{path}: tensor {name!r} cannot be read (truncated or damaged?): "
-                          f"{e}") from None
+  except Exception as e:
+    raise CheckpointError(
+      f"{path}: tensor {name!r} cannot be read (truncated or damaged?): {e}"
+    ) from None
   from glore_jax.integrity import check_finite
+
   check_finite(array, f"{path}: tensor {name!r}")
   return array
 
@@ -155,9 +176,17 @@ def _abstract(cfg: LlamaConfig) -> tuple[nnx.GraphDef, nnx.State]:
   return nnx.split(abstract_model)
 
 
-def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None,
-            param_dtype: str | None = None, value_head: bool = False, vocab_size: int | None = None,
-            seed: int = 0, **config_overrides) -> Llama:
+def load_hf(
+  path: str | Path,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  dtype: str | None = None,
+  param_dtype: str | None = None,
+  value_head: bool = False,
+  vocab_size: int | None = None,
+  seed: int = 0,
+  **config_overrides,
+) -> Llama:
   """Loads an HF Llama folder (config.json + safetensors) into a (sharded) `Llama`.
 
   `vocab_size` larger than the checkpoint's grows the embedding (and LM head) for added
@@ -191,8 +220,11 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
   names = {name for name, _, _ in _iter_tensors(files)}
   # A tied checkpoint may store the shared matrix under either name (safetensors' dedup
   # keeps one of them); read whichever is there as the embedding.
-  tied_alias = (cfg.tie_word_embeddings and "lm_head.weight" in names
-                and "model.embed_tokens.weight" not in names)
+  tied_alias = (
+    cfg.tie_word_embeddings
+    and "lm_head.weight" in names
+    and "model.embed_tokens.weight" not in names
+  )
   loaded: dict[str, jax.Array] = {}
   for name, file, read in _iter_tensors(files):
     if file.name == VALUE_HEAD_FILE:
@@ -208,8 +240,10 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
     spec = table[name]
     array = read()
     if tuple(array.shape) != spec.hf_shape:
-      raise CheckpointError(f"{file}: tensor {name!r} has shape {tuple(array.shape)}, "
-                            f"expected {spec.hf_shape} from config.json")
+      raise CheckpointError(
+        f"{file}: tensor {name!r} has shape {tuple(array.shape)}, "
+        f"expected {spec.hf_shape} from config.json"
+      )
     array = spec.to_ours(array).astype(stored_dtype)
     if vocab_size and vocab_size > ckpt_vocab and spec.ours in (("embedding",), ("lm_head",)):
       array = _grow_vocab(array, vocab_size, axis=0 if spec.ours == ("embedding",) else 1)
@@ -227,9 +261,13 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, dtype: s
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     raise CheckpointError(f"{folder}: missing tensors {shown}")
   if value_head and "score.weight" not in loaded:
-    fresh = {("value_head",): INIT_STD * jax.random.normal(
-                 jax.random.key(seed), (cfg.hidden_size, 1), jnp.float32).astype(stored_dtype),
-             ("value_bias",): jnp.zeros((1,), stored_dtype)}
+    fresh = {
+      ("value_head",): INIT_STD
+      * jax.random.normal(jax.random.key(seed), (cfg.hidden_size, 1), jnp.float32).astype(
+        stored_dtype
+      ),
+      ("value_bias",): jnp.zeros((1,), stored_dtype),
+    }
     for ours, value in fresh.items():
       if shardings is not None:
         value = jax.device_put(value, _get_path(shardings, ours).get_value())
@@ -247,6 +285,7 @@ def _grow_vocab(array: np.ndarray, vocab_size: int, axis: int) -> np.ndarray:
 def _host_array(value: jax.Array) -> np.ndarray:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     value = multihost_utils.process_allgather(value, tiled=True)
   return np.asarray(jax.device_get(value))
 
@@ -259,12 +298,16 @@ def save_hf(model: Llama, path: str | Path) -> Path:
   folder = Path(path)
   cfg = model.cfg
   state = nnx.state(model)
-  tensors = {name: spec.to_hf(_host_array(_get_path(state, spec.ours).get_value()))
-             for name, spec in _tensor_map(cfg).items()}
+  tensors = {
+    name: spec.to_hf(_host_array(_get_path(state, spec.ours).get_value()))
+    for name, spec in _tensor_map(cfg).items()
+  }
   heads = {}
   if cfg.value_head:
-    heads = {name: spec.to_hf(_host_array(_get_path(state, spec.ours).get_value()))
-             for name, spec in _value_head_map(cfg).items()}
+    heads = {
+      name: spec.to_hf(_host_array(_get_path(state, spec.ours).get_value()))
+      for name, spec in _value_head_map(cfg).items()
+    }
   if jax.process_index() != 0:
     return folder
   folder.mkdir(parents=True, exist_ok=True)

@@ -51,14 +51,26 @@ def use_flash_attention(cfg: LlamaConfig, seq: int) -> bool:
 
 def _block_sizes():
   from jax.experimental.pallas.ops.tpu import flash_attention as fa
+
   b = _BLOCK
-  return fa.BlockSizes(block_q=b, block_k_major=b, block_k=b, block_b=1, block_q_major_dkv=b,
-                       block_k_major_dkv=b, block_k_dkv=b, block_q_dkv=b, block_k_major_dq=b,
-                       block_k_dq=b, block_q_dq=b)
+  return fa.BlockSizes(
+    block_q=b,
+    block_k_major=b,
+    block_k=b,
+    block_b=1,
+    block_q_major_dkv=b,
+    block_k_major_dkv=b,
+    block_k_dkv=b,
+    block_q_dkv=b,
+    block_k_major_dq=b,
+    block_k_dq=b,
+    block_q_dq=b,
+  )
 
 
-def flash_attention(q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
-                    mask_bts: jax.Array) -> jax.Array:
+def flash_attention(
+  q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array, mask_bts: jax.Array
+) -> jax.Array:
   """Causal grouped-query attention of a cache-free forward pass with Pallas flash attention.
 
   Args:
@@ -74,6 +86,7 @@ def flash_attention(q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
     (a shard_map around the kernel, which sees one device's block).
   """
   from jax.experimental.pallas.ops.tpu import flash_attention as fa
+
   k_heads, groups, h = q_btkgh.shape[2:]
   dt = q_btkgh.dtype
   q_bnth = einops.rearrange(q_btkgh, "b t k g h -> b (k g) t h")
@@ -85,15 +98,23 @@ def flash_attention(q_btkgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
   scale = 1.0 / math.sqrt(h)
 
   def kernel(q, k, v, seg):
-    return fa.flash_attention(q, k, v, segment_ids=fa.SegmentIds(seg, seg), causal=True,
-                              sm_scale=scale, block_sizes=block_sizes)
+    return fa.flash_attention(
+      q,
+      k,
+      v,
+      segment_ids=fa.SegmentIds(seg, seg),
+      causal=True,
+      sm_scale=scale,
+      block_sizes=block_sizes,
+    )
 
   mesh = current_mesh()
   if mesh is not None and mesh.size > 1:
     heads = fit_spec(P(BATCH, "tensor", None, None), q_bnth.shape, mesh)
     rows = P(heads[0], None)
-    kernel = jax.shard_map(kernel, mesh=mesh, in_specs=(heads, heads, heads, rows),
-                           out_specs=heads, check_vma=False)
+    kernel = jax.shard_map(
+      kernel, mesh=mesh, in_specs=(heads, heads, heads, rows), out_specs=heads, check_vma=False
+    )
   out_bnth = kernel(q_bnth, k_bnth, v_bnth, valid_bt)
   return einops.rearrange(out_bnth, "b (k g) t h -> b t k g h", k=k_heads).astype(dt)
 
@@ -114,11 +135,24 @@ def use_decode_kernel(cfg: LlamaConfig, cache_slots: int) -> bool:
   return use_pallas(cfg) and decode_fits(cache_slots)
 
 
-def _decode_kernel(first_ref, last_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, acc_ref, *,
-                   scale: float, block: int):
+def _decode_kernel(
+  first_ref,
+  last_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  o_ref,
+  m_ref,
+  l_ref,
+  acc_ref,
+  *,
+  scale: float,
+  block: int,
+):
   """Grid (row b, kv head k, slot block j): online softmax over the row's valid slots
   [first[b], last[b]]; blocks past them are skipped (and not fetched: see the index maps)."""
   from jax.experimental import pallas as pl
+
   b, j = pl.program_id(0), pl.program_id(2)
 
   @pl.when(j == 0)
@@ -134,8 +168,10 @@ def _decode_kernel(first_ref, last_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref
     q = q_ref[...].astype(jnp.float32)  # [G, H]
     k = k_ref[...].astype(jnp.float32)  # [H, block]
     v = v_ref[...].astype(jnp.float32)  # [block, H]
-    s = jax.lax.dot_general(q, k, (((1,), (0,)), ((), ())),
-                            preferred_element_type=jnp.float32) * scale  # [G, block]
+    s = (
+      jax.lax.dot_general(q, k, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+      * scale
+    )  # [G, block]
     slot = j * block + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
     s = jnp.where((slot >= first) & (slot <= last), s, -jnp.inf)
     m_prev = m_ref[...]
@@ -144,7 +180,8 @@ def _decode_kernel(first_ref, last_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref
     correction = jnp.exp(m_prev - m_new)
     l_ref[...] = correction * l_ref[...] + jnp.sum(p, axis=1, keepdims=True)
     acc_ref[...] = correction * acc_ref[...] + jax.lax.dot_general(
-        p, v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+      p, v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    )
     m_ref[...] = m_new
 
   @pl.when(j == pl.num_programs(2) - 1)
@@ -155,6 +192,7 @@ def _decode_kernel(first_ref, last_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref
 def _decode_call(q_bkgh, k_bkhs, v_bksh, first_b, last_b):
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import tpu as pltpu
+
   b, k_heads, groups, h = q_bkgh.shape
   slots = k_bkhs.shape[-1]
   block = _DECODE_BLOCK
@@ -165,29 +203,34 @@ def _decode_call(q_bkgh, k_bkhs, v_bksh, first_b, last_b):
 
   kernel = functools.partial(_decode_kernel, scale=1.0 / math.sqrt(h), block=block)
   return pl.pallas_call(
-      kernel,
-      out_shape=jax.ShapeDtypeStruct(q_bkgh.shape, q_bkgh.dtype),
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2,
-          grid=(b, k_heads, slots // block),
-          in_specs=[
-              pl.BlockSpec((None, None, groups, h), lambda bi, ki, j, f, l: (bi, ki, 0, 0)),
-              pl.BlockSpec((None, None, h, block),
-                           lambda bi, ki, j, f, l: (bi, ki, 0, kv_block(bi, ki, j, f, l))),
-              pl.BlockSpec((None, None, block, h),
-                           lambda bi, ki, j, f, l: (bi, ki, kv_block(bi, ki, j, f, l), 0)),
-          ],
-          out_specs=pl.BlockSpec((None, None, groups, h), lambda bi, ki, j, f, l: (bi, ki, 0, 0)),
-          scratch_shapes=[pltpu.VMEM((groups, 1), jnp.float32),
-                          pltpu.VMEM((groups, 1), jnp.float32),
-                          pltpu.VMEM((groups, h), jnp.float32)]),
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "arbitrary")),
+    kernel,
+    out_shape=jax.ShapeDtypeStruct(q_bkgh.shape, q_bkgh.dtype),
+    grid_spec=pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=2,
+      grid=(b, k_heads, slots // block),
+      in_specs=[
+        pl.BlockSpec((None, None, groups, h), lambda bi, ki, j, f, l: (bi, ki, 0, 0)),
+        pl.BlockSpec(
+          (None, None, h, block), lambda bi, ki, j, f, l: (bi, ki, 0, kv_block(bi, ki, j, f, l))
+        ),
+        pl.BlockSpec(
+          (None, None, block, h), lambda bi, ki, j, f, l: (bi, ki, kv_block(bi, ki, j, f, l), 0)
+        ),
+      ],
+      out_specs=pl.BlockSpec((None, None, groups, h), lambda bi, ki, j, f, l: (bi, ki, 0, 0)),
+      scratch_shapes=[
+        pltpu.VMEM((groups, 1), jnp.float32),
+        pltpu.VMEM((groups, 1), jnp.float32),
+        pltpu.VMEM((groups, h), jnp.float32),
+      ],
+    ),
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
   )(first_b, last_b, q_bkgh, k_bkhs, v_bksh)
 
 
-def decode_attention(q_b1kgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
-                     mask_b1s: jax.Array) -> jax.Array:
+def decode_attention(
+  q_b1kgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array, mask_b1s: jax.Array
+) -> jax.Array:
   """A decode step's attention with the Pallas decode kernel: each row reads only the cache
   blocks holding its valid slots (ragged by row).
 
@@ -211,6 +254,7 @@ def decode_attention(q_b1kgh: jax.Array, k_bkhs: jax.Array, v_bksh: jax.Array,
   if mesh is not None and mesh.size > 1:
     heads = fit_spec(P(BATCH, "tensor", None, None), k_bkhs.shape, mesh)
     rows = P(heads[0])
-    call = jax.shard_map(call, mesh=mesh, in_specs=(heads, heads, heads, rows, rows),
-                         out_specs=heads, check_vma=False)
+    call = jax.shard_map(
+      call, mesh=mesh, in_specs=(heads, heads, heads, rows, rows), out_specs=heads, check_vma=False
+    )
   return call(q_bkgh, k_bkhs, v_bksh, first_b, last_b)[:, None]

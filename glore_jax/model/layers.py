@@ -13,8 +13,9 @@ from jax.sharding import PartitionSpec as P
 INIT_STD = 0.02
 
 
-def param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: jnp.dtype | str, spec: P, *,
-          std: float = INIT_STD) -> nnx.Param:
+def param(
+  rngs: nnx.Rngs, shape: tuple[int, ...], dtype: jnp.dtype | str, spec: P, *, std: float = INIT_STD
+) -> nnx.Param:
   """A normal(0, std) parameter drawn in fp32, stored as `dtype`, tagged with its PartitionSpec.
 
   Args:
@@ -34,7 +35,9 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
   return scale.astype(x.dtype) * y.astype(x.dtype)
 
 
-def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def rope_tables(
+  positions_bt: jax.Array, head_dim: int, theta: float
+) -> tuple[jax.Array, jax.Array]:
   """(cos, sin) [B, T, H] of the rotary angles: computed once per forward pass and shared by
   every layer, as they depend only on the positions.
 

@@ -38,8 +38,17 @@ from glore_jax.model.ops import Ops, select_ops
 from glore_jax.model.sharding import RULES, constrain
 
 # the functional pieces have lived here; callers import them from this module
-__all__ = ["INIT_STD", "KVCache", "Llama", "create_model", "pack_rows", "rms_norm", "rope",
-           "rope_tables", "unpack_rows"]
+__all__ = [
+  "INIT_STD",
+  "KVCache",
+  "Llama",
+  "create_model",
+  "pack_rows",
+  "rms_norm",
+  "rope",
+  "rope_tables",
+  "unpack_rows",
+]
 
 
 @jax.tree_util.register_dataclass
@@ -86,8 +95,9 @@ class KVCache:
     Args:
       fn: maps an array with rows on axis 0 to one with the new rows.
     """
-    return KVCache(tuple(fn(x) for x in self.k), tuple(fn(x) for x in self.v),
-                   fn(self.start), fn(self.length))
+    return KVCache(
+      tuple(fn(x) for x in self.k), tuple(fn(x) for x in self.v), fn(self.start), fn(self.length)
+    )
 
 
 class MLP(nnx.Module):
@@ -102,10 +112,13 @@ class MLP(nnx.Module):
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
     dt = x_btd.dtype
-    gate_btf, up_btf = self.ops.project_gate_up(x_btd, self.gate[...].astype(dt),
-                                                self.up[...].astype(dt))
+    gate_btf, up_btf = self.ops.project_gate_up(
+      x_btd, self.gate[...].astype(dt), self.up[...].astype(dt)
+    )
     hidden_btf = constrain(jax.nn.silu(gate_btf) * up_btf, RULES.act_btf)
-    return constrain(jnp.einsum("BTF,FD->BTD", hidden_btf, self.down[...].astype(dt)), RULES.act_btd)
+    return constrain(
+      jnp.einsum("BTF,FD->BTD", hidden_btf, self.down[...].astype(dt)), RULES.act_btd
+    )
 
 
 class Block(nnx.Module):
@@ -113,19 +126,25 @@ class Block(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, ops: Ops, *, rngs: nnx.Rngs):
     self.eps = cfg.rms_norm_eps
-    self.attn_norm = nnx.Param(jnp.ones((cfg.hidden_size,), cfg.param_dtype), partition=tuple(RULES.norm))
+    self.attn_norm = nnx.Param(
+      jnp.ones((cfg.hidden_size,), cfg.param_dtype), partition=tuple(RULES.norm)
+    )
     self.attn = Attention(cfg, ops, rngs=rngs)
-    self.mlp_norm = nnx.Param(jnp.ones((cfg.hidden_size,), cfg.param_dtype), partition=tuple(RULES.norm))
+    self.mlp_norm = nnx.Param(
+      jnp.ones((cfg.hidden_size,), cfg.param_dtype), partition=tuple(RULES.norm)
+    )
     self.mlp = MLP(cfg, ops, rngs=rngs)
 
-  def __call__(self, x_btd: jax.Array, rope_bth: tuple[jax.Array, jax.Array],
-               mask_bts: jax.Array) -> jax.Array:
+  def __call__(
+    self, x_btd: jax.Array, rope_bth: tuple[jax.Array, jax.Array], mask_bts: jax.Array
+  ) -> jax.Array:
     """The cache-free causal pass (`Attention.__call__`)."""
     x_btd = x_btd + self.attn(rms_norm(x_btd, self.attn_norm[...], self.eps), rope_bth, mask_bts)
     return self._mlp_residual(x_btd)
 
-  def cached(self, mode: Callable[..., tuple[jax.Array, KVLayer]], x_btd: jax.Array,
-             *cache_args: Any) -> tuple[jax.Array, KVLayer]:
+  def cached(
+    self, mode: Callable[..., tuple[jax.Array, KVLayer]], x_btd: jax.Array, *cache_args: Any
+  ) -> tuple[jax.Array, KVLayer]:
     """A pass that reads and writes the KV cache.
 
     Args:
@@ -145,8 +164,8 @@ class Llama(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
     """Args:
-      cfg: shapes, dtypes and the platform the model's programs are built for.
-      rngs: random streams for the initial weights (`create_model` seeds them).
+    cfg: shapes, dtypes and the platform the model's programs are built for.
+    rngs: random streams for the initial weights (`create_model` seeds them).
     """
     self.cfg = cfg
     self.ops = ops = select_ops(cfg)  # the platform's operations, chosen once
@@ -160,15 +179,28 @@ class Llama(nnx.Module):
       self.value_head = param(rngs, (cfg.hidden_size, 1), pd, RULES.value_head)
       self.value_bias = nnx.Param(jnp.zeros((1,), pd), partition=tuple(RULES.value_bias))
 
-  def __call__(self, tokens_bt: jax.Array, *, positions_bt: jax.Array | None = None,
-               attention_mask_bt: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    tokens_bt: jax.Array,
+    *,
+    positions_bt: jax.Array | None = None,
+    attention_mask_bt: jax.Array | None = None,
+  ) -> jax.Array:
     """fp32 logits [B, T, V] of a cache-free causal pass (arguments as `forward`)."""
-    hidden_btd, _ = self.forward(tokens_bt, positions_bt=positions_bt, attention_mask_bt=attention_mask_bt)
+    hidden_btd, _ = self.forward(
+      tokens_bt, positions_bt=positions_bt, attention_mask_bt=attention_mask_bt
+    )
     return self.logits(hidden_btd)
 
-  def forward(self, tokens_bt: jax.Array, *, positions_bt: jax.Array | None = None,
-              attention_mask_bt: jax.Array | None = None, cache: KVCache | None = None,
-              packed_n: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+  def forward(
+    self,
+    tokens_bt: jax.Array,
+    *,
+    positions_bt: jax.Array | None = None,
+    attention_mask_bt: jax.Array | None = None,
+    cache: KVCache | None = None,
+    packed_n: jax.Array | None = None,
+  ) -> tuple[jax.Array, KVCache | None]:
     """Final hidden states [B, T, D] (after the last RMSNorm) and the updated cache.
 
     Args:
@@ -217,8 +249,9 @@ class Llama(nnx.Module):
     query_slot_bt = cache.length[:, None] + jnp.arange(t, dtype=jnp.int32)
     positions_bt = query_slot_bt - cache.start[:, None]
     key_slot_s = jnp.arange(cache.size, dtype=jnp.int32)
-    mask_bts = ((key_slot_s[None, None, :] <= query_slot_bt[:, :, None])
-                & (key_slot_s[None, None, :] >= cache.start[:, None, None]))
+    mask_bts = (key_slot_s[None, None, :] <= query_slot_bt[:, :, None]) & (
+      key_slot_s[None, None, :] >= cache.start[:, None, None]
+    )
     rope_bth = rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta)
     x_btd = self._embed(tokens_bt)
     if packed_n is not None:
@@ -226,8 +259,9 @@ class Llama(nnx.Module):
     mode = self._attention_mode(t, packed_n)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
-      x_btd, (k, v) = layer.cached(mode, x_btd, rope_bth, mask_bts, (cache.k[i], cache.v[i]),
-                                   cache.length)
+      x_btd, (k, v) = layer.cached(
+        mode, x_btd, rope_bth, mask_bts, (cache.k[i], cache.v[i]), cache.length
+      )
       new_k.append(k)
       new_v.append(v)
     hidden_btd = rms_norm(x_btd, self.final_norm[...], cfg.rms_norm_eps)
@@ -236,7 +270,9 @@ class Llama(nnx.Module):
     return hidden_btd, KVCache(tuple(new_k), tuple(new_v), cache.start, cache.length + t)
 
   @staticmethod
-  def _attention_mode(t: int, packed_n: jax.Array | None) -> Callable[..., tuple[jax.Array, KVLayer]]:
+  def _attention_mode(
+    t: int, packed_n: jax.Array | None
+  ) -> Callable[..., tuple[jax.Array, KVLayer]]:
     """The Attention method of a cached call of T tokens per row: the one place modes are picked."""
     if packed_n is not None:
       return functools.partial(Attention.prefill_packed, packed_n=packed_n)
@@ -285,8 +321,14 @@ class Llama(nnx.Module):
     v = jnp.einsum("...D,DO->...O", hidden_xd, self.value_head[...].astype(dt))
     return (v + self.value_bias[...].astype(dt))[..., 0].astype(jnp.float32)
 
-  def init_cache(self, batch: int, size: int, *, start_b: jax.Array | None = None,
-                 dtype: jnp.dtype | str | None = None) -> KVCache:
+  def init_cache(
+    self,
+    batch: int,
+    size: int,
+    *,
+    start_b: jax.Array | None = None,
+    dtype: jnp.dtype | str | None = None,
+  ) -> KVCache:
     """An empty cache of `size` slots per row.
 
     Args:
@@ -302,12 +344,17 @@ class Llama(nnx.Module):
     v_shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
     zeros = lambda shape: constrain(jnp.zeros(shape, dtype), RULES.cache_kv)
     start = jnp.zeros((batch,), jnp.int32) if start_b is None else start_b.astype(jnp.int32)
-    return KVCache(tuple(zeros(k_shape) for _ in range(cfg.num_layers)),
-                   tuple(zeros(v_shape) for _ in range(cfg.num_layers)),
-                   start, jnp.zeros((batch,), jnp.int32))
+    return KVCache(
+      tuple(zeros(k_shape) for _ in range(cfg.num_layers)),
+      tuple(zeros(v_shape) for _ in range(cfg.num_layers)),
+      start,
+      jnp.zeros((batch,), jnp.int32),
+    )
 
 
-def create_model(cfg: LlamaConfig, *, seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> Llama:
+def create_model(
+  cfg: LlamaConfig, *, seed: int = 0, mesh: jax.sharding.Mesh | None = None
+) -> Llama:
   """A randomly initialised model; with a mesh, every parameter is created already sharded
   (abstract init, then a jitted init with out_shardings), so no host holds the whole model.
 
@@ -319,6 +366,7 @@ def create_model(cfg: LlamaConfig, *, seed: int = 0, mesh: jax.sharding.Mesh | N
   if mesh is None:
     return Llama(cfg, rngs=nnx.Rngs(seed))
   from glore_jax.model.sharding import tree_shardings
+
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(seed))))
   shardings = tree_shardings(abstract_state, mesh)
   init_state = jax.jit(lambda: nnx.state(Llama(cfg, rngs=nnx.Rngs(seed))), out_shardings=shardings)

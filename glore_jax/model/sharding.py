@@ -56,8 +56,9 @@ class ShardingRules:
 RULES = ShardingRules()
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 to take the remaining devices.
 
   Args:
@@ -75,13 +76,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     known = math.prod(s for s in sizes if s != -1)
     if known <= 0 or len(devices) % known:
       raise ValueError(
-          f"mesh data={data} fsdp={fsdp} tensor={tensor} cannot be filled from {len(devices)} devices")
+        f"mesh data={data} fsdp={fsdp} tensor={tensor} cannot be filled from {len(devices)} devices"
+      )
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices) or min(sizes) < 1:
     raise ValueError(
-        f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} devices, "
-        f"but {len(devices)} devices are available ({devices[0].platform}); "
-        "make the product of the mesh sizes equal the device count")
+      f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} devices, "
+      f"but {len(devices)} devices are available ({devices[0].platform}); "
+      "make the product of the mesh sizes equal the device count"
+    )
   return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 

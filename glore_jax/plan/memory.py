@@ -22,13 +22,14 @@ if TYPE_CHECKING:
 
   from glore_jax.model.config import LlamaConfig
 
-GiB = 1024 ** 3
+GiB = 1024**3
 HEADROOM = 0.9  # plan to fill at most this fraction of HBM (fragmentation, runtime, XLA scratch)
 
 
 @dataclasses.dataclass
 class Memory:
   """Per-device bytes of one compiled program (XLA memory analysis)."""
+
   argument: float
   output: float
   alias: float
@@ -62,9 +63,14 @@ class Memory:
     ma = compiled.memory_analysis()
     if ma is None:
       raise RuntimeError("this backend gives no memory analysis for compiled programs")
-    return Memory(argument=float(ma.argument_size_in_bytes), output=float(ma.output_size_in_bytes),
-                  alias=float(ma.alias_size_in_bytes), temp=float(ma.temp_size_in_bytes),
-                  code=float(ma.generated_code_size_in_bytes), compile_s=compile_s)
+    return Memory(
+      argument=float(ma.argument_size_in_bytes),
+      output=float(ma.output_size_in_bytes),
+      alias=float(ma.alias_size_in_bytes),
+      temp=float(ma.temp_size_in_bytes),
+      code=float(ma.generated_code_size_in_bytes),
+      compile_s=compile_s,
+    )
 
   @staticmethod
   def combine(a: Memory, b: Memory, fa: float, fb: float, note: str) -> Memory:
@@ -78,16 +84,29 @@ class Memory:
       note: how the result was made, kept in `extrapolated`.
     """
     f = lambda name: fa * getattr(a, name) + fb * getattr(b, name)
-    return Memory(argument=f("argument"), output=f("output"), alias=f("alias"), temp=f("temp"),
-                  code=f("code"), compile_s=a.compile_s + b.compile_s, extrapolated=note)
+    return Memory(
+      argument=f("argument"),
+      output=f("output"),
+      alias=f("alias"),
+      temp=f("temp"),
+      code=f("code"),
+      compile_s=a.compile_s + b.compile_s,
+      extrapolated=note,
+    )
 
 
 # ---- the model, abstract -------------------------------------------------------------------
 
 
-def model_config(name: str, *, layers: int | None = None, dtype: str = "bfloat16",
-                 param_dtype: str = "float32", remat: bool = True,
-                 value_head: bool = False) -> LlamaConfig:
+def model_config(
+  name: str,
+  *,
+  layers: int | None = None,
+  dtype: str = "bfloat16",
+  param_dtype: str = "float32",
+  remat: bool = True,
+  value_head: bool = False,
+) -> LlamaConfig:
   """A preset's config as its TPU program runs (unfused projections).
 
   Args:
@@ -99,9 +118,16 @@ def model_config(name: str, *, layers: int | None = None, dtype: str = "bfloat16
     value_head: add the reward models' value head.
   """
   from glore_jax.model.config import preset
+
   # the TPU program: separate q/k/v and gate/up matmuls (the fused ones are an XLA:CPU speed-up)
-  cfg = preset(name, dtype=dtype, param_dtype=param_dtype, remat=remat, value_head=value_head,
-               fuse_projections=False)
+  cfg = preset(
+    name,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    remat=remat,
+    value_head=value_head,
+    fuse_projections=False,
+  )
   return cfg.replace(num_layers=layers) if layers else cfg
 
 
@@ -109,20 +135,30 @@ def _abstract(cfg):
   from flax import nnx
 
   from glore_jax.model.llama import Llama
+
   return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
 
 
 def _with_shardings(abstract_tree, shardings):
   import jax
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      abstract_tree, shardings)
+
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings
+  )
 
 
 # ---- the programs -------------------------------------------------------------------------
 
 
-def train_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int,
-                 grad_accum: int = 1, loss: str = "lm") -> Memory:
+def train_memory(
+  cfg: LlamaConfig,
+  mesh: jax.sharding.Mesh,
+  *,
+  batch: int,
+  seq: int,
+  grad_accum: int = 1,
+  loss: str = "lm",
+) -> Memory:
   """Compiles the trainer's step (AdamW, clipping, fp32 master weights, `cfg.dtype` compute,
   `cfg.remat`) for a global batch of `batch` rows of `seq` tokens.
 
@@ -137,6 +173,7 @@ def train_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: 
   import jax
 
   from glore_jax import aot
+
   # aot.train_args builds the step for TPU unless the config names a platform: name the backend
   # this process compiles for (what no platform means), so the program is the one it runs here
   cfg = cfg.replace(platform=cfg.platform or jax.default_backend())
@@ -147,8 +184,9 @@ def train_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: 
   return Memory.from_compiled(compiled, time.perf_counter() - start)
 
 
-def decode_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, cache: int,
-                  max_new_tokens: int = 256) -> Memory:
+def decode_memory(
+  cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, cache: int, max_new_tokens: int = 256
+) -> Memory:
   """Compiles the sampler's decode loop (`sampling.decode_program`: a while_loop of one-token
   steps over a donated KV cache of `cache` slots) for `batch` rows, weights stored as
   `param_dtype`.
@@ -175,34 +213,55 @@ def decode_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, cach
   state = _with_shardings(state, tree_shardings(state, mesh))
   k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, cache)  # the model's KVCache layouts
   v_shape = (batch, cfg.num_kv_heads, cache, cfg.head_dim)
-  k, v = (jax.ShapeDtypeStruct(shape, cfg.compute_dtype, sharding=named(RULES.cache_kv, shape, mesh))
-          for shape in (k_shape, v_shape))
+  k, v = (
+    jax.ShapeDtypeStruct(shape, cfg.compute_dtype, sharding=named(RULES.cache_kv, shape, mesh))
+    for shape in (k_shape, v_shape)
+  )
   rows = lambda shape, dtype, spec=RULES.cache_b: jax.ShapeDtypeStruct(
-      shape, dtype, sharding=named(spec, shape, mesh))
-  kv_cache = KVCache(tuple(k for _ in range(cfg.num_layers)), tuple(v for _ in range(cfg.num_layers)),
-                     rows((batch,), jnp.int32), rows((batch,), jnp.int32))
+    shape, dtype, sharding=named(spec, shape, mesh)
+  )
+  kv_cache = KVCache(
+    tuple(k for _ in range(cfg.num_layers)),
+    tuple(v for _ in range(cfg.num_layers)),
+    rows((batch,), jnp.int32),
+    rows((batch,), jnp.int32),
+  )
   decode_state = sampling.DecodeState(
-      tokens_rn=rows((batch, max_new_tokens), jnp.int32, RULES.act_bt),
-      logprobs_rn=rows((batch, max_new_tokens), jnp.float32, RULES.act_bt),
-      finish_r=rows((batch,), jnp.int32), last_r=rows((batch,), jnp.int32),
-      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())))
+    tokens_rn=rows((batch, max_new_tokens), jnp.int32, RULES.act_bt),
+    logprobs_rn=rows((batch, max_new_tokens), jnp.float32, RULES.act_bt),
+    finish_r=rows((batch,), jnp.int32),
+    last_r=rows((batch,), jnp.int32),
+    step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())),
+  )
   # the per-row keys exactly as the sampler makes them (typed keys or raw key data)
   one_row = sampling.row_keys(0, np.zeros((1, 1), np.uint32))
   key_shape = (batch,) + tuple(one_row.shape[1:])
-  keys = jax.ShapeDtypeStruct(key_shape, one_row.dtype, sharding=named(
-      P(BATCH, *(None,) * (len(key_shape) - 1)), key_shape, mesh))
+  keys = jax.ShapeDtypeStruct(
+    key_shape,
+    one_row.dtype,
+    sharding=named(P(BATCH, *(None,) * (len(key_shape) - 1)), key_shape, mesh),
+  )
   ids = jax.ShapeDtypeStruct((1,), jnp.int32, sharding=NamedSharding(mesh, P()))
   limit = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))
   start = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = sampling.decode_program.lower(
-        graphdef, state, kv_cache, decode_state, keys, ids, ids, limit,
-        params=sampling.SamplingParams(temperature=1.0)).compile()
+      graphdef,
+      state,
+      kv_cache,
+      decode_state,
+      keys,
+      ids,
+      ids,
+      limit,
+      params=sampling.SamplingParams(temperature=1.0),
+    ).compile()
   return Memory.from_compiled(compiled, time.perf_counter() - start)
 
 
-def scaled(measure: Callable[[int], Memory], name: str, num_layers: int,
-           layers: Sequence[int] | None) -> Memory:
+def scaled(
+  measure: Callable[[int], Memory], name: str, num_layers: int, layers: Sequence[int] | None
+) -> Memory:
   """`measure(layers)` at the full depth, or at two depths extrapolated linearly to it.
 
   Args:
@@ -222,12 +281,12 @@ def scaled(measure: Callable[[int], Memory], name: str, num_layers: int,
   a, b = measure(l1), measure(l2)
   # value(L) = a + (b - a) * (L - l1) / (l2 - l1): a linear fit per field through both points
   t = (num_layers - l1) / (l2 - l1)
-  return Memory.combine(a, b, 1 - t, t,
-                        f"{name}: compiled at {l1} and {l2} layers, linear to {num_layers}")
+  return Memory.combine(
+    a, b, 1 - t, t, f"{name}: compiled at {l1} and {l2} layers, linear to {num_layers}"
+  )
 
 
-def activation_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int
-                      ) -> Memory:
+def activation_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, seq: int) -> Memory:
   """The training loss's forward and backward with only the embedding trainable: the backward
   still runs through every layer (activation gradients), but no other parameter gradient
   exists, so differences between batch sizes are the activations' cost per row.
@@ -245,15 +304,18 @@ def activation_memory(cfg: LlamaConfig, mesh: jax.sharding.Mesh, *, batch: int, 
   from glore_jax.training import trainer
 
   tc = trainer.TrainConfig(loss="lm", total_steps=1000, progress=False)
-  graphdef, emb, frozen, _ = nnx.split(_abstract(cfg), nnx.All(nnx.Param, nnx.PathContains("embedding")),
-                                       nnx.Param, ...)
+  graphdef, emb, frozen, _ = nnx.split(
+    _abstract(cfg), nnx.All(nnx.Param, nnx.PathContains("embedding")), nnx.Param, ...
+  )
   fresh = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
   emb, frozen = fresh(emb), fresh(frozen)
   loss = trainer.make_loss_fn(graphdef, tc)
   # fresh Variables for the frozen part inside the traced function (nnx.remat updates them)
   grad = jax.grad(lambda e, f, mb: loss(e, jax.tree.map(lambda x: x, f), mb)[0])
-  data = {k: jax.ShapeDtypeStruct((batch, seq), jnp.int32)
-          for k in ("tokens", "attention_mask", "target_mask")}
+  data = {
+    k: jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+    for k in ("tokens", "attention_mask", "target_mask")
+  }
   start = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = jax.jit(grad).lower(emb, frozen, data).compile()

@@ -24,8 +24,9 @@ def model_flops_per_token(cfg: LlamaConfig, seq: int) -> float:
   return 6.0 * weights + 6.0 * cfg.num_layers * seq * cfg.num_heads * cfg.head_dim
 
 
-def throughput(program: str, shape: dict, result: Program, cfg: LlamaConfig, devices: int,
-               chip: Chip) -> dict[str, float]:
+def throughput(
+  program: str, shape: dict, result: Program, cfg: LlamaConfig, devices: int, chip: Chip
+) -> dict[str, float]:
   """Roofline time of one call and what it implies: training tokens/s per chip and MFU, or a
   decode step's tokens/s per chip. Estimates: collectives and overlap are not modelled.
 
@@ -38,9 +39,11 @@ def throughput(program: str, shape: dict, result: Program, cfg: LlamaConfig, dev
     chip: the chip's published figures.
   """
   seconds = result.roofline_s(chip)
-  out = {"roofline_s": seconds,
-         "compute_bound": result.flops / chip.peak_bf16_flops >= result.bytes_accessed
-         / chip.hbm_bytes_per_s}
+  out = {
+    "roofline_s": seconds,
+    "compute_bound": result.flops / chip.peak_bf16_flops
+    >= result.bytes_accessed / chip.hbm_bytes_per_s,
+  }
   if seconds <= 0:
     return out
   if program.startswith("train"):

@@ -34,8 +34,14 @@ def _pow2(n: int) -> int:
   return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-def tpu_program(kind: str, cfg: LlamaConfig, mesh: jax.sharding.Mesh, *,
-                layers: Sequence[int] | None = None, **shape: int) -> tuple[Program, str]:
+def tpu_program(
+  kind: str,
+  cfg: LlamaConfig,
+  mesh: jax.sharding.Mesh,
+  *,
+  layers: Sequence[int] | None = None,
+  **shape: int,
+) -> tuple[Program, str]:
   """`aot.compile_<kind>` at the model's full depth, or at two depths extrapolated linearly
   (every field, flops and bytes included) when `layers` is given.
 
@@ -53,10 +59,14 @@ def tpu_program(kind: str, cfg: LlamaConfig, mesh: jax.sharding.Mesh, *,
     ValueError: the two depths are equal or deeper than the model.
   """
   from glore_jax import aot
-  compile_fn = {"train_lm": functools.partial(aot.compile_train, loss="lm"),
-                "train_value": functools.partial(aot.compile_train, loss="value"),
-                "prefill": aot.compile_prefill, "fanout": aot.compile_fanout,
-                "decode": aot.compile_decode}[kind]
+
+  compile_fn = {
+    "train_lm": functools.partial(aot.compile_train, loss="lm"),
+    "train_value": functools.partial(aot.compile_train, loss="value"),
+    "prefill": aot.compile_prefill,
+    "fanout": aot.compile_fanout,
+    "decode": aot.compile_decode,
+  }[kind]
   if not layers:
     return compile_fn(cfg, mesh, **shape), ""
   l1, l2 = sorted(layers)[:2]
@@ -66,14 +76,18 @@ def tpu_program(kind: str, cfg: LlamaConfig, mesh: jax.sharding.Mesh, *,
   b = compile_fn(cfg.replace(num_layers=l2), mesh, **shape)
   t = (cfg.num_layers - l1) / (l2 - l1)
   fields = ("argument", "output", "alias", "temp", "code", "flops", "bytes_accessed")
-  out = dataclasses.replace(a, compile_s=a.compile_s + b.compile_s,
-                            **{f: (1 - t) * getattr(a, f) + t * getattr(b, f) for f in fields})
+  out = dataclasses.replace(
+    a,
+    compile_s=a.compile_s + b.compile_s,
+    **{f: (1 - t) * getattr(a, f) + t * getattr(b, f) for f in fields},
+  )
   return out, f"compiled at {l1} and {l2} layers, linear to {cfg.num_layers}"
 
 
 @dataclasses.dataclass
 class StagePlan:
   """One program of one stage on a slice: its shape, the mesh it runs on, the compiled sizes."""
+
   stage: str
   program: str
   mesh: dict
@@ -91,6 +105,7 @@ class StagePlan:
 def load_config(path: str) -> ml_collections.ConfigDict:
   """A config file's `get_config()`, found as `python -m glore_jax.main --config` finds it."""
   from glore_jax.config_files import load_config_file
+
   return load_config_file(path)
 
 
@@ -103,6 +118,7 @@ def config_model(config: ml_collections.ConfigDict, model: str = "") -> LlamaCon
     model: a preset name that overrides the config's model; '': the config's.
   """
   from glore_jax.model.config import LlamaConfig, preset
+
   m = config.model
   settings = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
   if model:
@@ -110,15 +126,24 @@ def config_model(config: ml_collections.ConfigDict, model: str = "") -> LlamaCon
   if m.checkpoint and os.path.exists(os.path.join(m.checkpoint, "config.json")):
     return LlamaConfig.from_hf(m.checkpoint, **settings)
   if m.preset == "tiny":  # the defaults' from-scratch model: its widths are in the config
-    return preset("tiny", vocab_size=512, hidden_size=m.hidden_size,
-                  intermediate_size=m.intermediate_size, num_layers=m.num_layers,
-                  num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=0,
-                  max_position_embeddings=m.max_position_embeddings, **settings)
+    return preset(
+      "tiny",
+      vocab_size=512,
+      hidden_size=m.hidden_size,
+      intermediate_size=m.intermediate_size,
+      num_layers=m.num_layers,
+      num_heads=m.num_heads,
+      num_kv_heads=m.num_kv_heads,
+      head_dim=0,
+      max_position_embeddings=m.max_position_embeddings,
+      **settings,
+    )
   return preset(m.preset, **settings)
 
 
-def stage_shapes(config: ml_collections.ConfigDict, *, prompt_tokens: int
-                 ) -> list[tuple[str, str, bool, dict, int]]:
+def stage_shapes(
+  config: ml_collections.ConfigDict, *, prompt_tokens: int
+) -> list[tuple[str, str, bool, dict, int]]:
   """(stage, program, runs on one host, shape, the stage's batch_size) for every program a config's stages run, at the
   largest shapes the runtime builds from it (rows and lengths rounded up to its power-of-two
   buckets). Sampling stages run on each host alone (`stages.LOCAL_STAGES`).
@@ -133,8 +158,15 @@ def stage_shapes(config: ml_collections.ConfigDict, *, prompt_tokens: int
 
   def train(stage, section, loss, seq):
     t = section.train
-    out.append((stage, f"train_{loss}", False, dict(batch=t.batch_size, seq=_pow2(seq),
-                                                      grad_accum=t.grad_accum), t.batch_size))
+    out.append(
+      (
+        stage,
+        f"train_{loss}",
+        False,
+        dict(batch=t.batch_size, seq=_pow2(seq), grad_accum=t.grad_accum),
+        t.batch_size,
+      )
+    )
 
   def sampling(stage, section, fanout: int, prompt: int, temperature: float):
     rows = _pow2(section.batch_size)
@@ -143,10 +175,24 @@ def stage_shapes(config: ml_collections.ConfigDict, *, prompt_tokens: int
     new = section.max_new_tokens
     size = section.batch_size
     out.append((stage, "prefill", True, dict(batch=sequences, seq=seq), size))
-    out.append((stage, "fanout", True, dict(sequences=sequences, seq=seq, rows=rows,
-                                             max_new_tokens=new, temperature=temperature), size))
-    out.append((stage, "decode", True, dict(rows=rows, cache=seq + new, max_new_tokens=new,
-                                             temperature=temperature), size))
+    out.append(
+      (
+        stage,
+        "fanout",
+        True,
+        dict(sequences=sequences, seq=seq, rows=rows, max_new_tokens=new, temperature=temperature),
+        size,
+      )
+    )
+    out.append(
+      (
+        stage,
+        "decode",
+        True,
+        dict(rows=rows, cache=seq + new, max_new_tokens=new, temperature=temperature),
+        size,
+      )
+    )
 
   if "policy" in stages:
     train("policy", config.policy, "lm", max_length)
@@ -169,16 +215,22 @@ def stage_shapes(config: ml_collections.ConfigDict, *, prompt_tokens: int
 
 
 # the shape entries that grow with a stage's batch_size (halved to measure bytes per row)
-_ROW_KEYS = {"train_lm": ("batch",), "train_value": ("batch",), "prefill": ("batch",),
-             "fanout": ("rows", "sequences"), "decode": ("rows",)}
+_ROW_KEYS = {
+  "train_lm": ("batch",),
+  "train_value": ("batch",),
+  "prefill": ("batch",),
+  "fanout": ("rows", "sequences"),
+  "decode": ("rows",),
+}
 
 
 def _scaled_shape(program: str, shape: dict, factor: float) -> dict:
   return {k: (max(1, int(v * factor)) if k in _ROW_KEYS[program] else v) for k, v in shape.items()}
 
 
-def batch_multiplier(peak: float, half_peak: float, hbm: float, *, lowest: int = -6,
-                     highest: int = 3) -> float | None:
+def batch_multiplier(
+  peak: float, half_peak: float, hbm: float, *, lowest: int = -6, highest: int = 3
+) -> float | None:
   """The largest power-of-two factor f (2**lowest .. 2**highest) by which the rows of a
   program that needs `peak` bytes (and `half_peak` at half its rows) can be scaled and still
   fit HEADROOM * hbm, bytes linear in rows; None when even 2**lowest does not fit.
@@ -194,13 +246,22 @@ def batch_multiplier(peak: float, half_peak: float, hbm: float, *, lowest: int =
   fixed = peak - per_unit
   best = None
   for e in range(lowest, highest + 1):
-    if fixed + per_unit * 2.0 ** e <= HEADROOM * hbm:
-      best = 2.0 ** e
+    if fixed + per_unit * 2.0**e <= HEADROOM * hbm:
+      best = 2.0**e
   return best
 
 
-def prefix_sharing(cfg: LlamaConfig, *, prefix_slots: int, new_tokens: int, rollouts: int,
-                   peak: float, rows: int, host_chips: int, hbm: float) -> dict[str, float]:
+def prefix_sharing(
+  cfg: LlamaConfig,
+  *,
+  prefix_slots: int,
+  new_tokens: int,
+  rollouts: int,
+  peak: float,
+  rows: int,
+  host_chips: int,
+  hbm: float,
+) -> dict[str, float]:
   """The label stage's KV cache on paper: bytes per rollout row when every row holds a copy of
   its prefix's cache (as the sampler does: `sampling.start_program` gathers a copy per row) and when
   the K rollouts of a prefix share one copy; decode rows one host fits either way, from the
@@ -222,16 +283,29 @@ def prefix_sharing(cfg: LlamaConfig, *, prefix_slots: int, new_tokens: int, roll
   shared = row - per_slot * prefix_slots * (1 - 1 / rollouts)
   other = peak - row * rows / host_chips  # weights, output buffers, temporaries per device
   budget = host_chips * max(HEADROOM * hbm - other, 0.0)
-  return {"cache_bytes_per_row": row, "prefix_bytes_per_row": per_slot * prefix_slots,
-          "shared_cache_bytes_per_row": shared, "rows_per_host_copied": budget / row,
-          "rows_per_host_shared": budget / shared, "rollouts": rollouts}
+  return {
+    "cache_bytes_per_row": row,
+    "prefix_bytes_per_row": per_slot * prefix_slots,
+    "shared_cache_bytes_per_row": shared,
+    "rows_per_host_copied": budget / row,
+    "rows_per_host_shared": budget / shared,
+    "rollouts": rollouts,
+  }
 
 
-def plan_stages(config: ml_collections.ConfigDict, slice_name: str, *, model: str = "",
-                layers: Sequence[int] | None = None, prompt_tokens: int = 256,
-                only: Sequence[str] = (), recommend: bool = False,
-                sample_param_dtype: str = "", xla_attention: bool = False,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+def plan_stages(
+  config: ml_collections.ConfigDict,
+  slice_name: str,
+  *,
+  model: str = "",
+  layers: Sequence[int] | None = None,
+  prompt_tokens: int = 256,
+  only: Sequence[str] = (),
+  recommend: bool = False,
+  sample_param_dtype: str = "",
+  xla_attention: bool = False,
+  log: Callable[[str], None] = print,
+) -> dict[str, Any]:
   """Compiles every program of `config`'s stages for `slice_name` with the TPU compiler; per
   program: per-device bytes, whether it fits HEADROOM of HBM, roofline time. Programs of equal
   shape compile once. `recommend` also compiles each at half its rows and gives the largest
@@ -251,6 +325,7 @@ def plan_stages(config: ml_collections.ConfigDict, slice_name: str, *, model: st
   """
   from glore_jax import aot
   from glore_jax.model.sharding import make_mesh
+
   sl = aot.get_slice(slice_name)
   cfg = aot.for_tpu(config_model(config, model))
   if xla_attention:  # XLA attention on TPU too: the plan without the Pallas kernels
@@ -271,8 +346,10 @@ def plan_stages(config: ml_collections.ConfigDict, slice_name: str, *, model: st
     if key not in done:
       start = time.perf_counter()
       done[key] = tpu_program(program, model_cfg, mesh, layers=layers, **shape)
-      log(f"  compiled {stage}/{program} {shape} on {dict(mesh.shape)} in "
-          f"{time.perf_counter() - start:.0f} s")
+      log(
+        f"  compiled {stage}/{program} {shape} on {dict(mesh.shape)} in "
+        f"{time.perf_counter() - start:.0f} s"
+      )
     result, note = done[key]
     row = result.as_dict()
     row.update(throughput(program, shape, result, model_cfg, mesh.size, sl.chip))
@@ -282,19 +359,24 @@ def plan_stages(config: ml_collections.ConfigDict, slice_name: str, *, model: st
       if hkey not in done:
         done[hkey] = tpu_program(program, model_cfg, mesh, layers=layers, **half)
         log(f"  compiled {stage}/{program} {half} (half the rows)")
-      row["batch_multiplier"] = batch_multiplier(result.peak, done[hkey][0].peak,
-                                                 sl.chip.hbm_bytes)
-    plans.append(StagePlan(stage, program, dict(mesh.shape), shape, row, sl.chip.hbm_bytes, size,
-                           note))
+      row["batch_multiplier"] = batch_multiplier(result.peak, done[hkey][0].peak, sl.chip.hbm_bytes)
+    plans.append(
+      StagePlan(stage, program, dict(mesh.shape), shape, row, sl.chip.hbm_bytes, size, note)
+    )
   sharing = None
   label = [p for p in plans if p.stage == "label" and p.program == "decode"]
   if label:
     p = label[0]
     sharing = prefix_sharing(
-        sample_cfg, prefix_slots=p.shape["cache"] - p.shape["max_new_tokens"],
-        new_tokens=p.shape["max_new_tokens"], rollouts=config.sorm.num_rollouts,
-        peak=p.result["peak"], rows=p.shape["rows"], host_chips=host_mesh.size,
-        hbm=sl.chip.hbm_bytes)
+      sample_cfg,
+      prefix_slots=p.shape["cache"] - p.shape["max_new_tokens"],
+      new_tokens=p.shape["max_new_tokens"],
+      rollouts=config.sorm.num_rollouts,
+      peak=p.result["peak"],
+      rows=p.shape["rows"],
+      host_chips=host_mesh.size,
+      hbm=sl.chip.hbm_bytes,
+    )
   recommended = {}
   if recommend:
     for p in plans:
@@ -302,10 +384,17 @@ def plan_stages(config: ml_collections.ConfigDict, slice_name: str, *, model: st
       current = recommended.get(p.stage, (math.inf,))[0]
       recommended[p.stage] = (min(current, f if f is not None else 0.0),)
     recommended = {k: v[0] for k, v in recommended.items()}
-  return {"slice": slice_name, "chip": dataclasses.asdict(sl.chip), "model": cfg.num_params(),
-          "recommended_batch_multiplier": recommended, "label_prefix_sharing": sharing,
-          "num_layers": cfg.num_layers, "layers": list(layers or []),
-          "attention": "xla" if xla_attention else "pallas where it applies",
-          "global_mesh": dict(global_mesh.shape), "host_mesh": dict(host_mesh.shape),
-          "prompt_tokens": prompt_tokens, "programs": [dataclasses.asdict(p) | {"fits": p.fits}
-                                                       for p in plans]}
+  return {
+    "slice": slice_name,
+    "chip": dataclasses.asdict(sl.chip),
+    "model": cfg.num_params(),
+    "recommended_batch_multiplier": recommended,
+    "label_prefix_sharing": sharing,
+    "num_layers": cfg.num_layers,
+    "layers": list(layers or []),
+    "attention": "xla" if xla_attention else "pallas where it applies",
+    "global_mesh": dict(global_mesh.shape),
+    "host_mesh": dict(host_mesh.shape),
+    "prompt_tokens": prompt_tokens,
+    "programs": [dataclasses.asdict(p) | {"fits": p.fits} for p in plans],
+  }

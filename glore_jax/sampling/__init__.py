@@ -32,14 +32,39 @@ Logprobs are those of the model's own distribution (log-softmax of the raw logit
 temperature, top-k and top-p), the quantity policy-gradient and reward code wants.
 """
 
-from glore_jax.sampling.api import (Rollouts, generate, prefill_token_counts,
-                                    rollouts_from_prefixes, rollouts_from_prefixes_batch)
+from glore_jax.sampling.api import (
+  Rollouts,
+  generate,
+  prefill_token_counts,
+  rollouts_from_prefixes,
+  rollouts_from_prefixes_batch,
+)
 from glore_jax.sampling.engine import IdLike, PromptTooLongError, Sample, SamplerOptions
-from glore_jax.sampling.programs import (DecodeState, decode_program, prefill_program,
-                                         start_program, use_vocab_major)
+from glore_jax.sampling.programs import (
+  DecodeState,
+  decode_program,
+  prefill_program,
+  start_program,
+  use_vocab_major,
+)
 from glore_jax.sampling.rules import SamplingParams, row_keys, sample_logits
 
-__all__ = ["DecodeState", "IdLike", "PromptTooLongError", "Rollouts", "Sample", "SamplerOptions",
-           "SamplingParams", "decode_program", "generate", "prefill_program",
-           "prefill_token_counts", "rollouts_from_prefixes", "rollouts_from_prefixes_batch",
-           "row_keys", "sample_logits", "start_program", "use_vocab_major"]
+__all__ = [
+  "DecodeState",
+  "IdLike",
+  "PromptTooLongError",
+  "Rollouts",
+  "Sample",
+  "SamplerOptions",
+  "SamplingParams",
+  "decode_program",
+  "generate",
+  "prefill_program",
+  "prefill_token_counts",
+  "rollouts_from_prefixes",
+  "rollouts_from_prefixes_batch",
+  "row_keys",
+  "sample_logits",
+  "start_program",
+  "use_vocab_major",
+]

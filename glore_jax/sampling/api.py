@@ -9,24 +9,48 @@ from collections.abc import Callable, Iterable, Sequence
 from jax.sharding import Mesh
 
 from glore_jax.model.llama import Llama
-from glore_jax.sampling.engine import (Engine, IdLike, Row, Sample, SamplerOptions, as_ids,
-                                       check_lengths)
+from glore_jax.sampling.engine import (
+  Engine,
+  IdLike,
+  Row,
+  Sample,
+  SamplerOptions,
+  as_ids,
+  check_lengths,
+)
 
-__all__ = ["Rollouts", "generate", "prefill_token_counts", "rollouts_from_prefixes",
-           "rollouts_from_prefixes_batch"]
+__all__ = [
+  "Rollouts",
+  "generate",
+  "prefill_token_counts",
+  "rollouts_from_prefixes",
+  "rollouts_from_prefixes_batch",
+]
 
 _D = SamplerOptions  # its class attributes are the defaults
 
 
-def generate(model: Llama, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-             temperature: float = _D.temperature, top_k: int = _D.top_k, top_p: float = _D.top_p,
-             num_samples: int = 1, stop_token_ids: Iterable[int] = _D.stop_token_ids,
-             seed: int = _D.seed, example_ids: Sequence[IdLike] | None = None,
-             mesh: Mesh | None = _D.mesh, eos_token_id: int | str | None = _D.eos_token_id,
-             batch_size: int = _D.batch_size, min_prompt_bucket: int = _D.min_prompt_bucket,
-             stop_checker: Callable[[list[int]], int | None] | None = _D.stop_checker,
-             check_every: int = _D.check_every, progress: bool | None = _D.progress,
-             share_prefill: bool = True) -> list[list[Sample]]:
+def generate(
+  model: Llama,
+  prompt_ids: Sequence[Sequence[int]],
+  *,
+  max_new_tokens: int,
+  temperature: float = _D.temperature,
+  top_k: int = _D.top_k,
+  top_p: float = _D.top_p,
+  num_samples: int = 1,
+  stop_token_ids: Iterable[int] = _D.stop_token_ids,
+  seed: int = _D.seed,
+  example_ids: Sequence[IdLike] | None = None,
+  mesh: Mesh | None = _D.mesh,
+  eos_token_id: int | str | None = _D.eos_token_id,
+  batch_size: int = _D.batch_size,
+  min_prompt_bucket: int = _D.min_prompt_bucket,
+  stop_checker: Callable[[list[int]], int | None] | None = _D.stop_checker,
+  check_every: int = _D.check_every,
+  progress: bool | None = _D.progress,
+  share_prefill: bool = True,
+) -> list[list[Sample]]:
   """Samples `num_samples` continuations of every prompt; returns result[prompt][sample].
 
   Args:
@@ -62,10 +86,20 @@ def generate(model: Llama, prompt_ids: Sequence[Sequence[int]], *, max_new_token
     result[i][j]: sample j of prompt i.
   """
   options = SamplerOptions(
-      max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-      stop_token_ids=stop_token_ids, eos_token_id=eos_token_id, seed=seed, mesh=mesh,
-      batch_size=batch_size, min_prompt_bucket=min_prompt_bucket, stop_checker=stop_checker,
-      check_every=check_every, progress=progress)
+    max_new_tokens=max_new_tokens,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    stop_token_ids=stop_token_ids,
+    eos_token_id=eos_token_id,
+    seed=seed,
+    mesh=mesh,
+    batch_size=batch_size,
+    min_prompt_bucket=min_prompt_bucket,
+    stop_checker=stop_checker,
+    check_every=check_every,
+    progress=progress,
+  )
   if num_samples < 1:
     raise ValueError(f"num_samples={num_samples} must be >= 1")
   prompt_ids = [list(map(int, p)) for p in prompt_ids]
@@ -77,12 +111,17 @@ def generate(model: Llama, prompt_ids: Sequence[Sequence[int]], *, max_new_token
     raise ValueError(f"{len(example_ids)} example_ids for {len(prompt_ids)} prompts")
   if share_prefill:
     seqs = prompt_ids
-    rows = [[Row(i, len(p), example_ids[i] + (j,), (i, j)) for j in range(num_samples)]
-            for i, p in enumerate(prompt_ids)]
+    rows = [
+      [Row(i, len(p), example_ids[i] + (j,), (i, j)) for j in range(num_samples)]
+      for i, p in enumerate(prompt_ids)
+    ]
   else:
     seqs = [p for p in prompt_ids for _ in range(num_samples)]
-    rows = [[Row(i * num_samples + j, len(p), example_ids[i] + (j,), (i, j))]
-            for i, p in enumerate(prompt_ids) for j in range(num_samples)]
+    rows = [
+      [Row(i * num_samples + j, len(p), example_ids[i] + (j,), (i, j))]
+      for i, p in enumerate(prompt_ids)
+      for j in range(num_samples)
+    ]
   results = Engine(model, options).run(seqs, rows)
   return [[results[(i, j)] for j in range(num_samples)] for i in range(len(prompt_ids))]
 
@@ -96,6 +135,7 @@ class Rollouts:
   every prefix separately would cost (once per prefix, i.e. with fan-out (a) already applied);
   naive_per_rollout_tokens: with every rollout prefilled on its own.
   """
+
   samples: list[list[Sample]]
   prefill_tokens: int
   naive_prefill_tokens: int
@@ -106,8 +146,9 @@ class Rollouts:
     return self.naive_prefill_tokens - self.prefill_tokens
 
 
-def prefill_token_counts(prompt_len: int, draft_len: int, prefix_ends: Sequence[int],
-                         num_rollouts: int) -> tuple[int, int, int]:
+def prefill_token_counts(
+  prompt_len: int, draft_len: int, prefix_ends: Sequence[int], num_rollouts: int
+) -> tuple[int, int, int]:
   """Prefill token counts of rollouts from step prefixes of one draft.
 
   Args:
@@ -124,11 +165,17 @@ def prefill_token_counts(prompt_len: int, draft_len: int, prefix_ends: Sequence[
   return ours, per_prefix, per_prefix * num_rollouts
 
 
-def rollouts_from_prefixes_batch(model: Llama, prompt_ids: Sequence[Sequence[int]],
-                                 draft_ids: Sequence[Sequence[int]],
-                                 prefix_ends: Sequence[Sequence[int]], *, num_rollouts: int,
-                                 max_new_tokens: int, example_ids: Sequence[IdLike] | None = None,
-                                 **options) -> list[Rollouts]:
+def rollouts_from_prefixes_batch(
+  model: Llama,
+  prompt_ids: Sequence[Sequence[int]],
+  draft_ids: Sequence[Sequence[int]],
+  prefix_ends: Sequence[Sequence[int]],
+  *,
+  num_rollouts: int,
+  max_new_tokens: int,
+  example_ids: Sequence[IdLike] | None = None,
+  **options,
+) -> list[Rollouts]:
   """`rollouts_from_prefixes` for many drafts at once (drafts share prefill and decode batches).
 
   Rollout k from prefix j of draft d uses the key ids example_ids[d] + (prefix_ends[d][j], k):
@@ -151,8 +198,10 @@ def rollouts_from_prefixes_batch(model: Llama, prompt_ids: Sequence[Sequence[int
   """
   sampler_options = SamplerOptions.from_kwargs(max_new_tokens, options)
   if not len(prompt_ids) == len(draft_ids) == len(prefix_ends):
-    raise ValueError(f"{len(prompt_ids)} prompts, {len(draft_ids)} drafts and {len(prefix_ends)} "
-                     "prefix_ends lists: give one of each per draft")
+    raise ValueError(
+      f"{len(prompt_ids)} prompts, {len(draft_ids)} drafts and {len(prefix_ends)} "
+      "prefix_ends lists: give one of each per draft"
+    )
   if num_rollouts < 1:
     raise ValueError(f"num_rollouts={num_rollouts} must be >= 1")
   if example_ids is None:
@@ -166,23 +215,45 @@ def rollouts_from_prefixes_batch(model: Llama, prompt_ids: Sequence[Sequence[int
         raise ValueError(f"draft {d}: prefix end {e} is outside the draft's {len(draft)} tokens")
     used = max(ends) + 1 if ends else 0
     seq = prompt + draft[:used]  # tokens after the last prefix are never needed
-    check_lengths([prompt + draft[:e + 1] for e in ends], max_new_tokens,
-                  model.cfg.max_position_embeddings, f"draft {d} prefix")
+    check_lengths(
+      [prompt + draft[: e + 1] for e in ends],
+      max_new_tokens,
+      model.cfg.max_position_embeddings,
+      f"draft {d} prefix",
+    )
     seqs.append(seq)
-    rows.append([Row(d, len(prompt) + e + 1, example_ids[d] + (e, k), (d, j, k))
-                 for j, e in enumerate(ends) for k in range(num_rollouts)])
+    rows.append(
+      [
+        Row(d, len(prompt) + e + 1, example_ids[d] + (e, k), (d, j, k))
+        for j, e in enumerate(ends)
+        for k in range(num_rollouts)
+      ]
+    )
     counts.append(prefill_token_counts(len(prompt), len(draft), ends, num_rollouts))
   keep = [i for i in range(len(seqs)) if rows[i]]
   results = Engine(model, sampler_options).run(
-      [seqs[i] for i in keep], [[dataclasses.replace(r, seq=n) for r in rows[i]]
-                                for n, i in enumerate(keep)])
-  return [Rollouts([[results[(d, j, k)] for k in range(num_rollouts)] for j in range(len(ends))],
-                   *counts[d]) for d, ends in enumerate(prefix_ends)]
+    [seqs[i] for i in keep],
+    [[dataclasses.replace(r, seq=n) for r in rows[i]] for n, i in enumerate(keep)],
+  )
+  return [
+    Rollouts(
+      [[results[(d, j, k)] for k in range(num_rollouts)] for j in range(len(ends))], *counts[d]
+    )
+    for d, ends in enumerate(prefix_ends)
+  ]
 
 
-def rollouts_from_prefixes(model: Llama, prompt_ids: Sequence[int], draft_ids: Sequence[int],
-                           prefix_ends: Sequence[int], *, num_rollouts: int, max_new_tokens: int,
-                           example_id: IdLike = 0, **options) -> Rollouts:
+def rollouts_from_prefixes(
+  model: Llama,
+  prompt_ids: Sequence[int],
+  draft_ids: Sequence[int],
+  prefix_ends: Sequence[int],
+  *,
+  num_rollouts: int,
+  max_new_tokens: int,
+  example_id: IdLike = 0,
+  **options,
+) -> Rollouts:
   """K = `num_rollouts` continuations from every step prefix of one draft, from ONE prefill of
   prompt + draft (fan-out b).
 
@@ -196,6 +267,13 @@ def rollouts_from_prefixes(model: Llama, prompt_ids: Sequence[int], draft_ids: S
     example_id: the draft's key ids (an int or a tuple of ints).
     **options: sampling options as in `generate` (any other `SamplerOptions` field).
   """
-  return rollouts_from_prefixes_batch(model, [prompt_ids], [draft_ids], [prefix_ends],
-                                      num_rollouts=num_rollouts, max_new_tokens=max_new_tokens,
-                                      example_ids=[example_id], **options)[0]
+  return rollouts_from_prefixes_batch(
+    model,
+    [prompt_ids],
+    [draft_ids],
+    [prefix_ends],
+    num_rollouts=num_rollouts,
+    max_new_tokens=max_new_tokens,
+    example_ids=[example_id],
+    **options,
+  )[0]

@@ -25,8 +25,18 @@ from glore_jax.model.sharding import RULES, fit_spec
 from glore_jax.sampling.programs import DecodeState, decode_program, prefill_program, start_program
 from glore_jax.sampling.rules import FINISH_REASONS, PAD_ID, RUNNING, STOP, SamplingParams, row_keys
 
-__all__ = ["Engine", "IdLike", "PromptTooLongError", "Row", "Sample", "SamplerOptions", "as_ids",
-           "check_lengths", "plan_jobs", "pow2_bucket"]
+__all__ = [
+  "Engine",
+  "IdLike",
+  "PromptTooLongError",
+  "Row",
+  "Sample",
+  "SamplerOptions",
+  "as_ids",
+  "check_lengths",
+  "plan_jobs",
+  "pow2_bucket",
+]
 
 IdLike = int | Sequence[int]
 
@@ -44,6 +54,7 @@ class Sample:
   finish_reason: 'eos' (the model's EOS), 'stop' (a stop token id or stop string), 'length'.
   text: set by the text helpers (cut at the first stop string); None from `generate`.
   """
+
   tokens: list[int]
   logprobs: list[float]
   finish_reason: str
@@ -70,6 +81,7 @@ class SamplerOptions:
     check_every: decode steps between stop_checker calls (values below 1 count as 1).
     progress: show a progress bar; None = only when there are more than 4 batches.
   """
+
   max_new_tokens: int
   temperature: float = 0.0
   top_k: int = 0
@@ -110,6 +122,7 @@ class SamplerOptions:
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One decode row."""
+
   seq: int  # index into the prefill sequences
   prompt_len: int  # how many tokens of that sequence are this row's prompt
   ids: tuple[int, ...]  # key ids
@@ -129,10 +142,11 @@ def check_lengths(prompts: Sequence[Sequence[int]], max_new_tokens: int, context
       raise ValueError(f"{what} {i} is empty; a prompt needs at least one token (e.g. BOS)")
     if len(p) + max_new_tokens > context:
       raise PromptTooLongError(
-          f"{what} {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} it needs "
-          f"{len(p) + max_new_tokens} positions but the model's context "
-          f"(max_position_embeddings) is {context}: prompts may have at most "
-          f"{context - max_new_tokens} tokens. Truncate the prompt or lower max_new_tokens.")
+        f"{what} {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} it needs "
+        f"{len(p) + max_new_tokens} positions but the model's context "
+        f"(max_position_embeddings) is {context}: prompts may have at most "
+        f"{context - max_new_tokens} tokens. Truncate the prompt or lower max_new_tokens."
+      )
 
 
 def as_ids(x: IdLike) -> tuple[int, ...]:
@@ -142,8 +156,9 @@ def as_ids(x: IdLike) -> tuple[int, ...]:
   return tuple(int(i) for i in x)
 
 
-def plan_jobs(seqs: Sequence[Sequence[int]], rows_per_seq: Sequence[list[Row]],
-              batch_size: int) -> list[list[int]]:
+def plan_jobs(
+  seqs: Sequence[Sequence[int]], rows_per_seq: Sequence[list[Row]], batch_size: int
+) -> list[list[int]]:
   """Groups sequences (longest first) into jobs of at most `batch_size` decode rows; a sequence
   with more rows than that gets a job of its own whose rows decode in several chunks."""
   order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -173,6 +188,7 @@ def _host(x: jax.Array) -> np.ndarray:
   """A (possibly multi-host sharded) array as one numpy array on every process."""
   if jax.process_count() > 1 and not x.is_fully_addressable:
     from jax.experimental import multihost_utils
+
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
 
@@ -195,18 +211,28 @@ class Engine:
     self.eos_ids = np.array(eos or [-1], np.int32)
     self.stop_ids = np.array(stops or [-1], np.int32)
 
-  def run(self, seqs: Sequence[Sequence[int]],
-          rows_per_seq: Sequence[list[Row]]) -> dict[tuple, Sample]:
+  def run(
+    self, seqs: Sequence[Sequence[int]], rows_per_seq: Sequence[list[Row]]
+  ) -> dict[tuple, Sample]:
     """Samples of every row, keyed by `row.out`; rows_per_seq[i] are the rows reading seqs[i]."""
     results: dict[tuple, Sample] = {}
     jobs = plan_jobs(seqs, rows_per_seq, self.batch_size)
-    chunks = [(job, rows[i:i + self.batch_size]) for job in jobs
-              for rows in [[r for s in job for r in rows_per_seq[s]]]
-              for i in range(0, len(rows), self.batch_size)]
+    chunks = [
+      (job, rows[i : i + self.batch_size])
+      for job in jobs
+      for rows in [[r for s in job for r in rows_per_seq[s]]]
+      for i in range(0, len(rows), self.batch_size)
+    ]
     from tqdm.auto import tqdm
+
     show = self.options.progress if self.options.progress is not None else len(chunks) > 4
-    bar = tqdm(total=sum(len(rows) for _, rows in chunks), unit="row", desc="sampling",
-               disable=not show, leave=False)
+    bar = tqdm(
+      total=sum(len(rows) for _, rows in chunks),
+      unit="row",
+      desc="sampling",
+      disable=not show,
+      leave=False,
+    )
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       prefilled = None
       for job, rows in chunks:
@@ -227,11 +253,15 @@ class Engine:
     tokens = np.full((b, t), PAD_ID, np.int32)
     start = np.full((b,), t - 1, np.int32)  # dummy rows: one pad token
     for i, s in enumerate(seqs):
-      tokens[i, t - len(s):] = s
+      tokens[i, t - len(s) :] = s
       start[i] = t - len(s)
-    hidden, cache = prefill_program(self.graphdef, self.state,
-                                    _put(tokens, self.mesh, RULES.act_bt),
-                                    _put(start, self.mesh, RULES.cache_b), self._packing(start, t))
+    hidden, cache = prefill_program(
+      self.graphdef,
+      self.state,
+      _put(tokens, self.mesh, RULES.act_bt),
+      _put(start, self.mesh, RULES.cache_b),
+      self._packing(start, t),
+    )
     return start, hidden, cache
 
   def _packing(self, start: np.ndarray, t: int) -> np.ndarray | None:
@@ -259,8 +289,9 @@ class Engine:
     last_slot = np.zeros((r,), np.int32)
     num_ids = {len(row.ids) for row in rows}
     if len(num_ids) != 1:
-      raise ValueError("every row's key ids must have the same length, got lengths "
-                       f"{sorted(num_ids)}")
+      raise ValueError(
+        f"every row's key ids must have the same length, got lengths {sorted(num_ids)}"
+      )
     ids = np.zeros((r, num_ids.pop()), np.uint32)
     for i, row in enumerate(rows):
       j = local[row.seq]
@@ -272,11 +303,20 @@ class Engine:
     keys = _put(row_keys(self.options.seed, ids), self.mesh, RULES.cache_b)
     eos_ids, stop_ids = jnp.asarray(self.eos_ids), jnp.asarray(self.stop_ids)
     cache_size = prefill_cache.size + self.max_new_tokens
-    cache, state = start_program(self.graphdef, self.state, prefill_cache, hidden,
-                                 _put(src, self.mesh, RULES.cache_b),
-                                 _put(last_slot, self.mesh, RULES.cache_b), keys, eos_ids, stop_ids,
-                                 params=self.params, cache_size=cache_size,
-                                 max_new_tokens=self.max_new_tokens)
+    cache, state = start_program(
+      self.graphdef,
+      self.state,
+      prefill_cache,
+      hidden,
+      _put(src, self.mesh, RULES.cache_b),
+      _put(last_slot, self.mesh, RULES.cache_b),
+      keys,
+      eos_ids,
+      stop_ids,
+      params=self.params,
+      cache_size=cache_size,
+      max_new_tokens=self.max_new_tokens,
+    )
     if r > n:  # padding rows: finished from the start
       finish = _host(state.finish_r).copy()
       finish[n:] = STOP
@@ -284,10 +324,22 @@ class Engine:
     keep = [None] * n  # token counts cut by the stop checker
     limit = 1
     while True:  # one decode call, or chunks of `check_every` steps between host stop checks
-      limit = (self.max_new_tokens if self.stop_checker is None
-               else min(limit + self.check_every, self.max_new_tokens))
-      cache, state = decode_program(self.graphdef, self.state, cache, state, keys, eos_ids,
-                                    stop_ids, jnp.asarray(limit, jnp.int32), params=self.params)
+      limit = (
+        self.max_new_tokens
+        if self.stop_checker is None
+        else min(limit + self.check_every, self.max_new_tokens)
+      )
+      cache, state = decode_program(
+        self.graphdef,
+        self.state,
+        cache,
+        state,
+        keys,
+        eos_ids,
+        stop_ids,
+        jnp.asarray(limit, jnp.int32),
+        params=self.params,
+      )
       step = int(_host(state.step))
       finish = _host(state.finish_r)
       if self.stop_checker is not None and step < self.max_new_tokens:
@@ -324,8 +376,11 @@ class Engine:
           cut = self.stop_checker(tokens_host[i, :length].tolist())
         if cut is not None and cut <= length:
           length, reason = cut, "stop"
-      samples.append(Sample(tokens_host[i, :length].tolist(),
-                            logprobs_host[i, :length].astype(float).tolist(), reason))
+      samples.append(
+        Sample(
+          tokens_host[i, :length].tolist(), logprobs_host[i, :length].astype(float).tolist(), reason
+        )
+      )
     return samples
 
   def _row_length(self, tokens, finish, step):

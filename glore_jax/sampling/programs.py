@@ -18,11 +18,23 @@ from jax.sharding import PartitionSpec as P
 
 from glore_jax.model.llama import KVCache
 from glore_jax.model.sharding import BATCH, RULES, constrain
-from glore_jax.sampling.rules import (PAD_ID, RUNNING, SamplingParams, greedy_vocab_major,
-                                      sample_logits, update_finish)
+from glore_jax.sampling.rules import (
+  PAD_ID,
+  RUNNING,
+  SamplingParams,
+  greedy_vocab_major,
+  sample_logits,
+  update_finish,
+)
 
-__all__ = ["VOCAB_MAJOR_MIN_ROWS", "DecodeState", "decode_program", "prefill_program",
-           "start_program", "use_vocab_major"]
+__all__ = [
+  "VOCAB_MAJOR_MIN_ROWS",
+  "DecodeState",
+  "decode_program",
+  "prefill_program",
+  "start_program",
+  "use_vocab_major",
+]
 
 
 @jax.tree_util.register_dataclass
@@ -33,6 +45,7 @@ class DecodeState:
   Row r's new tokens are tokens_rn[r, :step]; slots from `step` on are PAD_ID, as are the slots
   after the row finished (with logprob 0).
   """
+
   tokens_rn: jax.Array  # [R, N] int32, the tokens emitted so far
   logprobs_rn: jax.Array  # [R, N] fp32, their log-probabilities
   finish_r: jax.Array  # [R] int32 finish code (rules.RUNNING, EOS or STOP)
@@ -48,8 +61,13 @@ def _rows(x):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def prefill_program(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt: jax.Array,
-                    start_b: jax.Array, packed_n: jax.Array | None) -> tuple[jax.Array, KVCache]:
+def prefill_program(
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  tokens_bt: jax.Array,
+  start_b: jax.Array,
+  packed_n: jax.Array | None,
+) -> tuple[jax.Array, KVCache]:
   """Left-padded prompts into a fresh cache.
 
   Args:
@@ -70,11 +88,21 @@ def prefill_program(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt: jax.Arr
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "params", "cache_size", "max_new_tokens"))
-def start_program(graphdef: nnx.GraphDef, state: nnx.State, prefill_cache: KVCache,
-                  hidden_btd: jax.Array, src_r: jax.Array, last_slot_r: jax.Array,
-                  keys_r: jax.Array, eos_ids: jax.Array, stop_ids: jax.Array, *,
-                  params: SamplingParams,
-                  cache_size: int, max_new_tokens: int) -> tuple[KVCache, DecodeState]:
+def start_program(
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  prefill_cache: KVCache,
+  hidden_btd: jax.Array,
+  src_r: jax.Array,
+  last_slot_r: jax.Array,
+  keys_r: jax.Array,
+  eos_ids: jax.Array,
+  stop_ids: jax.Array,
+  *,
+  params: SamplingParams,
+  cache_size: int,
+  max_new_tokens: int,
+) -> tuple[KVCache, DecodeState]:
   """Decode rows from a prefill: row r reads prefilled sequence src_r[r] up to slot
   last_slot_r[r] (its prompt's last token). Gathers and widens the cache, samples each row's
   first token (with key fold_in(keys_r[r], 0)).
@@ -96,21 +124,29 @@ def start_program(graphdef: nnx.GraphDef, state: nnx.State, prefill_cache: KVCac
   keys_r = jax.random.wrap_key_data(keys_r)
   hidden_rd = _rows(hidden_btd[src_r, last_slot_r])
   logits_rv = model.logits(hidden_rd)  # only the positions sampled from
-  tokens_r, logprobs_r = sample_logits(jax.vmap(jax.random.fold_in)(keys_r, jnp.zeros_like(src_r)),
-                                       logits_rv, params)
+  tokens_r, logprobs_r = sample_logits(
+    jax.vmap(jax.random.fold_in)(keys_r, jnp.zeros_like(src_r)), logits_rv, params
+  )
+
   def widen(x, slot_axis):  # rows gathered, slots padded to the decode cache's size
     pad = [(0, 0)] * x.ndim
     pad[slot_axis] = (0, cache_size - x.shape[slot_axis])
     return constrain(jnp.pad(x[src_r], pad), RULES.cache_kv)
-  cache = KVCache(tuple(widen(k, 3) for k in prefill_cache.k),  # [B, K, H, S]
-                  tuple(widen(v, 2) for v in prefill_cache.v),  # [B, K, S, H]
-                  _rows(prefill_cache.start[src_r]), _rows(last_slot_r + 1))
+
+  cache = KVCache(
+    tuple(widen(k, 3) for k in prefill_cache.k),  # [B, K, H, S]
+    tuple(widen(v, 2) for v in prefill_cache.v),  # [B, K, S, H]
+    _rows(prefill_cache.start[src_r]),
+    _rows(last_slot_r + 1),
+  )
   r = src_r.shape[0]
   return cache, DecodeState(
-      tokens_rn=_rows(jnp.full((r, max_new_tokens), PAD_ID, jnp.int32).at[:, 0].set(tokens_r)),
-      logprobs_rn=_rows(jnp.zeros((r, max_new_tokens), jnp.float32).at[:, 0].set(logprobs_r)),
-      finish_r=update_finish(tokens_r, jnp.zeros((r,), jnp.int32), eos_ids, stop_ids),
-      last_r=tokens_r, step=jnp.ones((), jnp.int32))
+    tokens_rn=_rows(jnp.full((r, max_new_tokens), PAD_ID, jnp.int32).at[:, 0].set(tokens_r)),
+    logprobs_rn=_rows(jnp.zeros((r, max_new_tokens), jnp.float32).at[:, 0].set(logprobs_r)),
+    finish_r=update_finish(tokens_r, jnp.zeros((r,), jnp.int32), eos_ids, stop_ids),
+    last_r=tokens_r,
+    step=jnp.ones((), jnp.int32),
+  )
 
 
 # greedy decode steps of this many rows take the LM head as [V, D] x [D, R] on the CPU backend
@@ -129,12 +165,21 @@ def use_vocab_major(rows: int, platform: str | None = None) -> bool:
   return rows >= VOCAB_MAJOR_MIN_ROWS and (platform or jax.default_backend()) == "cpu"
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "params"),
-                   donate_argnames=("cache", "decode_state"))
-def decode_program(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache,
-                   decode_state: DecodeState, keys_r: jax.Array, eos_ids: jax.Array,
-                   stop_ids: jax.Array, limit: jax.Array, *,
-                   params: SamplingParams) -> tuple[KVCache, DecodeState]:
+@functools.partial(
+  jax.jit, static_argnames=("graphdef", "params"), donate_argnames=("cache", "decode_state")
+)
+def decode_program(
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  cache: KVCache,
+  decode_state: DecodeState,
+  keys_r: jax.Array,
+  eos_ids: jax.Array,
+  stop_ids: jax.Array,
+  limit: jax.Array,
+  *,
+  params: SamplingParams,
+) -> tuple[KVCache, DecodeState]:
   """Decodes one token a step until every row has finished or `decode_state.step` reaches
   `limit`; the t-th token of row r is drawn with key fold_in(keys_r[r], t).
 
@@ -171,8 +216,11 @@ def decode_program(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache,
       return jax.lax.dynamic_update_slice_in_dim(buffer_rn, new_r[:, None], s.step, axis=1)
 
     return cache, DecodeState(
-        tokens_rn=write(s.tokens_rn, tokens_r), logprobs_rn=write(s.logprobs_rn, logprobs_r),
-        finish_r=update_finish(tokens_r, s.finish_r, eos_ids, stop_ids),
-        last_r=tokens_r, step=s.step + 1)
+      tokens_rn=write(s.tokens_rn, tokens_r),
+      logprobs_rn=write(s.logprobs_rn, logprobs_r),
+      finish_r=update_finish(tokens_r, s.finish_r, eos_ids, stop_ids),
+      last_r=tokens_r,
+      step=s.step + 1,
+    )
 
   return jax.lax.while_loop(cond, body, (cache, decode_state))

@@ -13,8 +13,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["EOS", "FINISH_REASONS", "PAD_ID", "RUNNING", "STOP", "SamplingParams",
-           "greedy_vocab_major", "row_keys", "sample_logits", "update_finish"]
+__all__ = [
+  "EOS",
+  "FINISH_REASONS",
+  "PAD_ID",
+  "RUNNING",
+  "STOP",
+  "SamplingParams",
+  "greedy_vocab_major",
+  "row_keys",
+  "sample_logits",
+  "update_finish",
+]
 
 # finish codes on device; RUNNING = still running (reported as 'length' when the budget runs out)
 RUNNING, EOS, STOP = 0, 1, 2
@@ -32,6 +42,7 @@ class SamplingParams:
     top_p: draw only from the smallest set of most likely tokens whose probability reaches
       top_p (nucleus sampling); 1 = off.
   """
+
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
@@ -95,8 +106,9 @@ def greedy_vocab_major(logits_vr: jax.Array) -> tuple[jax.Array, jax.Array]:
   return tokens_r, _token_logprobs(logits_vr, tokens_r, axis=0)
 
 
-def sample_logits(keys_r: jax.Array, logits_rv: jax.Array,
-                  params: SamplingParams) -> tuple[jax.Array, jax.Array]:
+def sample_logits(
+  keys_r: jax.Array, logits_rv: jax.Array, params: SamplingParams
+) -> tuple[jax.Array, jax.Array]:
   """One token per row.
 
   Args:
@@ -128,8 +140,9 @@ def sample_logits(keys_r: jax.Array, logits_rv: jax.Array,
   return tokens_r, _token_logprobs(logits_rv, tokens_r)
 
 
-def update_finish(tokens_r: jax.Array, finish_r: jax.Array, eos_ids: jax.Array,
-                  stop_ids: jax.Array) -> jax.Array:
+def update_finish(
+  tokens_r: jax.Array, finish_r: jax.Array, eos_ids: jax.Array, stop_ids: jax.Array
+) -> jax.Array:
   """Finish codes [R] after emitting `tokens_r` [R]: a running row that emitted one of
   `eos_ids` finishes with EOS (EOS wins over a stop id naming the same token), one of
   `stop_ids` with STOP; rows already finished keep their code."""
@@ -162,4 +175,5 @@ def _fold_ids(base, ids_rm):
     for j in range(ids_m.shape[0]):
       key = jax.random.fold_in(key, ids_m[j])
     return key
+
   return jax.vmap(one)(ids_rm)

@@ -23,24 +23,31 @@ def _runner(stage: str):
   # Imported lazily: a stage's heavy imports load only when it runs.
   if stage == "policy":
     from glore_jax.stages import policy
+
     return policy.run
   if stage == "sample":
     from glore_jax.stages import sample
+
     return sample.run
   if stage == "label":
     from glore_jax.stages import label
+
     return label.run
   if stage in ("train_orm", "train_sorm"):
     from glore_jax.stages import train_reward
+
     return lambda ctx: train_reward.run(ctx, stage.removeprefix("train_"))
   if stage == "refine_data":
     from glore_jax.stages import refine_data
+
     return refine_data.run
   if stage in ("train_global", "train_local"):
     from glore_jax.stages import train_refiner
+
     return lambda ctx: train_refiner.run(ctx, stage.removeprefix("train_"))
   if stage == "evaluate":
     from glore_jax.stages import evaluate
+
     return evaluate.run
   raise ValueError(f"unknown stage {stage!r}")
 
@@ -59,12 +66,14 @@ def make_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
   """
   from glore_jax.distributed import initialize
   from glore_jax.model import make_mesh
+
   initialize(config.distributed)
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   path = epath.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   ctx = Context(config=config, workdir=path, mesh=mesh)
   from glore_jax.provenance import RUN_CONFIG, write_run_config
+
   if ctx.is_leader and not (path / RUN_CONFIG).exists():
     write_run_config(config, path)  # a new work directory says what it is before any compute
   return ctx
@@ -87,6 +96,7 @@ def stage_context(ctx: Context, stage: str) -> Context:
   """
   if stage in LOCAL_STAGES and jax.process_count() > 1:
     from glore_jax.distributed import local_mesh
+
     return dataclasses.replace(ctx, mesh=local_mesh(ctx.mesh))
   return ctx
 
@@ -109,12 +119,19 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> Context:
       in `config.recompute`.
   """
   ctx = make_context(config, workdir)
-  log.info("devices: %d x %s, %d process(es); mesh %s; workdir %s", jax.device_count(),
-           jax.devices()[0].device_kind, jax.process_count(), dict(ctx.mesh.shape), workdir)
+  log.info(
+    "devices: %d x %s, %d process(es); mesh %s; workdir %s",
+    jax.device_count(),
+    jax.devices()[0].device_kind,
+    jax.process_count(),
+    dict(ctx.mesh.shape),
+    workdir,
+  )
   for stage in stage_list(config):
     _runner(stage)(stage_context(ctx, stage))
   if ctx.is_leader:  # after success only: a run refused as stale leaves the record as it was
     from glore_jax.provenance import write_run_config
+
     write_run_config(config, ctx.workdir)
   return ctx
 

@@ -32,9 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("glore_jax.stages")
 
+
 @dataclasses.dataclass
 class Context:
   """One run: the validated config, the work directory and the device mesh."""
+
   config: Any
   workdir: epath.Path
   mesh: jax.sharding.Mesh
@@ -64,8 +66,10 @@ class Context:
     if self.given(output):
       path = self.path(output)
       if not (path / "config.json").exists():
-        raise MissingInputError(f"stage {stage!r}: config.inputs.{INPUT_KEYS[output]}={path} "
-                                "has no config.json (expected an HF model folder)")
+        raise MissingInputError(
+          f"stage {stage!r}: config.inputs.{INPUT_KEYS[output]}={path} "
+          "has no config.json (expected an HF model folder)"
+        )
       return path
     return outputs.require(self, output, stage)
 
@@ -96,8 +100,9 @@ def problems(config: ml_collections.ConfigDict, split: str) -> list[Problem]:
   return list(found)[:n]
 
 
-def tokenizer_for(config: ml_collections.ConfigDict, folder: epath.Path | None = None, *,
-                  with_marker: bool = False) -> PreTrainedTokenizerFast:
+def tokenizer_for(
+  config: ml_collections.ConfigDict, folder: epath.Path | None = None, *, with_marker: bool = False
+) -> PreTrainedTokenizerFast:
   """The tokenizer saved beside a model folder, else the configured one; the local refiner's
   marker is added as one token only when the config asks for it. A model folder on gs:// (the
   folder or config.model.checkpoint) is read from its local copy (`local_files.local_copy`).
@@ -119,8 +124,9 @@ def tokenizer_for(config: ml_collections.ConfigDict, folder: epath.Path | None =
   return tokenizer
 
 
-def try_encode(tokenizer: PreTrainedTokenizerFast, prompt: str, steps: Sequence[str],
-               max_length: int) -> EncodedSteps | None:
+def try_encode(
+  tokenizer: PreTrainedTokenizerFast, prompt: str, steps: Sequence[str], max_length: int
+) -> EncodedSteps | None:
   """`encode_steps`, or None for an empty solution or a prompt that alone is too long (such
   examples are skipped and counted by the caller rather than crashing a long stage).
 
@@ -176,4 +182,5 @@ def timed(ctx: Context, stage: str, *, record: bool = True) -> Iterator[dict]:
     timings[stage] = round(seconds, 2)
     write_json_atomic(path, timings)
   from glore_jax.console import format_summary
+
   print(f"[{stage}] {seconds:.1f} s  {format_summary(summary)}", flush=True)  # once, on stdout

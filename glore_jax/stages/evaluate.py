@@ -37,17 +37,37 @@ POLICY_ROLES = ("draft", "sample")  # candidates the policy wrote (step-level me
 
 def _candidate(role: str, steps: Sequence[str], gold: str, *, index: int = 0) -> dict[str, Any]:
   text = join_steps(steps)
-  return {"role": role, "index": index, "steps": list(steps), "answer": extract_answer(text),
-          "correct": solution_correct(text, gold)}
+  return {
+    "role": role,
+    "index": index,
+    "steps": list(steps),
+    "answer": extract_answer(text),
+    "correct": solution_correct(text, gold),
+  }
 
 
-def _generate(ctx: Context, model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1,
-              temperature: float = 0.0, seed_offset: int = 0):
+def _generate(
+  ctx: Context,
+  model,
+  tokenizer,
+  prompts: Sequence[str],
+  *,
+  num_samples: int = 1,
+  temperature: float = 0.0,
+  seed_offset: int = 0,
+):
   section = ctx.config.evaluate
   ids = [tokenizer(p)["input_ids"] for p in prompts]
-  return generate(model, ids, max_new_tokens=section.max_new_tokens, temperature=temperature,
-                  num_samples=num_samples, seed=ctx.config.seed + seed_offset, mesh=ctx.mesh,
-                  batch_size=section.batch_size)
+  return generate(
+    model,
+    ids,
+    max_new_tokens=section.max_new_tokens,
+    temperature=temperature,
+    num_samples=num_samples,
+    seed=ctx.config.seed + seed_offset,
+    mesh=ctx.mesh,
+    batch_size=section.batch_size,
+  )
 
 
 def _steps(tokenizer, sample) -> list[str]:
@@ -58,8 +78,14 @@ def _score(ctx: Context, kind: str, tokenizer, pairs: Sequence[tuple[str, list[s
   """Per-step value-head scores of (question, steps) pairs under the ORM or the SORM."""
   model = models.load(ctx, ctx.path(kind), value_head=True)
   prompts = [ctx.prompts.reward_prompt(q) for q, _ in pairs]
-  scores = score_steps(model, tokenizer, prompts, [s for _, s in pairs],
-                       max_length=ctx.config.data.max_length, mesh=ctx.mesh)
+  scores = score_steps(
+    model,
+    tokenizer,
+    prompts,
+    [s for _, s in pairs],
+    max_length=ctx.config.data.max_length,
+    mesh=ctx.mesh,
+  )
   del model
   return scores
 
@@ -80,9 +106,15 @@ def _rollout_labels(ctx: Context, model, tokenizer, tests, records) -> None:
   for q, rec in enumerate(records):
     for c in rec["candidates"]:
       if c["role"] in POLICY_ROLES and c.get("tokens"):
-        samples.append({"problem_id": rec["id"], "question_index": q, "tokens": c["tokens"],
-                        "sample_index": 1000 + c["index"] if c["role"] == "sample" else 0,
-                        "correct": c["correct"]})
+        samples.append(
+          {
+            "problem_id": rec["id"],
+            "question_index": q,
+            "tokens": c["tokens"],
+            "sample_index": 1000 + c["index"] if c["role"] == "sample" else 0,
+            "correct": c["correct"],
+          }
+        )
         owners.append(c)
   gold = {p.id: p.answer for p in tests}
   questions = {p.id: p.question for p in tests}
@@ -110,14 +142,22 @@ def candidates(ctx: Context, tests: Sequence[Problem]) -> tuple[list[dict], dict
   prompts = ctx.prompts
   questions = [p.question for p in tests]
   synthetic = ctx.config.data.source == "synthetic"
-  records = [{"id": p.id, "question": p.question, "gold": p.answer, "candidates": []}
-             for p in tests]
+  records = [
+    {"id": p.id, "question": p.question, "gold": p.answer, "candidates": []} for p in tests
+  ]
 
   policy = models.load(ctx, policy_dir)
   policy_prompts = [prompts.policy_prompt(q) for q in questions]
   drafts = _generate(ctx, policy, tokenizer, policy_prompts)
-  samples = _generate(ctx, policy, tokenizer, policy_prompts, num_samples=section.best_of,
-                      temperature=section.temperature, seed_offset=7)
+  samples = _generate(
+    ctx,
+    policy,
+    tokenizer,
+    policy_prompts,
+    num_samples=section.best_of,
+    temperature=section.temperature,
+    seed_offset=7,
+  )
   for rec, d, row in zip(records, drafts, samples):
     for role, k, s in [("draft", 0, d[0])] + [("sample", k, s) for k, s in enumerate(row)]:
       c = _candidate(role, _steps(tokenizer, s), rec["gold"], index=k)
@@ -135,16 +175,24 @@ def candidates(ctx: Context, tests: Sequence[Problem]) -> tuple[list[dict], dict
   for rec in records:
     draft = rec["candidates"][0]
     where = ev.first_step_below(draft["sorm_steps"], threshold)
-    if (where is not None and section.keep_confident_answer and where == len(draft["steps"]) - 1
-        and draft["orm"] >= section.threshold):
+    if (
+      where is not None
+      and section.keep_confident_answer
+      and where == len(draft["steps"]) - 1
+      and draft["orm"] >= section.threshold
+    ):
       where = None  # only the answer line is doubted, and the ORM trusts the draft: keep it
     rec["where"] = where if draft["steps"] else None
 
   drafts_steps = [rec["candidates"][0]["steps"] for rec in records]
   refiner_tok = tokenizer_for(ctx.config, ctx.path("global"))
   model = models.load(ctx, ctx.path("global"))
-  outs = _generate(ctx, model, refiner_tok,
-                   [prompts.global_refine_input(q, d) for q, d in zip(questions, drafts_steps)])
+  outs = _generate(
+    ctx,
+    model,
+    refiner_tok,
+    [prompts.global_refine_input(q, d) for q, d in zip(questions, drafts_steps)],
+  )
   del model
   for rec, out in zip(records, outs):
     rec["candidates"].append(_candidate("global", _steps(refiner_tok, out[0]), rec["gold"]))
@@ -152,12 +200,20 @@ def candidates(ctx: Context, tests: Sequence[Problem]) -> tuple[list[dict], dict
   local_tok = tokenizer_for(ctx.config, ctx.path("local"), with_marker=True)
   model = models.load(ctx, ctx.path("local"))
   flagged = [i for i, rec in enumerate(records) if rec["where"] is not None]
-  outs = _generate(ctx, model, local_tok,
-                   [prompts.local_refine_input(questions[i], drafts_steps[i], records[i]["where"])
-                    for i in flagged])
+  outs = _generate(
+    ctx,
+    model,
+    local_tok,
+    [
+      prompts.local_refine_input(questions[i], drafts_steps[i], records[i]["where"])
+      for i in flagged
+    ],
+  )
   del model
-  local_steps = {i: list(drafts_steps[i][:records[i]["where"]]) + _steps(local_tok, out[0])
-                 for i, out in zip(flagged, outs)}
+  local_steps = {
+    i: list(drafts_steps[i][: records[i]["where"]]) + _steps(local_tok, out[0])
+    for i, out in zip(flagged, outs)
+  }
   for i, rec in enumerate(records):  # no flagged step: the draft stands
     rec["candidates"].append(_candidate("local", local_steps.get(i, drafts_steps[i]), rec["gold"]))
 
@@ -167,9 +223,14 @@ def candidates(ctx: Context, tests: Sequence[Problem]) -> tuple[list[dict], dict
 
   every = [(q, c) for q, rec in enumerate(records) for c in rec["candidates"]]
   policy = models.load(ctx, policy_dir)
-  logprobs = solution_logprobs(policy, tokenizer, [prompts.policy_prompt(questions[q]) for q, _ in every],
-                               [c["steps"] for _, c in every],
-                               max_length=ctx.config.data.max_length, mesh=ctx.mesh)
+  logprobs = solution_logprobs(
+    policy,
+    tokenizer,
+    [prompts.policy_prompt(questions[q]) for q, _ in every],
+    [c["steps"] for _, c in every],
+    max_length=ctx.config.data.max_length,
+    mesh=ctx.mesh,
+  )
   for (_, c), lp in zip(every, logprobs):
     c["mean_logprob"] = lp
   selector = _likelihood_weight(ctx, policy, tokenizer)
@@ -182,8 +243,11 @@ def candidates(ctx: Context, tests: Sequence[Problem]) -> tuple[list[dict], dict
     for c in rec["candidates"]:
       c.pop("tokens", None)
       c["truth"] = step_truth(c["steps"], ref, p.answer).to_json() if ref else None
-  return records, {"where_threshold": threshold, "where_threshold_heldout_f1": tuned,
-                   "orm_lik": selector}
+  return records, {
+    "where_threshold": threshold,
+    "where_threshold_heldout_f1": tuned,
+    "orm_lik": selector,
+  }
 
 
 def combined_score(orm: float, mean_logprob: float | None, selector: dict) -> float:
@@ -201,35 +265,52 @@ def combined_score(orm: float, mean_logprob: float | None, selector: dict) -> fl
   p = min(max(orm, 1e-6), 1 - 1e-6)
   logit = math.log(p / (1 - p))
   w = selector["weight"]
-  return ((1 - w) * (logit - selector["logit_mean"]) / selector["logit_std"]
-          + w * (mean_logprob - selector["logprob_mean"]) / selector["logprob_std"])
+  return (1 - w) * (logit - selector["logit_mean"]) / selector["logit_std"] + w * (
+    mean_logprob - selector["logprob_mean"]
+  ) / selector["logprob_std"]
 
 
 def _likelihood_weight(ctx: Context, policy, tokenizer) -> dict[str, Any]:
   """How much of the policy's own likelihood to mix into the ORM's score, chosen on held-out
   training questions (never trained on by the ORM) by within-question pairwise accuracy."""
-  records = [r for r in sharded.read(ctx, "sample", "evaluate")
-             if is_heldout(ctx.config, r["problem_id"]) and r["steps"]]
+  records = [
+    r
+    for r in sharded.read(ctx, "sample", "evaluate")
+    if is_heldout(ctx.config, r["problem_id"]) and r["steps"]
+  ]
   questions = {p.id: p.question for p in problems(ctx.config, "train")}
   pairs = [(questions[r["problem_id"]], r["steps"]) for r in records]
   orm = [s[-1] if s else 0.5 for s in _score(ctx, "orm", tokenizer, pairs)]
-  lp = solution_logprobs(policy, tokenizer, [ctx.prompts.policy_prompt(q) for q, _ in pairs],
-                         [s for _, s in pairs], max_length=ctx.config.data.max_length,
-                         mesh=ctx.mesh)
+  lp = solution_logprobs(
+    policy,
+    tokenizer,
+    [ctx.prompts.policy_prompt(q) for q, _ in pairs],
+    [s for _, s in pairs],
+    max_length=ctx.config.data.max_length,
+    mesh=ctx.mesh,
+  )
   keep = [i for i, x in enumerate(lp) if x is not None]
-  logits = [math.log(min(max(orm[i], 1e-6), 1 - 1e-6) / (1 - min(max(orm[i], 1e-6), 1 - 1e-6)))
-            for i in keep]
+  logits = [
+    math.log(min(max(orm[i], 1e-6), 1 - 1e-6) / (1 - min(max(orm[i], 1e-6), 1 - 1e-6)))
+    for i in keep
+  ]
   lps = [lp[i] for i in keep]
-  stats = {"logit_mean": _mean(logits), "logit_std": _std(logits),
-           "logprob_mean": _mean(lps), "logprob_std": _std(lps)}
+  stats = {
+    "logit_mean": _mean(logits),
+    "logit_std": _std(logits),
+    "logprob_mean": _mean(lps),
+    "logprob_std": _std(lps),
+  }
   best = {"weight": 0.0, "heldout_pairwise": None}
   for w in [round(0.1 * i, 1) for i in range(11)]:
     sel = {**stats, "weight": w}
     scores = [combined_score(orm[i], lp[i], sel) for i in keep]
-    r = ev.within_question_pairs(scores, [records[i]["correct"] for i in keep],
-                                 [records[i]["problem_id"] for i in keep])
-    if r["pairwise"] is not None and (best["heldout_pairwise"] is None
-                                      or r["pairwise"] > best["heldout_pairwise"]):
+    r = ev.within_question_pairs(
+      scores, [records[i]["correct"] for i in keep], [records[i]["problem_id"] for i in keep]
+    )
+    if r["pairwise"] is not None and (
+      best["heldout_pairwise"] is None or r["pairwise"] > best["heldout_pairwise"]
+    ):
       best = {"weight": w, "heldout_pairwise": r["pairwise"]}
   return {**stats, **best, "heldout_solutions": len(keep)}
 
@@ -251,12 +332,17 @@ def _where_threshold(ctx: Context, tokenizer) -> tuple[float, float | None]:
   section = ctx.config.evaluate
   if not section.tune_where_threshold:
     return float(section.where_threshold), None
-  records = [r for r in sharded.read(ctx, "label", "evaluate")
-             if is_heldout(ctx.config, r["problem_id"]) and r["steps"]]
+  records = [
+    r
+    for r in sharded.read(ctx, "label", "evaluate")
+    if is_heldout(ctx.config, r["problem_id"]) and r["steps"]
+  ]
   if not records:
     return float(section.where_threshold), None
   questions = {p.id: p.question for p in problems(ctx.config, "train")}
-  scores = _score(ctx, "sorm", tokenizer, [(questions[r["problem_id"]], r["steps"]) for r in records])
+  scores = _score(
+    ctx, "sorm", tokenizer, [(questions[r["problem_id"]], r["steps"]) for r in records]
+  )
   first_bad = [r["sorm_hard"].index(0) if 0 in r["sorm_hard"] else None for r in records]
   return ev.choose_where_threshold(scores, first_bad)
 
@@ -291,20 +377,26 @@ def per_question_rows(records: Sequence[dict], threshold: float, seed: int) -> d
       picks["mean_sample"] = sum(ok) / n
       picks[_row_name("random", n)] = ok[hash_rank(seed, "random-pick", rec["id"]) % n]
       picks[_row_name("majority", n)] = ev.majority_vote(
-          [normalize_number(c["answer"]) for c in samples], ok)
-      likelihood = [c["mean_logprob"] if c["mean_logprob"] is not None else float("-inf")
-                    for c in samples]
+        [normalize_number(c["answer"]) for c in samples], ok
+      )
+      likelihood = [
+        c["mean_logprob"] if c["mean_logprob"] is not None else float("-inf") for c in samples
+      ]
       picks[_row_name("likelihood", n)] = ok[ev.rerank([likelihood], [ok]).chosen[0]]
       picks[f"best_of_{n}"] = ev.rerank([[c["orm"] for c in samples]], [ok]).correct[0]
     dgl = [d, g, l]
     scores, correct = [[c["orm"] for c in dgl]], [[c["correct"] for c in dgl]]
-    picks.update({
-        "global": g["correct"], "local": l["correct"],
+    picks.update(
+      {
+        "global": g["correct"],
+        "local": l["correct"],
         "draft_global": ev.rerank(scores, correct, [0, 1]).correct[0],
         "draft_local": ev.rerank(scores, correct, [0, 2]).correct[0],
         "draft_global_local": ev.rerank(scores, correct).correct[0],
         "orm_gated": ev.gated_rerank(scores, correct, threshold).correct[0],
-        "oracle": any(c["correct"] for c in dgl)})
+        "oracle": any(c["correct"] for c in dgl),
+      }
+    )
     if "orm_lik" in d:  # the same reranks by ORM + policy likelihood
       mixed = [[c["orm_lik"] for c in dgl]]
       if samples:
@@ -329,27 +421,39 @@ def answer_rows(records: Sequence[dict], threshold: float, resamples: int, seed:
   """
   per_q = per_question_rows(records, threshold, seed)
   n = sum(c["role"] == "sample" for c in records[0]["candidates"]) if records else 0
-  rows = {k: ev.accuracy_row([float(x) for x in v], num_resamples=resamples, seed=seed)
-          if k == "mean_sample" else ev.accuracy_row(v, num_resamples=resamples, seed=seed)
-          for k, v in per_q.items()}
+  rows = {
+    k: ev.accuracy_row([float(x) for x in v], num_resamples=resamples, seed=seed)
+    if k == "mean_sample"
+    else ev.accuracy_row(v, num_resamples=resamples, seed=seed)
+    for k, v in per_q.items()
+  }
   diff = lambda a, b: ev.paired_difference(per_q[a], per_q[b], num_resamples=resamples, seed=seed)
-  comparisons = [("draft_global_local", "greedy"), ("draft_global_local", f"best_of_{n}"),
-                 (f"best_of_{n}", "mean_sample"), (f"best_of_{n}", _row_name("random", n)),
-                 (f"best_of_{n}", _row_name("majority", n)), ("orm_gated", "greedy"),
-                 ("draft_global_local+lik", "greedy"), ("draft_global_local+lik", f"best_of_{n}+lik"),
-                 (f"best_of_{n}+lik", "mean_sample"), (f"best_of_{n}+lik", _row_name("likelihood", n))]
+  comparisons = [
+    ("draft_global_local", "greedy"),
+    ("draft_global_local", f"best_of_{n}"),
+    (f"best_of_{n}", "mean_sample"),
+    (f"best_of_{n}", _row_name("random", n)),
+    (f"best_of_{n}", _row_name("majority", n)),
+    ("orm_gated", "greedy"),
+    ("draft_global_local+lik", "greedy"),
+    ("draft_global_local+lik", f"best_of_{n}+lik"),
+    (f"best_of_{n}+lik", "mean_sample"),
+    (f"best_of_{n}+lik", _row_name("likelihood", n)),
+  ]
   differences = {f"{a} - {b}": diff(a, b) for a, b in comparisons if a in per_q and b in per_q}
   d, g, l = (per_q["greedy"], per_q["global"], per_q["local"])
   wrong = [i for i, ok in enumerate(d) if not ok]
   right = [i for i, ok in enumerate(d) if ok]
-  fixes = {"wrong_drafts": len(wrong),
-           "fixed_by_global": sum(g[i] for i in wrong),
-           "fixed_by_local": sum(l[i] for i in wrong),
-           "fixed_by_both": sum(g[i] and l[i] for i in wrong),
-           "fixed_by_either": sum(g[i] or l[i] for i in wrong),
-           "broken_by_global": sum(not g[i] for i in right),
-           "broken_by_local": sum(not l[i] for i in right),
-           "refined_locally": sum(rec["where"] is not None for rec in records)}
+  fixes = {
+    "wrong_drafts": len(wrong),
+    "fixed_by_global": sum(g[i] for i in wrong),
+    "fixed_by_local": sum(l[i] for i in wrong),
+    "fixed_by_both": sum(g[i] and l[i] for i in wrong),
+    "fixed_by_either": sum(g[i] or l[i] for i in wrong),
+    "broken_by_global": sum(not g[i] for i in right),
+    "broken_by_local": sum(not l[i] for i in right),
+    "refined_locally": sum(rec["where"] is not None for rec in records),
+  }
   return {"rows": rows, "differences": differences, "fixes": fixes, "best_of": n}
 
 
@@ -366,8 +470,14 @@ def verifier_metrics(records: Sequence[dict], kind: str, threshold: float) -> di
     threshold: the step probability below which a step is the first error (the "where"
       threshold).
   """
-  cands = [(rec["id"], c) for rec in records for c in rec["candidates"] if c["role"] in POLICY_ROLES
-           and c.get(f"{kind}_steps") and len(c[f"{kind}_steps"]) == len(c["steps"])]
+  cands = [
+    (rec["id"], c)
+    for rec in records
+    for c in rec["candidates"]
+    if c["role"] in POLICY_ROLES
+    and c.get(f"{kind}_steps")
+    and len(c[f"{kind}_steps"]) == len(c["steps"])
+  ]
   step_p, step_rollout, truth_p, truth_y = [], [], [], []
   for _, c in cands:
     p = _intermediate(c[f"{kind}_steps"])
@@ -376,7 +486,7 @@ def verifier_metrics(records: Sequence[dict], kind: str, threshold: float) -> di
       step_rollout.append(_intermediate(c["rollout_hard"]))
     if c.get("truth"):
       truth_p.extend(p)
-      truth_y.extend(int(all(c["truth"]["ok"][:i + 1])) for i in range(len(p)))
+      truth_y.extend(int(all(c["truth"]["ok"][: i + 1])) for i in range(len(p)))
   finals = [c[f"{kind}_steps"][-1] for _, c in cands]
   outcomes = [c["correct"] for _, c in cands]
   out = ev.step_level_metrics(step_p, step_rollout, finals, outcomes) if cands else {}
@@ -389,8 +499,9 @@ def verifier_metrics(records: Sequence[dict], kind: str, threshold: float) -> di
   with_truth = [c for _, c in cands if c.get("truth")]
   if with_truth:
     out["localisation"] = ev.localisation(
-        [ev.first_step_below(c[f"{kind}_steps"], threshold) for c in with_truth],
-        [c["truth"]["first_error"] for c in with_truth])
+      [ev.first_step_below(c[f"{kind}_steps"], threshold) for c in with_truth],
+      [c["truth"]["first_error"] for c in with_truth],
+    )
   return out
 
 
@@ -416,9 +527,12 @@ def label_quality(ctx: Context) -> dict[str, Any] | None:
       first_hits += (hard.index(0) if 0 in hard else None) == truth.first_error
   if not total:
     return None
-  return {"sorm_label_accuracy": agree["sorm"] / total, "orm_label_accuracy": agree["orm"] / total,
-          "sorm_first_negative_is_first_error": first_hits / first_total if first_total else None,
-          "intermediate_steps": total}
+  return {
+    "sorm_label_accuracy": agree["sorm"] / total,
+    "orm_label_accuracy": agree["orm"] / total,
+    "sorm_first_negative_is_first_error": first_hits / first_total if first_total else None,
+    "intermediate_steps": total,
+  }
 
 
 def run(ctx: Context) -> None:
@@ -431,11 +545,12 @@ def run(ctx: Context) -> None:
       print(ev.markdown_table(read_json(out_dir / "results.json")), flush=True)
     return
   with timed(ctx, "evaluate") as summary:
-    tests = problems(ctx.config, "test")[:section.num_questions]
+    tests = problems(ctx.config, "test")[: section.num_questions]
     records, where = candidates(ctx, tests)
     table = answer_rows(records, section.threshold, section.bootstrap_resamples, ctx.config.seed)
-    steps = {kind: verifier_metrics(records, kind, where["where_threshold"])
-             for kind in ("orm", "sorm")}
+    steps = {
+      kind: verifier_metrics(records, kind, where["where_threshold"]) for kind in ("orm", "sorm")
+    }
     quality = label_quality(ctx)
     summary.update(questions=len(tests), where_threshold=where["where_threshold"])
   if not ctx.is_leader:
@@ -443,20 +558,33 @@ def run(ctx: Context) -> None:
   out_dir.mkdir(parents=True, exist_ok=True)
   curves = {}
   for kind in ("orm", "sorm"):
-    pairs = [(p, y) for rec in records for c in rec["candidates"]
-             if c["role"] in POLICY_ROLES and c.get("rollout_hard") is not None
-             and len(c.get(f"{kind}_steps", [])) == len(c["steps"])
-             for p, y in zip(_intermediate(c[f"{kind}_steps"]), _intermediate(c["rollout_hard"]))]
+    pairs = [
+      (p, y)
+      for rec in records
+      for c in rec["candidates"]
+      if c["role"] in POLICY_ROLES
+      and c.get("rollout_hard") is not None
+      and len(c.get(f"{kind}_steps", [])) == len(c["steps"])
+      for p, y in zip(_intermediate(c[f"{kind}_steps"]), _intermediate(c["rollout_hard"]))
+    ]
     curves[kind] = ([p for p, _ in pairs], [y for _, y in pairs])
   if all(c[0] for c in curves.values()):
     ev.reliability_diagram(curves, out_dir / "reliability.png")
   timings_path = ctx.workdir / "timings.json"
-  results = {**table["rows"], "best_of": table["best_of"], "differences": table["differences"],
-             "step_level": steps, "label_quality": quality, "fixes": table["fixes"], **where,
-             "timings": read_json(timings_path) if timings_path.exists() else {},
-             "provenance": provenance.record(ctx.config)}
+  results = {
+    **table["rows"],
+    "best_of": table["best_of"],
+    "differences": table["differences"],
+    "step_level": steps,
+    "label_quality": quality,
+    "fixes": table["fixes"],
+    **where,
+    "timings": read_json(timings_path) if timings_path.exists() else {},
+    "provenance": provenance.record(ctx.config),
+  }
   write_json_atomic(out_dir / "results.json", results)
-  write_json_atomic(out_dir / "candidates.json",
-                    {"threshold": section.threshold, "seed": ctx.config.seed, **where,
-                     "questions": records})
+  write_json_atomic(
+    out_dir / "candidates.json",
+    {"threshold": section.threshold, "seed": ctx.config.seed, **where, "questions": records},
+  )
   print(ev.markdown_table(results), flush=True)

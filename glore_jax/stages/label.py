@@ -35,8 +35,9 @@ if TYPE_CHECKING:
   from glore_jax.model import Llama
 
 
-def segment_steps(tokenizer: PreTrainedTokenizerFast, tokens: Sequence[int]
-                  ) -> tuple[list[str], list[int]]:
+def segment_steps(
+  tokenizer: PreTrainedTokenizerFast, tokens: Sequence[int]
+) -> tuple[list[str], list[int]]:
   """Steps as decoded from the generated tokens themselves, and each step's terminator index,
   so a rollout's prefix is exactly the tokens the policy produced (no re-tokenisation).
 
@@ -47,14 +48,19 @@ def segment_steps(tokenizer: PreTrainedTokenizerFast, tokens: Sequence[int]
   ends = step_ends_from_tokens(tokenizer, tokens)
   steps, begin = [], 0
   for end in ends:
-    steps.append(tokenizer.decode(list(tokens[begin:end + 1]), skip_special_tokens=True).strip())
+    steps.append(tokenizer.decode(list(tokens[begin : end + 1]), skip_special_tokens=True).strip())
     begin = end + 1
   return steps, ends
 
 
-def label_samples(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFast,
-                  samples: Sequence[dict], gold: dict[str, str],
-                  questions: dict[str, str]) -> list[dict]:
+def label_samples(
+  ctx: Context,
+  model: Llama,
+  tokenizer: PreTrainedTokenizerFast,
+  samples: Sequence[dict],
+  gold: dict[str, str],
+  questions: dict[str, str],
+) -> list[dict]:
   """Label records for `samples` (with the prefill tokens fan-out (b) used and saved).
 
   Args:
@@ -85,27 +91,50 @@ def label_samples(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFast
     if steps:
       graded.append([])  # the final step: no rollouts, its label is the outcome
     sol = StepRollouts(steps=steps, outcome=bool(r["correct"]), rollouts=graded)
-    sorm = sorm_labels(sol, consistency=section.consistency,
-                       propagate_positive=section.propagate_positive)
+    sorm = sorm_labels(
+      sol, consistency=section.consistency, propagate_positive=section.propagate_positive
+    )
     measured = sorm_labels(sol, consistency=section.consistency, propagate_positive=False)
-    records.append(_record(r, sol, sorm, [True] * len(steps), ro.samples,
-                           prefill=(ro.prefill_tokens, ro.naive_per_rollout_tokens),
-                           # the rollout noise a first-error search would not see
-                           non_monotone=non_monotone(measured.hard)))
+    records.append(
+      _record(
+        r,
+        sol,
+        sorm,
+        [True] * len(steps),
+        ro.samples,
+        prefill=(ro.prefill_tokens, ro.naive_per_rollout_tokens),
+        # the rollout noise a first-error search would not see
+        non_monotone=non_monotone(measured.hard),
+      )
+    )
   return records
 
 
 def _rollouts(ctx: Context, model, samples, prompts, drafts, prefix_ends):
   section = ctx.config.sorm
   return rollouts_from_prefixes_batch(
-      model, prompts, drafts, prefix_ends, num_rollouts=section.num_rollouts,
-      max_new_tokens=section.max_new_tokens, temperature=section.temperature,
-      seed=ctx.config.seed + 1, mesh=ctx.mesh, batch_size=section.batch_size,
-      example_ids=[(r["question_index"], r["sample_index"]) for r in samples])
+    model,
+    prompts,
+    drafts,
+    prefix_ends,
+    num_rollouts=section.num_rollouts,
+    max_new_tokens=section.max_new_tokens,
+    temperature=section.temperature,
+    seed=ctx.config.seed + 1,
+    mesh=ctx.mesh,
+    batch_size=section.batch_size,
+    example_ids=[(r["question_index"], r["sample_index"]) for r in samples],
+  )
 
 
-def _label_by_search(ctx: Context, model, tokenizer, samples: Sequence[dict],
-                     gold: dict[str, str], questions: dict[str, str]) -> list[dict]:
+def _label_by_search(
+  ctx: Context,
+  model,
+  tokenizer,
+  samples: Sequence[dict],
+  gold: dict[str, str],
+  questions: dict[str, str],
+) -> list[dict]:
   """Labels from a search (`sorm.search_strategy`) for each sample's first negative prefix
   (`glore_jax.method.first_error_search`): one batched fan-out per search round over every
   sample still searching, K rollouts from the one prefix each asks for. Rollout k from a prefix
@@ -113,18 +142,26 @@ def _label_by_search(ctx: Context, model, tokenizer, samples: Sequence[dict],
   rollouts exhaustive labeling gives it."""
   section = ctx.config.sorm
   segmented = [segment_steps(tokenizer, r["tokens"]) for r in samples]
-  prompts = [tokenizer(ctx.prompts.policy_prompt(questions[r["problem_id"]]))["input_ids"]
-             for r in samples]
-  searches = [FirstErrorSearch(len(steps), bool(r["correct"]), section.search_strategy)
-              for r, (steps, _) in zip(samples, segmented)]
+  prompts = [
+    tokenizer(ctx.prompts.policy_prompt(questions[r["problem_id"]]))["input_ids"] for r in samples
+  ]
+  searches = [
+    FirstErrorSearch(len(steps), bool(r["correct"]), section.search_strategy)
+    for r, (steps, _) in zip(samples, segmented)
+  ]
   graded: list[list[list[Rollout]]] = [[[] for _ in steps] for steps, _ in segmented]
   sampled: list[list[list]] = [[[] for _ in steps] for steps, _ in segmented]
   prefill = [[0, 0] for _ in samples]
   while todo := [(d, s.next_query()) for d, s in enumerate(searches) if not s.done]:
     rows = [d for d, _ in todo]
-    rollouts = _rollouts(ctx, model, [samples[d] for d in rows], [prompts[d] for d in rows],
-                         [samples[d]["tokens"] for d in rows],
-                         [[segmented[d][1][i]] for d, i in todo])
+    rollouts = _rollouts(
+      ctx,
+      model,
+      [samples[d] for d in rows],
+      [prompts[d] for d in rows],
+      [samples[d]["tokens"] for d in rows],
+      [[segmented[d][1][i]] for d, i in todo],
+    )
     for (d, i), ro in zip(todo, rollouts):
       answer = gold[samples[d]["problem_id"]]
       graded[d][i] = [_grade(tokenizer, s.tokens, answer) for s in ro.samples[0]]
@@ -132,33 +169,63 @@ def _label_by_search(ctx: Context, model, tokenizer, samples: Sequence[dict],
       prefill[d][0] += ro.prefill_tokens  # every round prefills the draft again
       prefill[d][1] += ro.naive_per_rollout_tokens
       steps = segmented[d][0]
-      searches[d].record(i, prefix_successes(steps[i], graded[d][i], section.consistency),
-                         len(graded[d][i]))
+      searches[d].record(
+        i, prefix_successes(steps[i], graded[d][i], section.consistency), len(graded[d][i])
+      )
   records = []
   for d, (r, search) in enumerate(zip(samples, searches)):
     sol = StepRollouts(steps=segmented[d][0], outcome=bool(r["correct"]), rollouts=graded[d])
     found = search.labels()
-    records.append(_record(r, sol, found.step_labels(), found.measured, sampled[d],
-                           prefill=tuple(prefill[d]), evaluations=found.evaluations))
+    records.append(
+      _record(
+        r,
+        sol,
+        found.step_labels(),
+        found.measured,
+        sampled[d],
+        prefill=tuple(prefill[d]),
+        evaluations=found.evaluations,
+      )
+    )
   return records
 
 
-def _record(r: dict, sol: StepRollouts, sorm: StepLabels, measured: list[bool], samples,
-            *, prefill: tuple[int, int], **extra) -> dict:
+def _record(
+  r: dict,
+  sol: StepRollouts,
+  sorm: StepLabels,
+  measured: list[bool],
+  samples,
+  *,
+  prefill: tuple[int, int],
+  **extra,
+) -> dict:
   """One sample's label record. `samples[i]`: the raw rollouts from prefix i (none for prefixes
   not evaluated); prefill: (tokens prefilled, tokens one prefill per rollout would take)."""
   return {
-      "problem_id": r["problem_id"], "question_index": r["question_index"],
-      "sample_index": r["sample_index"], "steps": sol.steps, "outcome": sol.outcome,
-      "rollouts": [[{"text": x.text, "correct": x.correct, "num_tokens": len(s.tokens)}
-                    for x, s in zip(graded, raw)]
-                   for graded, raw in itertools.zip_longest(sol.rollouts, samples, fillvalue=[])],
-      "sorm_hard": list(sorm.hard), "sorm_soft": list(sorm.soft), "sorm_measured": measured,
-      "orm": list(orm_labels(sol).hard),
-      "rollouts_sampled": sum(len(p) for p in samples),
-      "generated_tokens": sum(len(s.tokens) for p in samples for s in p),
-      # fan-out (b): one prefill of the sample vs. one per rollout
-      "prefill_tokens": prefill[0], "naive_prefill_tokens": prefill[1], **extra}
+    "problem_id": r["problem_id"],
+    "question_index": r["question_index"],
+    "sample_index": r["sample_index"],
+    "steps": sol.steps,
+    "outcome": sol.outcome,
+    "rollouts": [
+      [
+        {"text": x.text, "correct": x.correct, "num_tokens": len(s.tokens)}
+        for x, s in zip(graded, raw)
+      ]
+      for graded, raw in itertools.zip_longest(sol.rollouts, samples, fillvalue=[])
+    ],
+    "sorm_hard": list(sorm.hard),
+    "sorm_soft": list(sorm.soft),
+    "sorm_measured": measured,
+    "orm": list(orm_labels(sol).hard),
+    "rollouts_sampled": sum(len(p) for p in samples),
+    "generated_tokens": sum(len(s.tokens) for p in samples for s in p),
+    # fan-out (b): one prefill of the sample vs. one per rollout
+    "prefill_tokens": prefill[0],
+    "naive_prefill_tokens": prefill[1],
+    **extra,
+  }
 
 
 def _grade(tokenizer, tokens: Sequence[int], gold: str) -> Rollout:
@@ -187,11 +254,13 @@ def run(ctx: Context) -> None:
       return label_samples(ctx, model, tokenizer, chunk, gold, questions)
 
     records = sharded.run(ctx, "label", samples, work, shard_size=section.shard_size)
-    stats = label_statistics([StepLabels(r["sorm_hard"], r["sorm_soft"]) for r in records],
-                             [r["outcome"] for r in records])
+    stats = label_statistics(
+      [StepLabels(r["sorm_hard"], r["sorm_soft"]) for r in records], [r["outcome"] for r in records]
+    )
     counts = {k: sum(r[k] for r in records) for k in ("prefill_tokens", "naive_prefill_tokens")}
     counts["prefill_saved_fraction"] = round(
-        1 - counts["prefill_tokens"] / max(counts["naive_prefill_tokens"], 1), 4)
+      1 - counts["prefill_tokens"] / max(counts["naive_prefill_tokens"], 1), 4
+    )
     counts.update(labeling=section.labeling, **rollout_budget(records))
     if section.labeling != "exhaustive":
       counts["search_strategy"] = section.search_strategy
@@ -210,11 +279,15 @@ def rollout_budget(records: Sequence[dict]) -> dict[str, Any]:
   rollouts = sum(r["rollouts_sampled"] for r in records)
   tokens = sum(r["generated_tokens"] for r in records)
   steps = sum(len(r["sorm_measured"]) for r in records)
-  out = {"rollouts": rollouts, "generated_tokens": tokens,
-         "rollouts_per_solution": round(rollouts / n, 4),
-         "generated_tokens_per_solution": round(tokens / n, 4),
-         "measured_label_fraction": round(
-             sum(sum(r["sorm_measured"]) for r in records) / max(steps, 1), 4)}
+  out = {
+    "rollouts": rollouts,
+    "generated_tokens": tokens,
+    "rollouts_per_solution": round(rollouts / n, 4),
+    "generated_tokens_per_solution": round(tokens / n, 4),
+    "measured_label_fraction": round(
+      sum(sum(r["sorm_measured"]) for r in records) / max(steps, 1), 4
+    ),
+  }
   if all("non_monotone" in r for r in records):
     out["non_monotone_solutions"] = sum(bool(r["non_monotone"]) for r in records)
   if all("evaluations" in r for r in records):
@@ -223,5 +296,8 @@ def rollout_budget(records: Sequence[dict]) -> dict[str, Any]:
 
 
 def _flat(stats: dict[str, Any]) -> dict[str, Any]:
-  return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()
-          if isinstance(v, (int, float))}
+  return {
+    k: (round(v, 4) if isinstance(v, float) else v)
+    for k, v in stats.items()
+    if isinstance(v, (int, float))
+  }

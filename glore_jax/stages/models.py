@@ -41,19 +41,39 @@ def new_policy(ctx: Context, tokenizer: PreTrainedTokenizerFast) -> Llama:
   m = ctx.config.model
   if m.checkpoint:
     checkpoint = local_copy(m.checkpoint)
-    return load_hf(checkpoint, mesh=ctx.mesh, dtype=m.dtype, param_dtype=m.param_dtype,
-                   vocab_size=max(len(tokenizer), LlamaConfig.from_hf(checkpoint).vocab_size))
+    return load_hf(
+      checkpoint,
+      mesh=ctx.mesh,
+      dtype=m.dtype,
+      param_dtype=m.param_dtype,
+      vocab_size=max(len(tokenizer), LlamaConfig.from_hf(checkpoint).vocab_size),
+    )
   cfg = preset(m.preset).replace(
-      vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-      num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
-      head_dim=0,  # re-derived from the new width
-      max_position_embeddings=m.max_position_embeddings, dtype=m.dtype, param_dtype=m.param_dtype,
-      remat=m.remat, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    vocab_size=len(tokenizer),
+    hidden_size=m.hidden_size,
+    intermediate_size=m.intermediate_size,
+    num_layers=m.num_layers,
+    num_heads=m.num_heads,
+    num_kv_heads=m.num_kv_heads,
+    head_dim=0,  # re-derived from the new width
+    max_position_embeddings=m.max_position_embeddings,
+    dtype=m.dtype,
+    param_dtype=m.param_dtype,
+    remat=m.remat,
+    bos_token_id=tokenizer.bos_token_id,
+    eos_token_id=tokenizer.eos_token_id,
+  )
   return create_model(cfg, seed=ctx.config.seed, mesh=ctx.mesh)
 
 
-def load(ctx: Context, folder: epath.Path, *, value_head: bool = False,
-         vocab_size: int | None = None, mesh: jax.sharding.Mesh | None = None) -> Llama:
+def load(
+  ctx: Context,
+  folder: epath.Path,
+  *,
+  value_head: bool = False,
+  vocab_size: int | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+) -> Llama:
   """Loads a model folder (local or gs://) onto `mesh` (default: the run's global mesh).
 
   Args:
@@ -69,9 +89,15 @@ def load(ctx: Context, folder: epath.Path, *, value_head: bool = False,
   integrity.verify_model_folder(folder, stage=_stage_of(folder))
   if vocab_size is not None and vocab_size <= LlamaConfig.from_hf(folder).vocab_size:
     vocab_size = None  # the checkpoint already has a row for every token
-  return load_hf(folder, mesh=ctx.mesh if mesh is None else mesh, dtype=m.dtype,
-                 param_dtype=m.param_dtype, value_head=value_head, vocab_size=vocab_size,
-                 seed=ctx.config.seed)
+  return load_hf(
+    folder,
+    mesh=ctx.mesh if mesh is None else mesh,
+    dtype=m.dtype,
+    param_dtype=m.param_dtype,
+    value_head=value_head,
+    vocab_size=vocab_size,
+    seed=ctx.config.seed,
+  )
 
 
 def _stage_of(folder) -> str | None:
@@ -80,8 +106,9 @@ def _stage_of(folder) -> str | None:
   return next((PRODUCER[k] for k, v in LAYOUT.items() if v == f"{parent}/model"), None)
 
 
-def save(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFast,
-         folder: epath.Path) -> None:
+def save(
+  ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFast, folder: epath.Path
+) -> None:
   """Tokenizer first, then weights, config.json last: config.json marks a finished model.
 
   Written into a local temporary folder, then moved (local work directory: one rename) or
@@ -102,8 +129,12 @@ def save(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFast,
   local_parent = folder.parent if is_local(folder) else None
   if local_parent is not None:
     local_parent.mkdir(parents=True, exist_ok=True)
-  tmp = epath.Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-",
-                                    dir=None if local_parent is None else os.fspath(local_parent)))
+  tmp = epath.Path(
+    tempfile.mkdtemp(
+      prefix=f".{folder.name}.partial-",
+      dir=None if local_parent is None else os.fspath(local_parent),
+    )
+  )
   try:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a model folder is shared like any
     tokenizer.save_pretrained(os.fspath(tmp))
@@ -129,8 +160,9 @@ def _umask() -> int:
   return mask
 
 
-def train_config(section: ml_collections.ConfigDict, *, loss: str, seed: int,
-                 **overrides: Any) -> TrainConfig:
+def train_config(
+  section: ml_collections.ConfigDict, *, loss: str, seed: int, **overrides: Any
+) -> TrainConfig:
   """The trainer's settings of a training section, derived by `config_keys.TRAIN_FIELDS`
   (`train.steps` -> `total_steps`, ...).
 
@@ -140,13 +172,22 @@ def train_config(section: ml_collections.ConfigDict, *, loss: str, seed: int,
     seed: the run's seed.
     **overrides: further TrainConfig fields (value_targets, train_backbone, ...).
   """
-  return TrainConfig(**{**train_settings(section.train), "loss": loss, "seed": seed,
-                        **overrides})
+  return TrainConfig(**{**train_settings(section.train), "loss": loss, "seed": seed, **overrides})
 
 
-def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequence[Any],
-        section: ml_collections.ConfigDict, *, loss: str, run_dir: epath.Path, pad_id: int,
-        max_length: int | None = None, **overrides: Any) -> tuple[Llama, dict[str, Any]]:
+def fit(
+  ctx: Context,
+  model: Llama,
+  examples: Sequence[Any],
+  eval_examples: Sequence[Any],
+  section: ml_collections.ConfigDict,
+  *,
+  loss: str,
+  run_dir: epath.Path,
+  pad_id: int,
+  max_length: int | None = None,
+  **overrides: Any,
+) -> tuple[Llama, dict[str, Any]]:
   """Trains on examples (SFTExample / ValueExample) with checkpoints under `run_dir`; resumes.
 
   Args:
@@ -171,27 +212,60 @@ def fit(ctx: Context, model: Llama, examples: Sequence[Any], eval_examples: Sequ
   name = run_dir.parent.name  # the stage's output folder: policy, orm, sorm, refiner_global, ...
   max_length = max_length or ctx.config.data.max_length
   kind = "lm" if loss == "lm" else "value"
-  batches = make_batches(examples, batch_size=section.train.batch_size, kind=kind,
-                         value_targets=cfg.value_targets, pad_id=pad_id,
-                         max_length=max_length, seed=ctx.config.seed,
-                         bucket_multiple=ctx.config.data.bucket_multiple or None)
+  batches = make_batches(
+    examples,
+    batch_size=section.train.batch_size,
+    kind=kind,
+    value_targets=cfg.value_targets,
+    pad_id=pad_id,
+    max_length=max_length,
+    seed=ctx.config.seed,
+    bucket_multiple=ctx.config.data.bucket_multiple or None,
+  )
   eval_batches = None
   if eval_examples:
-    eval_batches = make_batches(eval_examples, batch_size=section.train.batch_size, kind=kind,
-                                value_targets=cfg.value_targets, pad_id=pad_id,
-                                max_length=max_length, shuffle=False,
-                                bucket_multiple=ctx.config.data.bucket_multiple or None)
+    eval_batches = make_batches(
+      eval_examples,
+      batch_size=section.train.batch_size,
+      kind=kind,
+      value_targets=cfg.value_targets,
+      pad_id=pad_id,
+      max_length=max_length,
+      shuffle=False,
+      bucket_multiple=ctx.config.data.bucket_multiple or None,
+    )
   if not batches:
     raise ValueError(f"no training examples for {run_dir}: the previous stage produced none")
   epochs = section.train.max_epochs
   if epochs and cfg.total_steps > epochs * len(batches):
     # small data sets (a few hundred refinement pairs) would otherwise be seen 50+ times
     steps = max(1, math.ceil(epochs * len(batches)))
-    log.info("%s: %d steps cover max_epochs=%s of %d batches (config asked %d)", name, steps,
-             epochs, len(batches), cfg.total_steps)
-    cfg = dataclasses.replace(cfg, total_steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10))
-  log.info("%s: training on %d examples in %d batches, %d steps", name, len(examples),
-           len(batches), cfg.total_steps)
+    log.info(
+      "%s: %d steps cover max_epochs=%s of %d batches (config asked %d)",
+      name,
+      steps,
+      epochs,
+      len(batches),
+      cfg.total_steps,
+    )
+    cfg = dataclasses.replace(
+      cfg, total_steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10)
+    )
+  log.info(
+    "%s: training on %d examples in %d batches, %d steps",
+    name,
+    len(examples),
+    len(batches),
+    cfg.total_steps,
+  )
   from glore_jax.tracking import metrics_hook
-  return train(model, batches, cfg, run_dir, eval_batches=eval_batches, mesh=ctx.mesh,
-               metrics_hook=metrics_hook(ctx.config, name))
+
+  return train(
+    model,
+    batches,
+    cfg,
+    run_dir,
+    eval_batches=eval_batches,
+    mesh=ctx.mesh,
+    metrics_hook=metrics_hook(ctx.config, name),
+  )

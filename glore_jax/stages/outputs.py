@@ -103,22 +103,31 @@ def _stale_reason(ctx: Context, stage: str) -> tuple[str, list[str]] | None:
   return "it was computed with another configuration", changed
 
 
-def _stale_message(ctx: Context, stage: str, why: str, changed: list[str],
-                   needed_by: str | None = None) -> str:
-  affected = [s for s in fp.downstream(stage)
-              if s == stage or root(ctx, s).exists() or s in _run_stages(ctx)]
-  keys = f"; changed: {', '.join(changed[:8])}" + (" ..." if len(changed) > 8 else "") \
-      if changed else ""
-  who = f"stage {needed_by!r} needs the output of stage {stage!r}" if needed_by else \
-      f"the output of stage {stage!r}"
-  return (f"{who} ({root(ctx, stage)}), but {why}{keys}. Stages affected: "
-          f"{', '.join(affected)}. To recompute them add --config.recompute="
-          f"{','.join(affected)} (and run them: --config.stages={','.join(affected)}), or use a "
-          "new --workdir")
+def _stale_message(
+  ctx: Context, stage: str, why: str, changed: list[str], needed_by: str | None = None
+) -> str:
+  affected = [
+    s for s in fp.downstream(stage) if s == stage or root(ctx, s).exists() or s in _run_stages(ctx)
+  ]
+  keys = (
+    f"; changed: {', '.join(changed[:8])}" + (" ..." if len(changed) > 8 else "") if changed else ""
+  )
+  who = (
+    f"stage {needed_by!r} needs the output of stage {stage!r}"
+    if needed_by
+    else f"the output of stage {stage!r}"
+  )
+  return (
+    f"{who} ({root(ctx, stage)}), but {why}{keys}. Stages affected: "
+    f"{', '.join(affected)}. To recompute them add --config.recompute="
+    f"{','.join(affected)} (and run them: --config.stages={','.join(affected)}), or use a "
+    "new --workdir"
+  )
 
 
 def _run_stages(ctx: Context) -> list[str]:
   from glore_jax.config_check import stage_list
+
   return stage_list(ctx.config)
 
 
@@ -184,8 +193,10 @@ def write_record(ctx: Context, stage: str) -> None:
     raise ValueError(f"stage {stage!r} keeps its fingerprint in its manifest (workdir.py)")
   record = fp.record(ctx.config, stage)
   root(ctx, stage).mkdir(parents=True, exist_ok=True)
-  wd.write_json_atomic(_record_path(ctx, stage),
-                       {"stage": stage, "fingerprint": wd.fingerprint(record), "config": record})
+  wd.write_json_atomic(
+    _record_path(ctx, stage),
+    {"stage": stage, "fingerprint": wd.fingerprint(record), "config": record},
+  )
 
 
 def _nothing_computed(ctx: Context, stage: str) -> bool:
@@ -196,7 +207,8 @@ def _nothing_computed(ctx: Context, stage: str) -> bool:
   if stage in MODELS:
     checkpoints = root(ctx, stage) / "train" / "checkpoints"
     return not (path / "config.json").exists() and not (
-        checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+      checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    )
   return not (path / "results.json").exists()
 
 
@@ -233,8 +245,9 @@ def require(ctx: Context, output: str, needed_by: str) -> epath.Path:
   path = ctx.path(output)
   if not finished(ctx, stage):
     raise MissingInputError(
-        f"stage {needed_by!r} needs the output of stage {stage!r} ({path}), which is "
-        f"missing or unfinished: run it first, e.g. --config.stages={stage},{needed_by}")
+      f"stage {needed_by!r} needs the output of stage {stage!r} ({path}), which is "
+      f"missing or unfinished: run it first, e.g. --config.stages={stage},{needed_by}"
+    )
   reason = _stale_reason(ctx, stage)
   if reason is not None:
     raise StaleOutputError(_stale_message(ctx, stage, *reason, needed_by=needed_by))

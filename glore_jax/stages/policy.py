@@ -18,8 +18,9 @@ if TYPE_CHECKING:
   from glore_jax.data.records import Problem
 
 
-def sft_examples(ctx: Context, tokenizer: PreTrainedTokenizerFast,
-                 items: Iterable[Problem]) -> list[SFTExample]:
+def sft_examples(
+  ctx: Context, tokenizer: PreTrainedTokenizerFast, items: Iterable[Problem]
+) -> list[SFTExample]:
   """The policy's SFT examples: each question's prompt and its reference solution.
 
   Args:
@@ -30,8 +31,12 @@ def sft_examples(ctx: Context, tokenizer: PreTrainedTokenizerFast,
   prompts = ctx.prompts
   out = []
   for p in items:
-    enc = try_encode(tokenizer, prompts.policy_prompt(p.question), split_steps(p.reference),
-                     ctx.config.data.max_length)
+    enc = try_encode(
+      tokenizer,
+      prompts.policy_prompt(p.question),
+      split_steps(p.reference),
+      ctx.config.data.max_length,
+    )
     if enc is not None and enc.step_ends:
       out.append(SFTExample(enc.ids, enc.prompt_length))
   return out
@@ -50,8 +55,17 @@ def run(ctx: Context) -> None:
     examples = sft_examples(ctx, tokenizer, train[cut:])
     eval_examples = sft_examples(ctx, tokenizer, train[:cut])
     model = models.new_policy(ctx, tokenizer)
-    model, metrics = models.fit(ctx, model, examples, eval_examples, ctx.config.policy, loss="lm",
-                                run_dir=folder.parent / "train", pad_id=padding_id(tokenizer))
+    model, metrics = models.fit(
+      ctx,
+      model,
+      examples,
+      eval_examples,
+      ctx.config.policy,
+      loss="lm",
+      run_dir=folder.parent / "train",
+      pad_id=padding_id(tokenizer),
+    )
     models.save(ctx, model, tokenizer, folder)
-    summary.update(examples=len(examples), **{k: round(v, 4) for k, v in metrics.items()
-                                               if isinstance(v, float)})
+    summary.update(
+      examples=len(examples), **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+    )

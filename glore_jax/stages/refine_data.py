@@ -25,12 +25,17 @@ def build(ctx: Context, records: list[dict]) -> tuple[list, list, dict]:
     sol = StepRollouts.from_json(r)
     by_question[r["problem_id"]].append((sol, StepLabels(r["sorm_hard"], r["sorm_soft"])))
   seed = ctx.config.seed
-  pairs = global_pairs({pid: [s for s, _ in v] for pid, v in by_question.items()}, seed=seed,
-                       max_pairs_per_question=ctx.config.refine.max_pairs_per_question,
-                       correct_draft_pairs=ctx.config.refine.correct_draft_pairs)
+  pairs = global_pairs(
+    {pid: [s for s, _ in v] for pid, v in by_question.items()},
+    seed=seed,
+    max_pairs_per_question=ctx.config.refine.max_pairs_per_question,
+    correct_draft_pairs=ctx.config.refine.correct_draft_pairs,
+  )
   triples = local_triples(by_question, consistency=ctx.config.sorm.consistency, seed=seed)
-  counts = {**{f"global_{k}": v for k, v in pairs.counts.items()},
-            **{f"local_{k}": v for k, v in triples.counts.items()}}
+  counts = {
+    **{f"global_{k}": v for k, v in pairs.counts.items()},
+    **{f"local_{k}": v for k, v in triples.counts.items()},
+  }
   return list(pairs), list(triples), counts
 
 
@@ -44,11 +49,16 @@ def run(ctx: Context) -> None:
     pairs, triples, counts = build(ctx, records)
     if ctx.is_leader:
       # one shard holding both kinds, tagged: the two sets are small and built in one pass
-      rows = ([{"kind": "global", **dataclasses.asdict(p)} for p in pairs]
-              + [{"kind": "local", **dataclasses.asdict(t)} for t in triples])
-      stage = ShardedStage(ctx.path("refine_data"), "refine_data",
-                           config=fingerprint.record(ctx.config, "refine_data"),
-                           num_items=len(rows), shard_size=max(len(rows), 1))
+      rows = [{"kind": "global", **dataclasses.asdict(p)} for p in pairs] + [
+        {"kind": "local", **dataclasses.asdict(t)} for t in triples
+      ]
+      stage = ShardedStage(
+        ctx.path("refine_data"),
+        "refine_data",
+        config=fingerprint.record(ctx.config, "refine_data"),
+        num_items=len(rows),
+        shard_size=max(len(rows), 1),
+      )
       stage.write_shard(0, rows)
     summary.update(counts)
     sharded.finish(ctx, "refine_data", counts)

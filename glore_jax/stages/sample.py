@@ -19,8 +19,9 @@ if TYPE_CHECKING:
   from glore_jax.model import Llama
 
 
-def decode_solution(tokenizer: PreTrainedTokenizerFast, tokens: Sequence[int], gold: str
-                    ) -> dict[str, Any]:
+def decode_solution(
+  tokenizer: PreTrainedTokenizerFast, tokens: Sequence[int], gold: str
+) -> dict[str, Any]:
   """Text, steps, answer and correctness of generated solution tokens.
 
   Args:
@@ -29,13 +30,24 @@ def decode_solution(tokenizer: PreTrainedTokenizerFast, tokens: Sequence[int], g
     gold: the question's gold answer.
   """
   text = tokenizer.decode(list(tokens), skip_special_tokens=True)
-  return {"text": text, "steps": split_steps(text), "answer": extract_answer(text),
-          "correct": solution_correct(text, gold)}
+  return {
+    "text": text,
+    "steps": split_steps(text),
+    "answer": extract_answer(text),
+    "correct": solution_correct(text, gold),
+  }
 
 
-def sample_problems(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFast,
-                    items: Sequence[tuple[int, Problem]], *, num_samples: int,
-                    temperature: float, section: ml_collections.ConfigDict) -> list[dict]:
+def sample_problems(
+  ctx: Context,
+  model: Llama,
+  tokenizer: PreTrainedTokenizerFast,
+  items: Sequence[tuple[int, Problem]],
+  *,
+  num_samples: int,
+  temperature: float,
+  section: ml_collections.ConfigDict,
+) -> list[dict]:
   """One record per (question, sample); randomness keyed by the question's index, so the
   records do not depend on sharding or batching.
 
@@ -49,17 +61,32 @@ def sample_problems(ctx: Context, model: Llama, tokenizer: PreTrainedTokenizerFa
     section: the config node with max_new_tokens, top_k, top_p and batch_size.
   """
   prompts = [tokenizer(ctx.prompts.policy_prompt(p.question))["input_ids"] for _, p in items]
-  results = generate(model, prompts, max_new_tokens=section.max_new_tokens,
-                     temperature=temperature, top_k=section.top_k,
-                     top_p=section.top_p, num_samples=num_samples,
-                     seed=ctx.config.seed, example_ids=[(i,) for i, _ in items], mesh=ctx.mesh,
-                     batch_size=section.batch_size)
+  results = generate(
+    model,
+    prompts,
+    max_new_tokens=section.max_new_tokens,
+    temperature=temperature,
+    top_k=section.top_k,
+    top_p=section.top_p,
+    num_samples=num_samples,
+    seed=ctx.config.seed,
+    example_ids=[(i,) for i, _ in items],
+    mesh=ctx.mesh,
+    batch_size=section.batch_size,
+  )
   records = []
   for (i, p), samples in zip(items, results):
     for j, s in enumerate(samples):
-      records.append({"problem_id": p.id, "question_index": i, "sample_index": j,
-                      "tokens": list(map(int, s.tokens)), "finish_reason": s.finish_reason,
-                      **decode_solution(tokenizer, s.tokens, p.answer)})
+      records.append(
+        {
+          "problem_id": p.id,
+          "question_index": i,
+          "sample_index": j,
+          "tokens": list(map(int, s.tokens)),
+          "finish_reason": s.finish_reason,
+          **decode_solution(tokenizer, s.tokens, p.answer),
+        }
+      )
   return records
 
 
@@ -70,7 +97,7 @@ def run(ctx: Context) -> None:
     print(f"[sample] already done: {ctx.path('sample')}", flush=True)
     return
   policy_dir = ctx.require("policy", "sample")
-  items = list(enumerate(problems(ctx.config, "train")[:section.num_questions]))
+  items = list(enumerate(problems(ctx.config, "train")[: section.num_questions]))
   with timed(ctx, "sample") as summary:
     tokenizer = tokenizer_for(ctx.config, policy_dir)
     model = None
@@ -78,11 +105,19 @@ def run(ctx: Context) -> None:
     def work(chunk):
       nonlocal model
       model = model or models.load(ctx, policy_dir)
-      return sample_problems(ctx, model, tokenizer, chunk, num_samples=section.num_samples,
-                             temperature=section.temperature, section=section)
+      return sample_problems(
+        ctx,
+        model,
+        tokenizer,
+        chunk,
+        num_samples=section.num_samples,
+        temperature=section.temperature,
+        section=section,
+      )
 
     records = sharded.run(ctx, "sample", items, work, shard_size=section.shard_size)
     correct = sum(r["correct"] for r in records)
-    summary.update(samples=len(records), questions=len(items),
-                   accuracy=round(correct / max(len(records), 1), 4))
+    summary.update(
+      samples=len(records), questions=len(items), accuracy=round(correct / max(len(records), 1), 4)
+    )
     sharded.finish(ctx, "sample", dict(summary))

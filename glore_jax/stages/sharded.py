@@ -14,8 +14,14 @@ from glore_jax.stages.common import Context
 from glore_jax.stages.sync import barrier
 
 
-def run(ctx: Context, name: str, items: Sequence[Any], work: Callable[[Sequence[Any]], list],
-        *, shard_size: int) -> list[dict]:
+def run(
+  ctx: Context,
+  name: str,
+  items: Sequence[Any],
+  work: Callable[[Sequence[Any]], list],
+  *,
+  shard_size: int,
+) -> list[dict]:
   """Runs `work` on this process's unfinished shards of `items`, then returns every record of
   the stage (all processes' shards, in item order). A rerun skips finished shards; the
   manifest carries the stage's fingerprint (`glore_jax.fingerprint`).
@@ -27,16 +33,28 @@ def run(ctx: Context, name: str, items: Sequence[Any], work: Callable[[Sequence[
     work: computes the records of one shard's items.
     shard_size: items per shard.
   """
-  stage = wd.ShardedStage(ctx.path(name), name, config=fp.record(ctx.config, name),
-                          num_items=len(items),
-                          shard_size=shard_size, process_index=jax.process_index(),
-                          process_count=jax.process_count())
+  stage = wd.ShardedStage(
+    ctx.path(name),
+    name,
+    config=fp.record(ctx.config, name),
+    num_items=len(items),
+    shard_size=shard_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   pending = stage.pending_shards()
   if len(pending) < len(stage.my_shards):
-    print(f"[{name}] resuming: {len(stage.my_shards) - len(pending)} of {len(stage.my_shards)} "
-          "shards already done", flush=True)
-  with tqdm(total=len(stage.my_shards), initial=len(stage.my_shards) - len(pending),
-            desc=f"{name} shards", unit="shard") as bar:
+    print(
+      f"[{name}] resuming: {len(stage.my_shards) - len(pending)} of {len(stage.my_shards)} "
+      "shards already done",
+      flush=True,
+    )
+  with tqdm(
+    total=len(stage.my_shards),
+    initial=len(stage.my_shards) - len(pending),
+    desc=f"{name} shards",
+    unit="shard",
+  ) as bar:
     stage.run(items, work, on_shard=lambda i, n: bar.update(1))
   barrier(f"{name}-shards")
   return wd.read_all(stage.dir)

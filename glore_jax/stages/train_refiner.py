@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def refiner_examples(ctx: Context, kind: str, tokenizer: PreTrainedTokenizerFast,
-                     rows: list[dict]) -> list[SFTExample]:
+def refiner_examples(
+  ctx: Context, kind: str, tokenizer: PreTrainedTokenizerFast, rows: list[dict]
+) -> list[SFTExample]:
   """SFT examples for a refiner: (question, draft[, bad step]) -> corrected steps.
 
   Args:
@@ -69,15 +70,27 @@ def run(ctx: Context, kind: str) -> None:
     model = models.load(ctx, policy_dir, vocab_size=len(tokenizer))
     metrics = {}
     if examples:
-      model, metrics = models.fit(ctx, model, examples[cut:], examples[:cut], ctx.config.refine,
-                                  loss="lm", run_dir=folder.parent / "train",
-                                  pad_id=padding_id(tokenizer),
-                                  max_length=ctx.config.refine.max_length)
+      model, metrics = models.fit(
+        ctx,
+        model,
+        examples[cut:],
+        examples[:cut],
+        ctx.config.refine,
+        loss="lm",
+        run_dir=folder.parent / "train",
+        pad_id=padding_id(tokenizer),
+        max_length=ctx.config.refine.max_length,
+      )
     else:
       # A policy that never (or always) succeeds gives no pairs; the pipeline still completes
       # and the evaluation shows the untrained refiner for what it is.
-      log.warning("stage %s: no %s refinement examples (the policy's samples are all wrong or all "
-                  "right); saving the policy itself as the refiner", stage, kind)
+      log.warning(
+        "stage %s: no %s refinement examples (the policy's samples are all wrong or all "
+        "right); saving the policy itself as the refiner",
+        stage,
+        kind,
+      )
     models.save(ctx, model, tokenizer, folder)
-    summary.update(examples=len(examples),
-                   **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+    summary.update(
+      examples=len(examples), **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+    )

@@ -22,10 +22,15 @@ if TYPE_CHECKING:
   from transformers import PreTrainedTokenizerFast
 
 
-def value_example(ctx: Context, tokenizer: PreTrainedTokenizerFast, question: str,
-                  steps: Sequence[str], hard: Sequence[float],
-                  soft: Sequence[float] | None = None,
-                  keep: Sequence[bool] | None = None) -> ValueExample | None:
+def value_example(
+  ctx: Context,
+  tokenizer: PreTrainedTokenizerFast,
+  question: str,
+  steps: Sequence[str],
+  hard: Sequence[float],
+  soft: Sequence[float] | None = None,
+  keep: Sequence[bool] | None = None,
+) -> ValueExample | None:
   """Encodes (question, steps) for the value head; `keep` drops unbalanced steps' labels.
 
   Args:
@@ -40,8 +45,9 @@ def value_example(ctx: Context, tokenizer: PreTrainedTokenizerFast, question: st
   Returns:
     The example, or None when it does not encode or no step is kept.
   """
-  enc = try_encode(tokenizer, ctx.prompts.reward_prompt(question), steps,
-                   ctx.config.data.max_length)
+  enc = try_encode(
+    tokenizer, ctx.prompts.reward_prompt(question), steps, ctx.config.data.max_length
+  )
   if enc is None:
     return None
   n = len(enc.step_ends)
@@ -49,8 +55,12 @@ def value_example(ctx: Context, tokenizer: PreTrainedTokenizerFast, question: st
   idx = [i for i in range(n) if keep[i]]
   if not idx:
     return None
-  return ValueExample(enc.ids, [enc.step_ends[i] for i in idx], [float(hard[i]) for i in idx],
-                      None if soft is None else [float(soft[i]) for i in idx])
+  return ValueExample(
+    enc.ids,
+    [enc.step_ends[i] for i in idx],
+    [float(hard[i]) for i in idx],
+    None if soft is None else [float(soft[i]) for i in idx],
+  )
 
 
 def rollout_solutions(label_records: Sequence[dict]) -> list[dict]:
@@ -66,13 +76,19 @@ def rollout_solutions(label_records: Sequence[dict]) -> list[dict]:
   for r in label_records:
     for i, rollouts in enumerate(r["rollouts"]):
       for x in rollouts:
-        steps = list(r["steps"][:i + 1]) + split_steps(x["text"])
+        steps = list(r["steps"][: i + 1]) + split_steps(x["text"])
         key = (r["problem_id"], "\n".join(steps))
         if key in seen:
           continue
         seen.add(key)
-        out.append({"problem_id": r["problem_id"], "sample_index": -1, "steps": steps,
-                    "correct": bool(x["correct"])})
+        out.append(
+          {
+            "problem_id": r["problem_id"],
+            "sample_index": -1,
+            "steps": steps,
+            "correct": bool(x["correct"]),
+          }
+        )
   return out
 
 
@@ -97,8 +113,9 @@ def truth_rows(ctx: Context, records: Sequence[dict]) -> list[tuple]:
   return rows
 
 
-def reward_examples(ctx: Context, kind: str, tokenizer: PreTrainedTokenizerFast
-                    ) -> tuple[list[ValueExample], list[ValueExample]]:
+def reward_examples(
+  ctx: Context, kind: str, tokenizer: PreTrainedTokenizerFast
+) -> tuple[list[ValueExample], list[ValueExample]]:
   """(train, held-out) ValueExamples for the ORM or the SORM.
 
   Args:
@@ -121,9 +138,11 @@ def reward_examples(ctx: Context, kind: str, tokenizer: PreTrainedTokenizerFast
   train_rows = [row for row in rows if not is_heldout(ctx.config, row[0]["problem_id"])]
   keeps = [None] * len(train_rows)
   if kind == "sorm" and ctx.config.sorm.balance:
-    keeps = balance_by_step_index([list(map(int, hard)) for _, hard, _ in train_rows],
-                                  seed=ctx.config.seed,
-                                  keys=[(r["problem_id"], r["sample_index"]) for r, _, _ in train_rows])
+    keeps = balance_by_step_index(
+      [list(map(int, hard)) for _, hard, _ in train_rows],
+      seed=ctx.config.seed,
+      keys=[(r["problem_id"], r["sample_index"]) for r, _, _ in train_rows],
+    )
   for (r, hard, soft), keep in zip(train_rows, keeps):
     ex = value_example(ctx, tokenizer, questions[r["problem_id"]], r["steps"], hard, soft, keep)
     if ex is not None:
@@ -153,19 +172,33 @@ def run(ctx: Context, kind: str) -> None:
     tokenizer = tokenizer_for(ctx.config, policy_dir)
     train, heldout = reward_examples(ctx, kind, tokenizer)
     if not train:
-      hint = (" Balancing keeps equal positives and negatives per step index, so one-class labels "
-              "leave nothing: train the policy longer or set --config.sorm.balance=False."
-              if kind == "sorm" and ctx.config.sorm.balance else "")
+      hint = (
+        " Balancing keeps equal positives and negatives per step index, so one-class labels "
+        "leave nothing: train the policy longer or set --config.sorm.balance=False."
+        if kind == "sorm" and ctx.config.sorm.balance
+        else ""
+      )
       raise ValueError(f"stage {stage!r}: no labelled steps to train on.{hint}")
     model = models.load(ctx, policy_dir, value_head=True)
     section = ctx.config.reward
     model, metrics = models.fit(
-        ctx, model, train, heldout, section, loss="value", run_dir=folder.parent / "train",
-        pad_id=padding_id(tokenizer), value_targets=section.targets,
-        train_backbone=section.train_backbone)
+      ctx,
+      model,
+      train,
+      heldout,
+      section,
+      loss="value",
+      run_dir=folder.parent / "train",
+      pad_id=padding_id(tokenizer),
+      value_targets=section.targets,
+      train_backbone=section.train_backbone,
+    )
     models.save(ctx, model, tokenizer, folder)
     positives = sum(sum(ex.labels) for ex in train)
     steps = sum(len(ex.labels) for ex in train)
-    summary.update(examples=len(train), labelled_steps=steps,
-                   positive_fraction=round(positives / max(steps, 1), 4),
-                   **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+    summary.update(
+      examples=len(train),
+      labelled_steps=steps,
+      positive_fraction=round(positives / max(steps, 1), 4),
+      **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)},
+    )

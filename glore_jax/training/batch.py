@@ -48,6 +48,7 @@ VALUE_KEYS = ("tokens", "attention_mask", "value_index", "value_target", "value_
 class SFTExample:
   """One supervised sequence: `ids` = prompt + target tokens; the first `prompt_length` are the
   prompt (never trained on)."""
+
   ids: Sequence[int]
   prompt_length: int
 
@@ -57,21 +58,27 @@ class ValueExample:
   """One scored solution: `step_ends[i]` is the index in `ids` of the token that ends step i
   (`EncodedSteps.step_ends`), `labels[i]` its hard 0/1 label and `soft[i]` (optional) the fraction
   of rollouts that succeeded from that prefix."""
+
   ids: Sequence[int]
   step_ends: Sequence[int]
   labels: Sequence[float]
   soft: Sequence[float] | None = None
 
   @classmethod
-  def from_encoded(cls, encoded: Any, labels: Sequence[float],
-                   soft: Sequence[float] | None = None) -> ValueExample:
+  def from_encoded(
+    cls, encoded: Any, labels: Sequence[float], soft: Sequence[float] | None = None
+  ) -> ValueExample:
     """From an `EncodedSteps` whose trailing steps may have been dropped by truncation: labels
     (given for every step of the untruncated solution) are cut to the steps that were kept."""
     kept = len(encoded.step_ends)
     if len(labels) < kept:
       raise ValueError(f"{len(labels)} labels for {kept} encoded steps")
-    return cls(list(encoded.ids), list(encoded.step_ends), list(labels[:kept]),
-               None if soft is None else list(soft[:kept]))
+    return cls(
+      list(encoded.ids),
+      list(encoded.step_ends),
+      list(labels[:kept]),
+      None if soft is None else list(soft[:kept]),
+    )
 
 
 def _get(record: Any, name: str, default: Any = None) -> Any:
@@ -80,8 +87,9 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
   return getattr(record, name, default)
 
 
-def bucket_length(n: int, *, multiple: int | None = None, minimum: int = 16,
-                  maximum: int | None = None) -> int:
+def bucket_length(
+  n: int, *, multiple: int | None = None, minimum: int = 16, maximum: int | None = None
+) -> int:
   """The padded length for a batch whose longest row has n tokens: the next power of two
   (default) or the next multiple of `multiple`, at least `minimum`, at most `maximum`.
 
@@ -106,12 +114,20 @@ def bucket_length(n: int, *, multiple: int | None = None, minimum: int = 16,
 def _check_pad_id(pad_id: Any) -> None:
   """A tokenizer without a pad token gives pad_id=None: say what to pass instead."""
   if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
-    raise ValueError(f"pad_id={pad_id!r}: expected a token id; a tokenizer without a pad token "
-                     "pads with EOS (glore_jax.data.tokenizer.padding_id)")
+    raise ValueError(
+      f"pad_id={pad_id!r}: expected a token id; a tokenizer without a pad token "
+      "pads with EOS (glore_jax.data.tokenizer.padding_id)"
+    )
 
 
-def collate_lm(records: Sequence[Any], *, length: int | None = None, batch_size: int | None = None,
-               pad_id: int = 0, bucket_multiple: int | None = None) -> dict[str, np.ndarray]:
+def collate_lm(
+  records: Sequence[Any],
+  *,
+  length: int | None = None,
+  batch_size: int | None = None,
+  pad_id: int = 0,
+  bucket_multiple: int | None = None,
+) -> dict[str, np.ndarray]:
   """Records with `ids` and `prompt_length` (SFTExample, EncodedSteps, or dicts) -> an LM batch.
 
   `length` defaults to the bucket of the longest row; `batch_size` > len(records) adds empty
@@ -147,14 +163,20 @@ def collate_lm(records: Sequence[Any], *, length: int | None = None, batch_size:
     tokens[row, :n] = ids
     attention[row, :n] = 1
     # position t predicts token t+1; targets are tokens max(p,1)..n-1 (token 0 has no predictor)
-    target[row, max(p, 1) - 1:n - 1] = 1.0
+    target[row, max(p, 1) - 1 : n - 1] = 1.0
   return {"tokens": tokens, "attention_mask": attention, "target_mask": target}
 
 
-def collate_value(records: Sequence[Any], *, targets: Literal["hard", "soft"] = "hard",
-                  length: int | None = None, batch_size: int | None = None,
-                  num_steps: int | None = None, pad_id: int = 0,
-                  bucket_multiple: int | None = None) -> dict[str, np.ndarray]:
+def collate_value(
+  records: Sequence[Any],
+  *,
+  targets: Literal["hard", "soft"] = "hard",
+  length: int | None = None,
+  batch_size: int | None = None,
+  num_steps: int | None = None,
+  pad_id: int = 0,
+  bucket_multiple: int | None = None,
+) -> dict[str, np.ndarray]:
   """Records with `ids`, `step_ends`, `labels` (and `soft` for soft targets) -> a value batch.
 
   Args:
@@ -208,8 +230,13 @@ def collate_value(records: Sequence[Any], *, targets: Literal["hard", "soft"] = 
     index[row, :m] = ends
     label[row, :m] = [1.0 if h > 0.5 else 0.0 for h in hard]
     target[row, :m] = soft if targets == "soft" else label[row, :m]
-  return {"tokens": tokens, "attention_mask": attention, "value_index": index,
-          "value_target": target, "value_label": label}
+  return {
+    "tokens": tokens,
+    "attention_mask": attention,
+    "value_index": index,
+    "value_target": target,
+    "value_label": label,
+  }
 
 
 def _truncate(record: Any, kind: str, max_length: int) -> Any | None:
@@ -225,15 +252,28 @@ def _truncate(record: Any, kind: str, max_length: int) -> Any | None:
   if keep == 0:
     return None
   soft = _get(record, "soft")
-  return ValueExample(ids[:max_length], ends[:keep], list(_get(record, "labels"))[:keep],
-                      None if soft is None else list(soft)[:keep])
+  return ValueExample(
+    ids[:max_length],
+    ends[:keep],
+    list(_get(record, "labels"))[:keep],
+    None if soft is None else list(soft)[:keep],
+  )
 
 
-def make_batches(records: Iterable[Any], *, batch_size: int, kind: Literal["lm", "value"],
-                 value_targets: Literal["hard", "soft"] = "hard", pad_id: int = 0,
-                 max_length: int | None = None, bucket_multiple: int | None = None,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 group_window: int = 64) -> list[dict[str, np.ndarray]]:
+def make_batches(
+  records: Iterable[Any],
+  *,
+  batch_size: int,
+  kind: Literal["lm", "value"],
+  value_targets: Literal["hard", "soft"] = "hard",
+  pad_id: int = 0,
+  max_length: int | None = None,
+  bucket_multiple: int | None = None,
+  shuffle: bool = True,
+  seed: int = 0,
+  drop_last: bool = False,
+  group_window: int = 64,
+) -> list[dict[str, np.ndarray]]:
   """Records -> a list of fixed-row-count batches with few distinct lengths.
 
   Examples are shuffled (seeded), then within windows of `group_window` batches sorted by length
@@ -269,23 +309,37 @@ def make_batches(records: Iterable[Any], *, batch_size: int, kind: Literal["lm",
         kept.append(t)
     records = kept
   if truncated or dropped:
-    log.warning("make_batches: %d of %d examples truncated to max_length=%d, %d dropped (nothing "
-                "trainable left)", truncated, len(records) + dropped, max_length, dropped)
+    log.warning(
+      "make_batches: %d of %d examples truncated to max_length=%d, %d dropped (nothing "
+      "trainable left)",
+      truncated,
+      len(records) + dropped,
+      max_length,
+      dropped,
+    )
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(records)) if shuffle else np.arange(len(records))
   window = batch_size * max(group_window, 1)
   groups: list[list[int]] = []
   for start in range(0, len(order), window):
-    chunk = sorted(order[start:start + window], key=lambda i: len(_get(records[i], "ids")))
-    groups.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    chunk = sorted(order[start : start + window], key=lambda i: len(_get(records[i], "ids")))
+    groups.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
   if drop_last:
     groups = [g for g in groups if len(g) == batch_size]
   if shuffle:
     groups = [groups[i] for i in rng.permutation(len(groups))]
   collate = collate_lm if kind == "lm" else collate_value
   extra = {} if kind == "lm" else {"targets": value_targets}
-  return [collate([records[i] for i in g], batch_size=batch_size, pad_id=pad_id,
-                  bucket_multiple=bucket_multiple, **extra) for g in groups]
+  return [
+    collate(
+      [records[i] for i in g],
+      batch_size=batch_size,
+      pad_id=pad_id,
+      bucket_multiple=bucket_multiple,
+      **extra,
+    )
+    for g in groups
+  ]
 
 
 def padding_fraction(batches: Iterable[Mapping[str, np.ndarray]]) -> float:

@@ -45,9 +45,16 @@ class Checkpoints:
     async_save: write in the background (`wait` blocks until written).
   """
 
-  def __init__(self, directory: epath.PathLike, *, keep_last: int = 3,
-               best_metric: str | None = None, best_mode: str = "min", keep_best: int = 1,
-               async_save: bool = True):
+  def __init__(
+    self,
+    directory: epath.PathLike,
+    *,
+    keep_last: int = 3,
+    best_metric: str | None = None,
+    best_mode: str = "min",
+    keep_best: int = 1,
+    async_save: bool = True,
+  ):
     directory = epath.Path(directory)
     # orbax wants an absolute local path; a gs:// path is absolute already (and must stay a URI)
     self.directory = directory.absolute() if is_local_path(directory) else directory
@@ -55,14 +62,22 @@ class Checkpoints:
     keep = [policies.LatestN(n=max(keep_last, 1))]
     if best_metric:
       sign = -1.0 if best_mode == "min" else 1.0
-      keep.append(policies.BestN(get_metric_fn=lambda m: sign * float(m[best_metric]), n=keep_best,
-                                 keep_checkpoints_without_metrics=False))
+      keep.append(
+        policies.BestN(
+          get_metric_fn=lambda m: sign * float(m[best_metric]),
+          n=keep_best,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policies.AnyPreservationPolicy(keep),
-        enable_async_checkpointing=async_save, create=True,
-        cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "meta"))
+      preservation_policy=policies.AnyPreservationPolicy(keep),
+      enable_async_checkpointing=async_save,
+      create=True,
+      cleanup_tmp_directories=True,
+    )
+    self.manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("state", "meta")
+    )
 
   def latest_step(self) -> int | None:
     """The newest checkpoint's step, or None."""
@@ -89,9 +104,11 @@ class Checkpoints:
       metrics = None
     # orbax checksums only its shard index, not the array data: verified in `restore`
     meta = {**meta, "checksums": integrity.tree_checksums(state)}
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)),
-                      metrics=metrics)
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      metrics=metrics,
+    )
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores `step` into the shapes, dtypes and shardings of `abstract_state`; a damaged
@@ -105,16 +122,23 @@ class Checkpoints:
       The restored state and its meta dict.
     """
     target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        abstract_state)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      abstract_state,
+    )
     where = self.path(step)
     try:
-      out = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      out = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+        ),
+      )
     except Exception as e:
       first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-      raise CorruptOutputError(f"checkpoint {where} cannot be read ({type(e).__name__}: {first}); "
-                               f"delete it to resume from the checkpoint before it") from e
+      raise CorruptOutputError(
+        f"checkpoint {where} cannot be read ({type(e).__name__}: {first}); "
+        f"delete it to resume from the checkpoint before it"
+      ) from e
     integrity.verify_checkpoint(out["state"], (out["meta"] or {}).get("checksums"), where)
     return out["state"], out["meta"]
 

@@ -48,8 +48,10 @@ class TrainConfig:
     if self.grad_clip is not None and not self.grad_clip >= 0:
       raise ValueError(f"TrainConfig.grad_clip={self.grad_clip}: expected >= 0 (0 or None: off)")
     if not self.weight_decay >= 0 or not self.learning_rate > 0:
-      raise ValueError(f"TrainConfig: weight_decay={self.weight_decay} must be >= 0 and "
-                       f"learning_rate={self.learning_rate} > 0")
+      raise ValueError(
+        f"TrainConfig: weight_decay={self.weight_decay} must be >= 0 and "
+        f"learning_rate={self.learning_rate} > 0"
+      )
 
   @property
   def metric_name(self) -> str:
@@ -58,8 +60,18 @@ class TrainConfig:
 
 
 # Fields that may change between a run and its resumption without changing the result.
-RESUME_FREE = frozenset({"eval_every", "checkpoint_every", "keep_last", "log_every", "export_hf",
-                         "progress", "async_checkpoint", "best_metric"})
+RESUME_FREE = frozenset(
+  {
+    "eval_every",
+    "checkpoint_every",
+    "keep_last",
+    "log_every",
+    "export_hf",
+    "progress",
+    "async_checkpoint",
+    "best_metric",
+  }
+)
 
 
 def check_resume_config(saved: Mapping, config: TrainConfig, where: str) -> None:
@@ -75,12 +87,16 @@ def check_resume_config(saved: Mapping, config: TrainConfig, where: str) -> None
     StaleOutputError: naming each changed field, old -> new.
   """
   current = dataclasses.asdict(config)
-  changed = {k: (saved[k], v) for k, v in current.items()
-             if k in saved and k not in RESUME_FREE and saved[k] != v}
+  changed = {
+    k: (saved[k], v)
+    for k, v in current.items()
+    if k in saved and k not in RESUME_FREE and saved[k] != v
+  }
   if changed:
     # refused, not warned: a model half-trained under one config and finished under another
     # matches neither
     raise StaleOutputError(
-        f"cannot resume {where} with a different training config ("
-        + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        + "); restore the old values, or delete the checkpoints to start over")
+      f"cannot resume {where} with a different training config ("
+      + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+      + "); restore the old values, or delete the checkpoints to start over"
+    )

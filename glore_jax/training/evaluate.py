@@ -36,8 +36,9 @@ class Evaluator:
 
   def _step(self, keys: tuple[str, ...]) -> Callable:
     if keys not in self._compiled:
-      self._compiled[keys] = jax.jit(make_eval_step(self.graphdef, keys),
-                                     out_shardings=NamedSharding(self.mesh, P()))
+      self._compiled[keys] = jax.jit(
+        make_eval_step(self.graphdef, keys), out_shardings=NamedSharding(self.mesh, P())
+      )
     return self._compiled[keys]
 
   def __call__(self, params: Any, rest: Any, batches: Iterable[Mapping]) -> dict[str, float]:
@@ -72,15 +73,17 @@ class Evaluator:
       z, y, t = np.concatenate(scores), np.concatenate(labels), np.concatenate(targets)
       bce = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
       metrics["eval/value_loss"] = float(bce.mean()) if len(z) else float("nan")
-      metrics["eval/value_accuracy"] = (float(((z > 0) == (y > 0.5)).mean()) if len(z)
-                                        else float("nan"))
+      metrics["eval/value_accuracy"] = (
+        float(((z > 0) == (y > 0.5)).mean()) if len(z) else float("nan")
+      )
       metrics["eval/value_auroc"] = losses.auroc(z, y)
       metrics["eval/value_steps"] = float(len(z))
     return metrics
 
 
-def evaluate(model: Llama, batches: Iterable[Mapping], *, mesh: Mesh | None = None
-             ) -> dict[str, float]:
+def evaluate(
+  model: Llama, batches: Iterable[Mapping], *, mesh: Mesh | None = None
+) -> dict[str, float]:
   """LM loss / greedy next-token accuracy over target tokens, and value-head loss, accuracy
   (sigmoid > 0.5 vs the hard label) and AUROC over labelled steps, for whatever keys the batches
   carry. Value loss uses `value_target` (hard or soft).
@@ -96,4 +99,5 @@ def evaluate(model: Llama, batches: Iterable[Mapping], *, mesh: Mesh | None = No
   """
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   return Evaluator(graphdef, mesh if mesh is not None else single_device_mesh())(
-      params, rest, batches)
+    params, rest, batches
+  )

@@ -14,12 +14,14 @@ from glore_jax.model.sharding import BATCH, fit_spec
 
 
 def _is_sequence(x) -> bool:
-  return (hasattr(x, "__len__") and hasattr(x, "__getitem__")
-          and not isinstance(x, (Mapping, str, bytes)))
+  return (
+    hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (Mapping, str, bytes))
+  )
 
 
-def iterate_from(source: Iterable[Mapping], position: int, *, shuffle: bool,
-                 seed: int) -> Iterator[Mapping]:
+def iterate_from(
+  source: Iterable[Mapping], position: int, *, shuffle: bool, seed: int
+) -> Iterator[Mapping]:
   """Batches from data position `position` on (position = batches consumed so far, over epochs).
 
   A sequence is indexed (a new seeded order per epoch when `shuffle`), so resuming is O(1); any
@@ -57,8 +59,9 @@ def iterate_from(source: Iterable[Mapping], position: int, *, shuffle: bool,
       return
 
 
-def device_batch(batch: Mapping[str, np.ndarray], keys: Iterable[str], accum: int,
-                 mesh: Mesh) -> dict[str, jax.Array]:
+def device_batch(
+  batch: Mapping[str, np.ndarray], keys: Iterable[str], accum: int, mesh: Mesh
+) -> dict[str, jax.Array]:
   """`batch[key]` for each key as a device array [accum, rows / accum, ...], rows sharded over
   (data, fsdp) where they divide.
 
@@ -74,8 +77,9 @@ def device_batch(batch: Mapping[str, np.ndarray], keys: Iterable[str], accum: in
       raise KeyError(f"batch has no {key!r} (has {sorted(batch)}); see glore_jax.training.batch")
     x = np.asarray(batch[key])
     if x.shape[0] % accum:
-      raise ValueError(f"batch of {x.shape[0]} rows does not split into grad_accum={accum} "
-                       "micro-batches")
+      raise ValueError(
+        f"batch of {x.shape[0]} rows does not split into grad_accum={accum} micro-batches"
+      )
     x = x.reshape((accum, x.shape[0] // accum) + x.shape[1:])
     out[key] = jax.device_put(x, NamedSharding(mesh, fit_spec(P(None, BATCH), x.shape, mesh)))
   return out

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 class StepInfo:
   """What a hook sees: the step just completed (1-based) and its metrics, read back and checked
   finite (`loss`, `grad_norm`, `learning_rate`, `count`, `finite`)."""
+
   step: int
   metrics: Mapping[str, float]
 
@@ -27,6 +28,7 @@ class Hook:
       and checkpoints at the same steps as an uninterrupted one); False counts from the hook's
       last run, forced ones included (the log: a window of `every` steps after the first step).
   """
+
   fn: Callable[[StepInfo], None]
   every: int
   aligned: bool = True

@@ -37,8 +37,9 @@ def token_nll(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
   return lse - picked
 
 
-def lm_loss_sums(logits_btv: jax.Array, targets_bt: jax.Array,
-                 mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+def lm_loss_sums(
+  logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """(sum of NLL over scored tokens, number of scored tokens). Masked positions contribute
   exactly zero (their NLL is selected away, so a NaN/garbage target there cannot leak).
 
@@ -65,8 +66,9 @@ def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> j
   return jnp.maximum(z, 0.0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z)))
 
 
-def value_loss_sums(value_logits_bm: jax.Array, targets_bm: jax.Array,
-                    mask_bm: jax.Array) -> tuple[jax.Array, jax.Array]:
+def value_loss_sums(
+  value_logits_bm: jax.Array, targets_bm: jax.Array, mask_bm: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """(sum of BCE over labelled steps, number of labelled steps).
 
   Args:
@@ -79,8 +81,7 @@ def value_loss_sums(value_logits_bm: jax.Array, targets_bm: jax.Array,
   return jnp.where(mask, bce, 0.0).sum(), mask.sum().astype(jnp.float32)
 
 
-def value_loss(value_logits_bm: jax.Array, targets_bm: jax.Array,
-               mask_bm: jax.Array) -> jax.Array:
+def value_loss(value_logits_bm: jax.Array, targets_bm: jax.Array, mask_bm: jax.Array) -> jax.Array:
   """The mean BCE over every labelled step of the batch (arguments as `value_loss_sums`)."""
   total, count = value_loss_sums(value_logits_bm, targets_bm, mask_bm)
   return total / jnp.maximum(count, 1.0)

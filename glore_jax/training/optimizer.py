@@ -28,6 +28,7 @@ import optax
 @dataclasses.dataclass
 class AdamWState:
   """The optimizer's state: the update count and the two moment trees (fp32)."""
+
   count: jax.Array  # int32 scalar: updates applied (the bias correction's t)
   mu: Any  # first moments, shaped like the parameters (fp32)
   nu: Any  # second moments
@@ -61,9 +62,15 @@ class FusedAdamW:
     zeros = lambda tree: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), tree)
     return AdamWState(count=jnp.zeros((), jnp.int32), mu=zeros(params), nu=zeros(params))
 
-  def update(self, grads: Any, state: AdamWState, params: Any, *,
-             grad_scale: float | jax.Array = 1.0, skip: bool | jax.Array = False
-             ) -> tuple[Any, AdamWState, jax.Array, jax.Array]:
+  def update(
+    self,
+    grads: Any,
+    state: AdamWState,
+    params: Any,
+    *,
+    grad_scale: float | jax.Array = 1.0,
+    skip: bool | jax.Array = False,
+  ) -> tuple[Any, AdamWState, jax.Array, jax.Array]:
     """-> (new params, new state, update applied?, gradient norm).
 
     The gradients used are `grads * grad_scale` (e.g. 1 / the batch's target count), clipped to
@@ -87,16 +94,20 @@ class FusedAdamW:
       # optax.clip_by_global_norm: g * c / max(norm, c)
       scale = scale * self.clip_norm / jnp.maximum(grad_norm, self.clip_norm)
     t = (state.count + 1).astype(jnp.float32)
-    bias1, bias2 = 1 - self.b1 ** t, 1 - self.b2 ** t
+    bias1, bias2 = 1 - self.b1**t, 1 - self.b2**t
     mask = self.decay_mask(params) if callable(self.decay_mask) else self.decay_mask
     if mask is None:
       mask = jax.tree.map(lambda _: True, params)
 
     scaled = lambda g: g.astype(jnp.float32) * scale
-    mu = jax.tree.map(lambda g, m: jnp.where(ok, self.b1 * m + (1 - self.b1) * scaled(g), m),
-                      grads, state.mu)
-    nu = jax.tree.map(lambda g, v: jnp.where(ok, self.b2 * v + (1 - self.b2) * jnp.square(
-        scaled(g)), v), grads, state.nu)
+    mu = jax.tree.map(
+      lambda g, m: jnp.where(ok, self.b1 * m + (1 - self.b1) * scaled(g), m), grads, state.mu
+    )
+    nu = jax.tree.map(
+      lambda g, v: jnp.where(ok, self.b2 * v + (1 - self.b2) * jnp.square(scaled(g)), v),
+      grads,
+      state.nu,
+    )
 
     def new_param(p, m, v, decays):
       step = (m / bias1) / (jnp.sqrt(v / bias2) + self.eps)

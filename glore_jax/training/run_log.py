@@ -44,9 +44,16 @@ class RunLog:
     hook: also called with every record, `hook(step, values)` (trackers such as W&B).
   """
 
-  def __init__(self, workdir: epath.Path, *, start: int, total_steps: int, loss: str,
-               progress: bool = True,
-               hook: Callable[[int, Mapping[str, float]], None] | None = None):
+  def __init__(
+    self,
+    workdir: epath.Path,
+    *,
+    start: int,
+    total_steps: int,
+    loss: str,
+    progress: bool = True,
+    hook: Callable[[int, Mapping[str, float]], None] | None = None,
+  ):
     self.main = jax.process_index() == 0
     self.hook = hook  # also gets every record (trackers such as W&B)
     self.writer = self.bar = self.jsonl = None
@@ -58,22 +65,30 @@ class RunLog:
     if not self.main:
       return
     from tensorboardX import SummaryWriter
+
     if self.local:
       self.writer = SummaryWriter(os.fspath(self.tensorboard))
       self.jsonl = open(self.jsonl_path, "a")  # noqa: SIM115  (open for the run; closed in close)
     else:
       self.events = tempfile.mkdtemp(prefix="glore-tensorboard-")
-      log.warning("workdir %s is not local: TensorBoard events are written to %s and copied to "
-                  "%s when training ends", workdir, self.events, self.tensorboard)
+      log.warning(
+        "workdir %s is not local: TensorBoard events are written to %s and copied to "
+        "%s when training ends",
+        workdir,
+        self.events,
+        self.tensorboard,
+      )
       self.writer = SummaryWriter(self.events)
       if self.jsonl_path.exists():  # resuming: keep the earlier records
         self.lines = self.jsonl_path.read_text().splitlines(keepends=True)
     if progress:
       from tqdm.auto import tqdm
+
       # a stage's run folder is <stage output>/train: name the bar after the stage
       name = workdir.parent.name if workdir.name == "train" else workdir.name
-      self.bar = tqdm(total=total_steps, initial=start, desc=f"{name} [{loss}]",
-                      unit="step", dynamic_ncols=True)
+      self.bar = tqdm(
+        total=total_steps, initial=start, desc=f"{name} [{loss}]", unit="step", dynamic_ncols=True
+      )
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     """Records `values` at `step`: TensorBoard (finite numbers), the hook, metrics.jsonl.

@@ -25,6 +25,7 @@ Batch = Mapping[str, jax.Array]
 @dataclasses.dataclass
 class TrainState:
   """Everything a step updates (and a checkpoint holds); the frozen parameters are not in it."""
+
   step: jax.Array  # int32 scalar: optimizer updates applied
   params: Any  # nnx.State of the trainable parameters
   opt_state: Any
@@ -62,13 +63,22 @@ def make_optimizer(config: TrainConfig) -> tuple[FusedAdamW, optax.Schedule]:
   """
   peak = config.learning_rate
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=config.warmup_steps,
-      decay_steps=max(config.total_steps, config.warmup_steps + 1),
-      end_value=peak * config.min_learning_rate_ratio)
+    init_value=0.0,
+    peak_value=peak,
+    warmup_steps=config.warmup_steps,
+    decay_steps=max(config.total_steps, config.warmup_steps + 1),
+    end_value=peak * config.min_learning_rate_ratio,
+  )
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  return FusedAdamW(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                    weight_decay=config.weight_decay, decay_mask=decay_mask,
-                    clip_norm=config.grad_clip or None), schedule
+  return FusedAdamW(
+    schedule,
+    b1=config.adam_b1,
+    b2=config.adam_b2,
+    eps=config.adam_eps,
+    weight_decay=config.weight_decay,
+    decay_mask=decay_mask,
+    clip_norm=config.grad_clip or None,
+  ), schedule
 
 
 def reconfigured(model: Llama, **changes: Any) -> Llama:
@@ -92,8 +102,9 @@ def required_keys(config: TrainConfig) -> tuple[str, ...]:
   return LM_KEYS if config.loss == "lm" else VALUE_KEYS
 
 
-def make_loss_fn(graphdef: nnx.GraphDef, config: TrainConfig
-                 ) -> Callable[[Any, Any, Batch], tuple[jax.Array, jax.Array]]:
+def make_loss_fn(
+  graphdef: nnx.GraphDef, config: TrainConfig
+) -> Callable[[Any, Any, Batch], tuple[jax.Array, jax.Array]]:
   """(trainable, frozen, micro-batch) -> (loss sum, count of target tokens or labelled steps).
 
   Args:
@@ -108,15 +119,16 @@ def make_loss_fn(graphdef: nnx.GraphDef, config: TrainConfig
       logits_btv = model.logits(hidden_btd)
       return losses.lm_loss_sums(logits_btv, losses.shift_targets(mb["tokens"]), mb["target_mask"])
     hidden_bmd = losses.gather_steps(hidden_btd, mb["value_index"])
-    return losses.value_loss_sums(model.values(hidden_bmd), mb["value_target"],
-                                  mb["value_index"] >= 0)
+    return losses.value_loss_sums(
+      model.values(hidden_bmd), mb["value_target"], mb["value_index"] >= 0
+    )
 
   return loss_sums
 
 
-def make_train_step(graphdef: nnx.GraphDef, config: TrainConfig, tx: FusedAdamW,
-                    schedule: optax.Schedule
-                    ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+def make_train_step(
+  graphdef: nnx.GraphDef, config: TrainConfig, tx: FusedAdamW, schedule: optax.Schedule
+) -> Callable[[TrainState, Any, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """One optimizer update, (state, frozen, batch) -> (new state, metrics); not yet jitted.
 
   The batch's leaves are [A, B, ...]: A micro-batches of B rows, scanned, their loss sums and
@@ -141,31 +153,45 @@ def make_train_step(graphdef: nnx.GraphDef, config: TrainConfig, tx: FusedAdamW,
     if accum == 1:
       grads, total, count = micro(state.params, frozen, jax.tree.map(lambda x: x[0], batch))
     else:
+
       def body(carry, mb):
         g, t, c = micro(state.params, frozen, mb)
         return jax.tree.map(jnp.add, carry, (g, t, c)), None
-      zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
-               jnp.zeros((), jnp.float32))
+
+      zeros = (
+        jax.tree.map(jnp.zeros_like, state.params),
+        jnp.zeros((), jnp.float32),
+        jnp.zeros((), jnp.float32),
+      )
       (grads, total, count), _ = jax.lax.scan(body, zeros, batch)
     denom = jnp.maximum(count, 1.0)
     loss = total / denom
     # 1 / denom, the clipping and the skip of a non-finite step are folded into the optimizer's
     # one in-place pass over the donated state (no normalised or clipped copy of the gradients)
-    params, opt_state, ok, grad_norm = tx.update(grads, state.opt_state, state.params,
-                                                 grad_scale=1.0 / denom,
-                                                 skip=~jnp.isfinite(loss))
-    new_state = TrainState(step=state.step + ok.astype(state.step.dtype), params=params,
-                           opt_state=opt_state,
-                           rng=jnp.where(ok, jax.random.split(state.rng)[0], state.rng))
-    metrics = {"loss": loss, "count": count, "grad_norm": grad_norm,
-               "learning_rate": schedule(state.step), "finite": ok}
+    params, opt_state, ok, grad_norm = tx.update(
+      grads, state.opt_state, state.params, grad_scale=1.0 / denom, skip=~jnp.isfinite(loss)
+    )
+    new_state = TrainState(
+      step=state.step + ok.astype(state.step.dtype),
+      params=params,
+      opt_state=opt_state,
+      rng=jnp.where(ok, jax.random.split(state.rng)[0], state.rng),
+    )
+    metrics = {
+      "loss": loss,
+      "count": count,
+      "grad_norm": grad_norm,
+      "learning_rate": schedule(state.step),
+      "finite": ok,
+    }
     return new_state, metrics
 
   return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, keys: tuple[str, ...]
-                   ) -> Callable[[Any, Any, Batch], dict[str, jax.Array]]:
+def make_eval_step(
+  graphdef: nnx.GraphDef, keys: tuple[str, ...]
+) -> Callable[[Any, Any, Batch], dict[str, jax.Array]]:
   """(trainable, rest, batch) -> LM loss sum, count and correct greedy tokens (when `keys` has
   `target_mask`) and the value logits at the labelled steps (when it has `value_index`).
 

@@ -20,8 +20,9 @@ class Throughput:
     clock: seconds, monotonic (injectable for tests).
   """
 
-  def __init__(self, *, start: int, total_steps: int,
-               clock: Callable[[], float] = time.perf_counter):
+  def __init__(
+    self, *, start: int, total_steps: int, clock: Callable[[], float] = time.perf_counter
+  ):
     self.start, self.total_steps, self.clock = start, total_steps, clock
     self.run_tokens, self.run_time, self.run_steps = 0, 0.0, 0
     self._open_window(clock())
@@ -60,10 +61,12 @@ class Throughput:
       self.run_tokens += self.tokens
       self.run_time += elapsed
       self.run_steps += self.steps
-    record = {"train/loss": self.loss_sum / self.steps,
-              "train/tokens_per_s": self.tokens / elapsed,
-              "train/padding": 1.0 - self.tokens / max(self.slots, 1),
-              "train/eta_s": self.eta_s(step, elapsed / self.steps)}
+    record = {
+      "train/loss": self.loss_sum / self.steps,
+      "train/tokens_per_s": self.tokens / elapsed,
+      "train/padding": 1.0 - self.tokens / max(self.slots, 1),
+      "train/eta_s": self.eta_s(step, elapsed / self.steps),
+    }
     self._open_window(now)
     return record
 

@@ -74,9 +74,18 @@ from glore_jax.training.steps import (
 from glore_jax.training.throughput import Throughput
 
 __all__ = [
-    "TrainConfig", "TrainState", "TrainingDivergedError", "evaluate", "initial_state",
-    "make_eval_step", "make_loss_fn", "make_optimizer", "make_train_step", "state_shardings",
-    "train", "trainable_filter",
+  "TrainConfig",
+  "TrainState",
+  "TrainingDivergedError",
+  "evaluate",
+  "initial_state",
+  "make_eval_step",
+  "make_loss_fn",
+  "make_optimizer",
+  "make_train_step",
+  "state_shardings",
+  "train",
+  "trainable_filter",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,13 +114,17 @@ def state_shardings(params: Any, tx: FusedAdamW, mesh: Mesh) -> TrainState:
     mesh: the mesh.
   """
   replicated = NamedSharding(mesh, P())
-  return TrainState(step=replicated, params=tree_shardings(params, mesh),
-                    opt_state=tree_shardings(jax.eval_shape(tx.init, params), mesh),
-                    rng=replicated)
+  return TrainState(
+    step=replicated,
+    params=tree_shardings(params, mesh),
+    opt_state=tree_shardings(jax.eval_shape(tx.init, params), mesh),
+    rng=replicated,
+  )
 
 
-def initial_state(params: Any, tx: FusedAdamW, *, seed: int, mesh: Mesh
-                  ) -> tuple[TrainState, TrainState]:
+def initial_state(
+  params: Any, tx: FusedAdamW, *, seed: int, mesh: Mesh
+) -> tuple[TrainState, TrainState]:
   """A fresh `TrainState` (step 0, new optimizer moments) placed on `mesh`, and its shardings
   (the train step's out_shardings). Unsharded training passes a one-device mesh.
 
@@ -123,9 +136,12 @@ def initial_state(params: Any, tx: FusedAdamW, *, seed: int, mesh: Mesh
   """
   shardings = state_shardings(params, tx, mesh)
   params = jax.device_put(params, shardings.params)
-  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step), params=params,
-                     opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
-                     rng=jax.device_put(jax.random.PRNGKey(seed), shardings.rng))
+  state = TrainState(
+    step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+    params=params,
+    opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
+    rng=jax.device_put(jax.random.PRNGKey(seed), shardings.rng),
+  )
   return state, shardings
 
 
@@ -135,6 +151,7 @@ def initial_state(params: Any, tx: FusedAdamW, *, seed: int, mesh: Mesh
 @dataclasses.dataclass(frozen=True)
 class _Dispatched:
   """A step sent to the device whose metrics are not read back yet."""
+
   step: int
   metrics: dict[str, jax.Array]
   tokens: int  # real tokens in its batch
@@ -145,21 +162,32 @@ class _Run:
   """One call of `train`: the model split into trainable / frozen / rest, the state, the data
   position and the hooks. `fit` runs the loop; `close` always runs."""
 
-  def __init__(self, model: Llama, config: TrainConfig, workdir: epath.Path, *,
-               eval_batches: Iterable[Mapping] | None, mesh: Mesh | None,
-               metrics_hook: Callable[[int, Mapping[str, float]], None] | None):
+  def __init__(
+    self,
+    model: Llama,
+    config: TrainConfig,
+    workdir: epath.Path,
+    *,
+    eval_batches: Iterable[Mapping] | None,
+    mesh: Mesh | None,
+    metrics_hook: Callable[[int, Mapping[str, float]], None] | None,
+  ):
     self.config, self.workdir, self.eval_batches = config, workdir, eval_batches
     self.metrics_hook = metrics_hook
     run_model = reconfigured(model, dtype=config.compute_dtype, remat=config.remat)
     self.graphdef, self.params, self.frozen, self.rest = nnx.split(
-        run_model, trainable_filter(config), nnx.Param, ...)
+      run_model, trainable_filter(config), nnx.Param, ...
+    )
     if not jax.tree.leaves(self.params):
       raise ValueError(f"no trainable parameters for loss={config.loss!r}")
     self.tx, self.schedule = make_optimizer(config)
     self.mesh = mesh if mesh is not None else single_device_mesh()
-    self.ckpt = Checkpoints(workdir / "checkpoints", keep_last=config.keep_last,
-                            best_metric=config.metric_name if eval_batches is not None else None,
-                            async_save=config.async_checkpoint)
+    self.ckpt = Checkpoints(
+      workdir / "checkpoints",
+      keep_last=config.keep_last,
+      best_metric=config.metric_name if eval_batches is not None else None,
+      async_save=config.async_checkpoint,
+    )
     self.state: TrainState | None = None
     self.shardings: TrainState | None = None  # the state's, set with it
     self.run_log: RunLog | None = None
@@ -183,8 +211,12 @@ class _Run:
       self.position = int(meta["data_position"])
       check_resume_config(meta.get("config", {}), self.config, self.ckpt.path(latest))
       self.last_eval = meta.get("eval", {}) or {}
-      log.info("resumed from %s: step %d, data position %d", self.ckpt.path(latest),
-               int(state.step), self.position)
+      log.info(
+        "resumed from %s: step %d, data position %d",
+        self.ckpt.path(latest),
+        int(state.step),
+        self.position,
+      )
     return state
 
   def fit(self, train_batches: Iterable[Mapping[str, np.ndarray]]) -> None:
@@ -195,11 +227,19 @@ class _Run:
       self.start = step = int(jax.device_get(self.state.step))
       if self.start > config.total_steps:
         raise ValueError(f"checkpoint step {self.start} is past total_steps={config.total_steps}")
-      step_fn = jax.jit(make_train_step(self.graphdef, config, self.tx, self.schedule),
-                        donate_argnums=(0,),
-                        out_shardings=(self.shardings, NamedSharding(self.mesh, P())))
-      self.run_log = RunLog(self.workdir, start=self.start, total_steps=config.total_steps,
-                            loss=config.loss, hook=self.metrics_hook, progress=config.progress)
+      step_fn = jax.jit(
+        make_train_step(self.graphdef, config, self.tx, self.schedule),
+        donate_argnums=(0,),
+        out_shardings=(self.shardings, NamedSharding(self.mesh, P())),
+      )
+      self.run_log = RunLog(
+        self.workdir,
+        start=self.start,
+        total_steps=config.total_steps,
+        loss=config.loss,
+        hook=self.metrics_hook,
+        progress=config.progress,
+      )
       self.meter = Throughput(start=self.start, total_steps=config.total_steps)
       # hooks on a step whose metrics were read back; on the state of such a step
       self.on_checked, self.on_state = Hooks(), Hooks()
@@ -213,12 +253,17 @@ class _Run:
       while step < config.total_steps:
         batch = next(data, None)
         if batch is None:
-          log.warning("train_batches ran out at data position %d, step %d of %d", self.position,
-                      step, config.total_steps)
+          log.warning(
+            "train_batches ran out at data position %d, step %d of %d",
+            self.position,
+            step,
+            config.total_steps,
+          )
           break
         mask = np.asarray(batch["attention_mask"])
-        self.state, metrics = step_fn(self.state, self.frozen,
-                                      device_batch(batch, keys, config.grad_accum, self.mesh))
+        self.state, metrics = step_fn(
+          self.state, self.frozen, device_batch(batch, keys, config.grad_accum, self.mesh)
+        )
         self._read_back()  # the previous step's, while this one runs
         step += 1
         self.position += 1
@@ -245,11 +290,13 @@ class _Run:
     if not m["finite"]:
       last = self.ckpt.latest_step()
       raise TrainingDivergedError(
-          f"non-finite training loss at step {done.step} (loss={m['loss']}, grad_norm="
-          f"{m['grad_norm']}, data position {done.step - 1}); the update was discarded. Last good "
-          f"checkpoint: {self.ckpt.path(last)}. Lower the learning rate or inspect that batch, "
-          f"then resume from the checkpoint.", step=done.step,
-          last_checkpoint=None if last is None else self.ckpt.path(last))
+        f"non-finite training loss at step {done.step} (loss={m['loss']}, grad_norm="
+        f"{m['grad_norm']}, data position {done.step - 1}); the update was discarded. Last good "
+        f"checkpoint: {self.ckpt.path(last)}. Lower the learning rate or inspect that batch, "
+        f"then resume from the checkpoint.",
+        step=done.step,
+        last_checkpoint=None if last is None else self.ckpt.path(last),
+      )
     self.meter.add(tokens=done.tokens, slots=done.slots, loss=m["loss"])
     info = StepInfo(done.step, m)
     self.on_checked.run(info, force=done.step in (self.start + 1, self.config.total_steps))
@@ -260,14 +307,19 @@ class _Run:
 
   def _log(self, info: StepInfo) -> None:
     window = self.meter.close_window(info.step)
-    record = {"train/loss": window["train/loss"], "train/grad_norm": info.metrics["grad_norm"],
-              "train/learning_rate": info.metrics["learning_rate"],
-              "train/tokens_per_s": window["train/tokens_per_s"],
-              "train/padding": window["train/padding"], "train/eta_s": window["train/eta_s"]}
+    record = {
+      "train/loss": window["train/loss"],
+      "train/grad_norm": info.metrics["grad_norm"],
+      "train/learning_rate": info.metrics["learning_rate"],
+      "train/tokens_per_s": window["train/tokens_per_s"],
+      "train/padding": window["train/padding"],
+      "train/eta_s": window["train/eta_s"],
+    }
     self.run_log.scalars(info.step, record)
     self.history.append({"step": info.step, **record})
-    self.run_log.progress(0, loss=f"{record['train/loss']:.4f}",
-                          tok_s=f"{record['train/tokens_per_s']:.0f}")
+    self.run_log.progress(
+      0, loss=f"{record['train/loss']:.4f}", tok_s=f"{record['train/tokens_per_s']:.0f}"
+    )
 
   def _evaluate(self, info: StepInfo) -> None:
     eval_model = nnx.merge(self.graphdef, self.state.params, self.frozen, self.rest)
@@ -280,12 +332,19 @@ class _Run:
 
   def _save(self, info: StepInfo) -> None:
     evaluated = self.eval_step == info.step
-    self._write_checkpoint(info.step, eval_=self.last_eval if evaluated else {},
-                           metrics=self.last_eval if evaluated else None)
+    self._write_checkpoint(
+      info.step,
+      eval_=self.last_eval if evaluated else {},
+      metrics=self.last_eval if evaluated else None,
+    )
 
   def _write_checkpoint(self, step: int, *, eval_: dict, metrics: dict | None) -> None:
-    meta = {"step": step, "data_position": self.position,
-            "config": dataclasses.asdict(self.config), "eval": eval_}
+    meta = {
+      "step": step,
+      "data_position": self.position,
+      "config": dataclasses.asdict(self.config),
+      "eval": eval_,
+    }
     self.ckpt.save(step, self.state.as_dict(), meta, metrics=metrics)
 
   # -- end
@@ -294,7 +353,8 @@ class _Run:
     """Copies the trained parameters into `model` (unless a failed step consumed them), closes
     the log and the checkpoints."""
     if self.state is not None and not any(
-        getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(self.state.params)):
+      getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(self.state.params)
+    ):
       nnx.update(model, self.state.params)
     if self.run_log is not None:
       self.run_log.close()
@@ -304,22 +364,29 @@ class _Run:
     final_step = int(jax.device_get(self.state.step))
     latest, best = self.ckpt.latest_step(), self.ckpt.best_step()
     metrics: dict[str, Any] = {
-        "step": final_step, "complete": final_step == self.config.total_steps,
-        "train_loss": self.history[-1]["train/loss"] if self.history else None,
-        "tokens_per_s": self.meter.tokens_per_s,
-        "history": self.history, "eval": self.last_eval,
-        "checkpoint": self.ckpt.path(latest) if latest is not None else None,
+      "step": final_step,
+      "complete": final_step == self.config.total_steps,
+      "train_loss": self.history[-1]["train/loss"] if self.history else None,
+      "tokens_per_s": self.meter.tokens_per_s,
+      "history": self.history,
+      "eval": self.last_eval,
+      "checkpoint": self.ckpt.path(latest) if latest is not None else None,
     }
     if best is not None:
       metrics["best_checkpoint"] = self.ckpt.path(best)
     return metrics
 
 
-def train(model: Llama, train_batches: Iterable[Mapping[str, np.ndarray]], config: TrainConfig,
-          workdir: epath.PathLike, *, eval_batches: Iterable[Mapping] | None = None,
-          mesh: jax.sharding.Mesh | None = None,
-          metrics_hook: Callable[[int, Mapping[str, float]], None] | None = None,
-          ) -> tuple[Llama, dict[str, Any]]:
+def train(
+  model: Llama,
+  train_batches: Iterable[Mapping[str, np.ndarray]],
+  config: TrainConfig,
+  workdir: epath.PathLike,
+  *,
+  eval_batches: Iterable[Mapping] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  metrics_hook: Callable[[int, Mapping[str, float]], None] | None = None,
+) -> tuple[Llama, dict[str, Any]]:
   """Trains `model` (updated in place and returned), resuming from `<workdir>/checkpoints` when
   it holds a checkpoint.
 
@@ -349,10 +416,13 @@ def train(model: Llama, train_batches: Iterable[Mapping[str, np.ndarray]], confi
   workdir = epath.Path(workdir)  # local or gs:// (see the module docstring)
   workdir.mkdir(parents=True, exist_ok=True)
   if config.loss == "value" and not model.cfg.value_head:
-    raise ValueError("loss='value' needs a model with a value head (LlamaConfig(value_head=True) "
-                     "or load_hf(..., value_head=True))")
-  run = _Run(model, config, workdir, eval_batches=eval_batches, mesh=mesh,
-             metrics_hook=metrics_hook)
+    raise ValueError(
+      "loss='value' needs a model with a value head (LlamaConfig(value_head=True) "
+      "or load_hf(..., value_head=True))"
+    )
+  run = _Run(
+    model, config, workdir, eval_batches=eval_batches, mesh=mesh, metrics_hook=metrics_hook
+  )
   try:
     run.fit(train_batches)
   finally:
@@ -366,6 +436,7 @@ def train(model: Llama, train_batches: Iterable[Mapping[str, np.ndarray]], confi
 def _export_hf(model: Llama, folder: epath.Path) -> epath.Path:
   """save_hf into `folder`; through a local temporary folder when `folder` is not local."""
   from glore_jax.model.hf import save_hf
+
   if is_local_path(folder):
     return epath.Path(save_hf(model, folder))
   tmp = tempfile.mkdtemp(prefix="glore-hf-")

@@ -18,24 +18,31 @@ def test_label_quality_counts_intermediate_steps_and_first_errors():
   # B: labels [0,0,|0], truth sound [1,1], first wrong step 2 = the answer line -> 0/2 steps,
   #    not an intermediate error. C: no ground truth -> skipped.
   q = lb.label_quality([[1, 0, 0], [0, 0, 0], [1, 1]], [([1, 0], 1), ([1, 1], 2), None])
-  assert q == {"step_accuracy": 0.5, "intermediate_steps": 4, "first_error_accuracy": 1.0,
-               "solutions_with_intermediate_error": 1, "exact_solutions": 0.5}
+  assert q == {
+    "step_accuracy": 0.5,
+    "intermediate_steps": 4,
+    "first_error_accuracy": 1.0,
+    "solutions_with_intermediate_error": 1,
+    "exact_solutions": 0.5,
+  }
 
 
 def _record(pattern, outcome, tokens=10):
   """Rollouts per prefix: `pattern[i]` is the list of correct flags (no numbers in the steps, so
   consistency constrains nothing); every rollout has `tokens` tokens plus its prefix index."""
   steps = [f"step {chr(97 + i)}" for i in range(len(pattern) + 1)]
-  rollouts = [[{"text": f"r{j}", "correct": c, "num_tokens": tokens + i} for j, c in enumerate(p)]
-              for i, p in enumerate(pattern)] + [[]]
+  rollouts = [
+    [{"text": f"r{j}", "correct": c, "num_tokens": tokens + i} for j, c in enumerate(p)]
+    for i, p in enumerate(pattern)
+  ] + [[]]
   return {"steps": steps, "outcome": outcome, "rollouts": rollouts}
 
 
 def test_replay_costs_and_labels_per_mode():
   records = [
-      # wrong, 4 steps, prefixes 0 and 1 completable by the 2nd rollout only, 2 not: boundary 2
-      _record([[False, True], [False, True], [False, False]], False),
-      _record([[False, False], [True, True], [False, False]], True),  # correct: no search
+    # wrong, 4 steps, prefixes 0 and 1 completable by the 2nd rollout only, 2 not: boundary 2
+    _record([[False, True], [False, True], [False, False]], False),
+    _record([[False, False], [True, True], [False, False]], True),  # correct: no search
   ]
   k2 = lb.replay(records, consistency=True, k=2)
   assert k2["exhaustive"]["labels"] == [[1, 1, 0, 0], [1, 1, 1, 1]]
@@ -59,7 +66,9 @@ def test_paired_auroc_difference():
   assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
   flipped = [([1 - p for p in s], y) for s, y in a]
   diff = lb.paired_auroc_difference(a, flipped, resamples=50)
-  assert diff["difference"] == pytest.approx(lb.auroc([0.9, 0.2, 0.8, 0.1, 0.3, 0.4], [1, 0] * 3)
-                                             - lb.auroc([0.1, 0.8, 0.2, 0.9, 0.7, 0.6], [1, 0] * 3))
+  assert diff["difference"] == pytest.approx(
+    lb.auroc([0.9, 0.2, 0.8, 0.1, 0.3, 0.4], [1, 0] * 3)
+    - lb.auroc([0.1, 0.8, 0.2, 0.9, 0.7, 0.6], [1, 0] * 3)
+  )
   with pytest.raises(ValueError, match="same solutions"):
     lb.paired_auroc_difference(a, a[:2])

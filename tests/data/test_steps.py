@@ -180,7 +180,7 @@ def test_special_token_text_in_steps(llama_tok, smollm2_tok, embedded_tok):
 
 def test_step_ends_from_tokens_cases(embedded_tok):
   tok = embedded_tok
-  ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+  ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]
   eos, pad = tok.eos_token_id, tok.pad_token_id
   assert step_ends_from_tokens(tok, ids("ab\nc\n#### 5") + [eos, pad, pad]) == [2, 4, 11]
   assert step_ends_from_tokens(tok, ids("ab\n\n c\n") + [eos]) == [2, 6]  # no empty steps
@@ -236,7 +236,9 @@ def test_split_steps_output_always_encodes_exactly(request, tok_name):
   """Any text (unicode, odd spacing) split by split_steps encodes with exact boundaries."""
   tok = request.getfixturevalue(tok_name)
 
-  @settings(max_examples=150, deadline=None, derandomize=True)  # fixed draws: a random one found U+2581,
+  @settings(
+    max_examples=150, deadline=None, derandomize=True
+  )  # fixed draws: a random one found U+2581,
   # the SentencePiece space symbol, which no SentencePiece tokenizer round-trips (known limitation)
   @given(st.text(_chars, max_size=20).map(lambda s: s.strip() + "\n"), _any_text)
   def run(prompt, text):

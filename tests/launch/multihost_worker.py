@@ -28,12 +28,17 @@ def config(args):
   c.mesh.update(data=1, fsdp=4, tensor=2)  # every axis crosses the process boundary
   c.stages = "policy,sample,label"
   c.data.update(train_size=48, test_size=4)
-  c.policy.train.update(steps=24, batch_size=8, learning_rate=1e-2, warmup_steps=2, checkpoint_every=0, eval_every=0)
+  c.policy.train.update(
+    steps=24, batch_size=8, learning_rate=1e-2, warmup_steps=2, checkpoint_every=0, eval_every=0
+  )
   c.sample.update(num_questions=8, num_samples=2, shard_size=2, max_new_tokens=24, batch_size=16)
   c.sorm.update(num_rollouts=2, shard_size=4, max_new_tokens=16, batch_size=64)
   if args.coordinator:
-    c.distributed.update(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                         process_id=args.process_id)
+    c.distributed.update(
+      coordinator_address=args.coordinator,
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+    )
   return c
 
 
@@ -63,10 +68,15 @@ def main() -> int:
   # process on its own devices
   ctx = run_stages(config(args), args.workdir)
   local = stage_context(ctx, "sample")
-  report = {"process_index": jax.process_index(), "process_count": jax.process_count(),
-            "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-            "global_mesh": dict(ctx.mesh.shape), "local_mesh": dict(local.mesh.shape),
-            "shards": written}
+  report = {
+    "process_index": jax.process_index(),
+    "process_count": jax.process_count(),
+    "devices": jax.device_count(),
+    "local_devices": jax.local_device_count(),
+    "global_mesh": dict(ctx.mesh.shape),
+    "local_mesh": dict(local.mesh.shape),
+    "shards": written,
+  }
   Path(args.workdir, f"process-{jax.process_index()}.json").write_text(json.dumps(report))
   if jax.process_count() > 1:
     jax.distributed.shutdown()

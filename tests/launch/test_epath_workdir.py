@@ -32,7 +32,7 @@ def fake_gcs(root):
 
   def local(path):
     path = os.fspath(path)
-    return os.path.join(root, path[len("gs://"):]) if path.startswith("gs://") else path
+    return os.path.join(root, path[len("gs://") :]) if path.startswith("gs://") else path
 
   def back(path, remote):
     return "gs://" + os.path.relpath(path, root) if remote else path
@@ -57,9 +57,22 @@ def fake_gcs(root):
     for dirpath, dirs, files in fn(local(top), **kwargs):
       yield back(dirpath, remote), dirs, files
 
-  with epath_testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one,
-                                mkdir=one, remove=one, rmtree=one, stat=one, copy=two,
-                                replace=two, rename=rename, glob=glob, walk=walk):
+  with epath_testing.mock_epath(
+    open=one,
+    exists=one,
+    isdir=one,
+    listdir=one,
+    makedirs=one,
+    mkdir=one,
+    remove=one,
+    rmtree=one,
+    stat=one,
+    copy=two,
+    replace=two,
+    rename=rename,
+    glob=glob,
+    walk=walk,
+  ):
     yield
 
 
@@ -110,8 +123,11 @@ def _ctx(workdir) -> Context:
 
 def _tiny():
   tokenizer = load_tokenizer("embedded")
-  cfg = preset("tiny").replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                               eos_token_id=tokenizer.eos_token_id)
+  cfg = preset("tiny").replace(
+    vocab_size=len(tokenizer),
+    bos_token_id=tokenizer.bos_token_id,
+    eos_token_id=tokenizer.eos_token_id,
+  )
   return create_model(cfg, seed=3), tokenizer
 
 
@@ -140,6 +156,7 @@ def test_model_save_and_load_through_epath(bucket, tmp_path, where):
   _same_weights(model, loaded)
   # the tokenizer saved beside the model (read from the local copy of a gs:// folder)
   from glore_jax.stages.common import tokenizer_for
+
   assert tokenizer_for(ctx.config, folder).get_vocab() == tokenizer.get_vocab()
   if where == "gs":
     from glore_jax.stages.local_files import is_local, local_copy
@@ -173,11 +190,18 @@ def test_training_checkpoints_on_gs_and_resumes(orbax_bucket, tmp_path):
   import json
 
   from glore_jax.training import SFTExample, TrainConfig, make_batches, train
+
   rng = np.random.default_rng(0)
   examples = [SFTExample([1] + rng.integers(8, 64, size=11).tolist(), 3) for _ in range(32)]
   batches = make_batches(examples, batch_size=8, kind="lm", shuffle=False)
-  cfg = TrainConfig(total_steps=4, checkpoint_every=2, log_every=1, learning_rate=3e-3,
-                    shuffle=False, progress=False)
+  cfg = TrainConfig(
+    total_steps=4,
+    checkpoint_every=2,
+    log_every=1,
+    learning_rate=3e-3,
+    shuffle=False,
+    progress=False,
+  )
   workdir = "gs://bucket/run/train"
   root = orbax_bucket / "bucket" / "run" / "train"
   # interrupted after 2 steps (the data runs out), then resumed with all of it
@@ -200,15 +224,20 @@ def test_training_checkpoints_on_gs_and_resumes(orbax_bucket, tmp_path):
 # ---- inputs on gs://: the GSM8K folder (data.path) and the HF checkpoint (model.checkpoint)
 
 GSM8K_LINES = [
-    {"question": "Tom has 3 apples and buys 4 more. How many apples?",
-     "answer": "Tom has 3 + 4 = <<3+4=7>>7 apples.\n#### 7"},
-    {"question": "A box holds 6 eggs. How many eggs are in 2 boxes?",
-     "answer": "2 boxes hold 2 * 6 = <<2*6=12>>12 eggs.\n#### 12"},
+  {
+    "question": "Tom has 3 apples and buys 4 more. How many apples?",
+    "answer": "Tom has 3 + 4 = <<3+4=7>>7 apples.\n#### 7",
+  },
+  {
+    "question": "A box holds 6 eggs. How many eggs are in 2 boxes?",
+    "answer": "2 boxes hold 2 * 6 = <<2*6=12>>12 eggs.\n#### 12",
+  },
 ]
 
 
 def _gsm8k_folder(root) -> None:
   import json
+
   root.mkdir(parents=True, exist_ok=True)
   for split in ("train", "test"):
     (root / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in GSM8K_LINES))
@@ -217,6 +246,7 @@ def _gsm8k_folder(root) -> None:
 def test_gsm8k_data_path_on_gs(bucket, tmp_path):
   from glore_jax.config_check import validate
   from glore_jax.stages.common import problems
+
   _gsm8k_folder(bucket / "b" / "gsm8k")
   _gsm8k_folder(tmp_path / "gsm8k-local")
   config = get_config()
@@ -231,6 +261,7 @@ def test_gsm8k_data_path_on_gs(bucket, tmp_path):
 
 def test_missing_gs_inputs_fail_validation(bucket):
   from glore_jax.config_check import ConfigError, validate
+
   config = get_config()
   config.data.update(source="gsm8k", path="gs://b/nothing-here")
   with pytest.raises(ConfigError, match="data.path"):
@@ -243,6 +274,7 @@ def test_missing_gs_inputs_fail_validation(bucket):
 
 def test_policy_from_a_gs_checkpoint(bucket, tmp_path):
   from glore_jax.stages.common import tokenizer_for
+
   model, tokenizer = _tiny()
   models.save(_ctx(tmp_path / "unused"), model, tokenizer, epath.Path("gs://b/ckpt"))
   config = get_config()

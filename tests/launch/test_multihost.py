@@ -35,15 +35,24 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict[str, str]:
   env = dict(os.environ)
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+  env.update(
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO),
+    TF_CPP_MIN_LOG_LEVEL="2",
+  )
   return env
 
 
 def _spawn(workdir: Path, devices: int, *extra: str, log: Path) -> subprocess.Popen:
-  out = open(log, "w")
-  return subprocess.Popen([sys.executable, str(WORKER), f"--workdir={workdir}", *extra],
-                          env=_env(devices), cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+  out = open(log, "w")  # noqa: SIM115 (the child process owns it)
+  return subprocess.Popen(
+    [sys.executable, str(WORKER), f"--workdir={workdir}", *extra],
+    env=_env(devices),
+    cwd=REPO,
+    stdout=out,
+    stderr=subprocess.STDOUT,
+  )
 
 
 def _wait(procs: dict[str, tuple[subprocess.Popen, Path]]) -> None:
@@ -62,8 +71,9 @@ def _wait(procs: dict[str, tuple[subprocess.Popen, Path]]) -> None:
       p.wait()
   bad = {k: p.returncode for k, (p, _) in procs.items() if p.returncode != 0}
   if failed or bad:
-    tails = "\n".join(f"--- {k} (rc={p.returncode}) ---\n{log.read_text()[-3000:]}"
-                      for k, (p, log) in procs.items())
+    tails = "\n".join(
+      f"--- {k} (rc={p.returncode}) ---\n{log.read_text()[-3000:]}" for k, (p, log) in procs.items()
+    )
     pytest.fail(f"multi-host run {failed or 'failed'}: {bad}\n{tails}")
 
 
@@ -74,10 +84,16 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
   port = _free_port()
   coordinator = f"--coordinator=127.0.0.1:{port}"
   procs = {
-      "reference (1 process x 8 devices)": (_spawn(one, 8, log=root / "one.log"), root / "one.log"),
-      **{f"process {i} of 2 (4 devices)": (
-          _spawn(two, 4, coordinator, "--num-processes=2", f"--process-id={i}",
-                 log=root / f"two-{i}.log"), root / f"two-{i}.log") for i in range(2)},
+    "reference (1 process x 8 devices)": (_spawn(one, 8, log=root / "one.log"), root / "one.log"),
+    **{
+      f"process {i} of 2 (4 devices)": (
+        _spawn(
+          two, 4, coordinator, "--num-processes=2", f"--process-id={i}", log=root / f"two-{i}.log"
+        ),
+        root / f"two-{i}.log",
+      )
+      for i in range(2)
+    },
   }
   _wait(procs)
   return one, two
@@ -104,24 +120,29 @@ def test_two_processes_form_one_cluster(runs):
 def test_each_process_computes_only_its_own_shards(runs):
   one, two = runs
   assert sorted(map(tuple, _report(one, 0)["shards"])) == [
-      (s, i) for s in ("label", "sample") for i in range(4)]
+    (s, i) for s in ("label", "sample") for i in range(4)
+  ]
   for p in range(2):
     assert sorted(map(tuple, _report(two, p)["shards"])) == [
-        (s, i) for s in ("label", "sample") for i in range(p, 4, 2)]
+      (s, i) for s in ("label", "sample") for i in range(p, 4, 2)
+    ]
 
 
 @pytest.mark.slow
 def test_sharded_training_matches_one_process(runs):
   from safetensors.numpy import load_file
+
   one, two = runs
   a = load_file(one / "policy" / "model" / "model.safetensors")
   b = load_file(two / "policy" / "model" / "model.safetensors")
   assert a.keys() == b.keys()
   for name in a:
     np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
-  losses = lambda d: [(r["step"], r["train/loss"]) for r in map(
-      json.loads, (d / "policy" / "train" / "metrics.jsonl").read_text().splitlines())
-                      if "train/loss" in r]
+  losses = lambda d: [
+    (r["step"], r["train/loss"])
+    for r in map(json.loads, (d / "policy" / "train" / "metrics.jsonl").read_text().splitlines())
+    if "train/loss" in r
+  ]
   (la, lb) = losses(one), losses(two)
   assert [s for s, _ in la] == [s for s, _ in lb] and la[-1][0] == 24
   np.testing.assert_allclose([l for _, l in lb], [l for _, l in la], rtol=1e-4)
@@ -133,6 +154,7 @@ def test_sharded_training_matches_one_process(runs):
 @pytest.mark.slow
 def test_sampling_and_labeling_shards_match_one_process(runs):
   from glore_jax import workdir
+
   one, two = runs
   for stage in ("sample", "label"):
     a, b = workdir.read_all(one / stage), workdir.read_all(two / stage)

@@ -66,8 +66,11 @@ def test_extras_for_tpu_vms_and_tensorboard():
 
 
 def test_einops_is_declared_and_pinned_since_the_model_imports_it():
-  imports = [p for p in (REPO / "glore_jax").rglob("*.py")
-             if re.search(r"^\s*(import|from) einops", p.read_text(), re.M)]
+  imports = [
+    p
+    for p in (REPO / "glore_jax").rglob("*.py")
+    if re.search(r"^\s*(import|from) einops", p.read_text(), re.M)
+  ]
   assert imports, "the model's reshapes are einops.rearrange calls (glore_jax/model/)"
   declared = {r.name for r in _requirements(_setup_cfg()["options"]["install_requires"])}
   assert "einops" in declared
@@ -81,8 +84,9 @@ def test_ci_installs_the_tested_set():
 
 def _copy_of_checkout(dest: Path) -> Path:
   """The files git would commit (tracked and untracked, not ignored), copied to `dest`."""
-  listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                          capture_output=True, text=True)
+  listed = subprocess.run(
+    ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True
+  )
   if listed.returncode != 0:
     pytest.skip("not a git checkout: cannot tell the sources from build outputs")
   for name in filter(None, listed.stdout.split("\0")):
@@ -99,9 +103,23 @@ def test_wheel_runs_configs_from_another_directory(tmp_path):
   pytest.importorskip("setuptools")
   source = _copy_of_checkout(tmp_path / "source")  # the build writes egg-info beside the sources
   wheels = tmp_path / "wheels"
-  build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                          "-q", "-w", str(wheels), str(source)], capture_output=True, text=True,
-                         timeout=300)
+  build = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "wheel",
+      "--no-deps",
+      "--no-build-isolation",
+      "-q",
+      "-w",
+      str(wheels),
+      str(source),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert build.returncode == 0, build.stderr[-3000:]
   [wheel] = list(wheels.glob("glore_jax-*.whl"))
   names = zipfile.ZipFile(wheel).namelist()
@@ -110,21 +128,46 @@ def test_wheel_runs_configs_from_another_directory(tmp_path):
   assert not [n for n in names if n.startswith("configs/")], "configs only inside the package"
 
   site = tmp_path / "site"
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
-                  str(wheel)], check=True, capture_output=True, timeout=300)
+  subprocess.run(
+    [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
   env = {**os.environ, "PYTHONPATH": str(site), "GLORE_JAX_MALLOC": "0"}
   probe = subprocess.run(
-      [sys.executable, "-c", "import glore_jax, glore_jax.configs.llama2_13b_gsm8k as c; "
-       "print(glore_jax.__file__); print(c.get_config().sorm.batch_size)"],
-      cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-c",
+      "import glore_jax, glore_jax.configs.llama2_13b_gsm8k as c; "
+      "print(glore_jax.__file__); print(c.get_config().sorm.batch_size)",
+    ],
+    cwd=elsewhere,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert probe.returncode == 0, probe.stderr[-3000:]
   assert probe.stdout.splitlines()[0].startswith(str(site))  # the wheel, not the clone
   for spec in ("configs/micro.py", "glore_jax/configs/micro.py"):
-    main = subprocess.run([sys.executable, "-m", "glore_jax.main", f"--config={spec}",
-                           f"--workdir={tmp_path / 'w'}", "--config.stages=no_such_stage"],
-                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    main = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "glore_jax.main",
+        f"--config={spec}",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.stages=no_such_stage",
+      ],
+      cwd=elsewhere,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     assert main.returncode == 2, main.stderr[-3000:]
     assert "unknown stage 'no_such_stage'" in main.stderr
   assert not (tmp_path / "w").exists()  # stopped before any work

@@ -36,18 +36,39 @@ def tpu(tmp_path):
   bin_dir.mkdir()
   calls = tmp_path / "gcloud-calls"
   fake = bin_dir / "gcloud"
-  fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 1\n")
+  fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 1\n')
   fake.chmod(0o755)
 
   def run(*args, expect_rc=0, **env):
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR", "WORKDIR", "REPO_URL",
-                             "SPOT", "TPU_VERSION", "WORKERS", "DRY_RUN")}
-    full_env.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", TPU_NAME="glore",
-                    ZONE="us-central2-b")
+    full_env = {
+      k: v
+      for k, v in os.environ.items()
+      if k
+      not in (
+        "TPU_NAME",
+        "ZONE",
+        "PROJECT",
+        "ACCELERATOR",
+        "WORKDIR",
+        "REPO_URL",
+        "SPOT",
+        "TPU_VERSION",
+        "WORKERS",
+        "DRY_RUN",
+      )
+    }
+    full_env.update(
+      PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", TPU_NAME="glore", ZONE="us-central2-b"
+    )
     full_env.update(env)
-    out = subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], capture_output=True, text=True,
-                         env=full_env, cwd=tmp_path, timeout=60)
+    out = subprocess.run(
+      ["bash", str(SCRIPT), "--dry-run", *args],
+      capture_output=True,
+      text=True,
+      env=full_env,
+      cwd=tmp_path,
+      timeout=60,
+    )
     assert out.returncode == expect_rc, out.stdout + out.stderr
     assert not calls.exists(), "dry run must not call gcloud"
     lines = [ln for ln in out.stdout.splitlines() if ln and not ln.startswith("#")]
@@ -64,7 +85,7 @@ def _remote(argv: list[str]) -> str:
 def _main_args(remote: str) -> list[str]:
   words = shlex.split(remote)
   start = words.index("glore_jax.main") + 1
-  return words[start:words.index("2>&1")]
+  return words[start : words.index("2>&1")]
 
 
 def test_create_reuses_or_creates_with_the_right_flags(tpu):
@@ -72,14 +93,24 @@ def test_create_reuses_or_creates_with_the_right_flags(tpu):
   assert cmds[0][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"]
   create = cmds[1]
   assert create[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "glore"]
-  for flag in ("--zone=us-central2-b", "--project=my-proj", "--accelerator-type=v4-32",
-               "--version=tpu-ubuntu2204-base", "--spot"):
+  for flag in (
+    "--zone=us-central2-b",
+    "--project=my-proj",
+    "--accelerator-type=v4-32",
+    "--version=tpu-ubuntu2204-base",
+    "--spot",
+  ):
     assert flag in create
 
 
-@pytest.mark.parametrize("accelerator, version", [
-    ("v4-8", "tpu-ubuntu2204-base"), ("v5p-64", "v2-alpha-tpuv5"),
-    ("v5litepod-256", "v2-alpha-tpuv5-lite")])
+@pytest.mark.parametrize(
+  "accelerator, version",
+  [
+    ("v4-8", "tpu-ubuntu2204-base"),
+    ("v5p-64", "v2-alpha-tpuv5"),
+    ("v5litepod-256", "v2-alpha-tpuv5-lite"),
+  ],
+)
 def test_runtime_version_follows_the_accelerator(tpu, accelerator, version):
   cmds, _ = tpu(f"--accelerator={accelerator}", "create")
   assert f"--version={version}" in cmds[1] and "--spot" not in cmds[1]
@@ -110,15 +141,26 @@ def test_setup_from_a_git_url(tpu):
 
 
 def test_run_passes_config_workdir_and_overrides_to_every_worker(tpu):
-  tricky = "--config.prompts.policy=Q: {question} it's $HOME \"A\":"
-  cmds, _ = tpu("--accelerator", "v4-32", "--workdir", "gs://bucket/run", "run",
-                "configs/llama2_7b_gsm8k.py", "--config.model.checkpoint=/tmp/Llama-2-7b-hf",
-                tricky)
+  tricky = '--config.prompts.policy=Q: {question} it\'s $HOME "A":'
+  cmds, _ = tpu(
+    "--accelerator",
+    "v4-32",
+    "--workdir",
+    "gs://bucket/run",
+    "run",
+    "configs/llama2_7b_gsm8k.py",
+    "--config.model.checkpoint=/tmp/Llama-2-7b-hf",
+    tricky,
+  )
   [ssh] = cmds
   assert "--worker=all" in ssh and "--zone=us-central2-b" in ssh
   remote = _remote(ssh)
-  assert _main_args(remote) == ["--config=configs/llama2_7b_gsm8k.py", "--workdir=gs://bucket/run",
-                                "--config.model.checkpoint=/tmp/Llama-2-7b-hf", tricky]
+  assert _main_args(remote) == [
+    "--config=configs/llama2_7b_gsm8k.py",
+    "--workdir=gs://bucket/run",
+    "--config.model.checkpoint=/tmp/Llama-2-7b-hf",
+    tricky,
+  ]
   assert "GLORE_MULTIHOST=1" in shlex.split(remote)  # 4 hosts: jax.distributed on each
   assert "cd $HOME/glore-jax;" in remote
 
@@ -128,18 +170,27 @@ def test_single_host_runs_without_multihost_start(tpu):
   assert "GLORE_MULTIHOST=1" not in _remote(cmds[0])
 
 
-@pytest.mark.parametrize("accelerator, workers", [
-    ("v4-8", 1), ("v4-32", 4), ("v5p-64", 8), ("v5litepod-8", 1), ("v5litepod-256", 64)])
+@pytest.mark.parametrize(
+  "accelerator, workers",
+  [("v4-8", 1), ("v4-32", 4), ("v5p-64", 8), ("v5litepod-8", 1), ("v5litepod-256", 64)],
+)
 def test_worker_count(tpu, accelerator, workers, tmp_path):
-  _, stderr = tpu("--accelerator", accelerator, "--workdir", "/local/run", "run", "configs/micro.py")
+  _, stderr = tpu(
+    "--accelerator", accelerator, "--workdir", "/local/run", "run", "configs/micro.py"
+  )
   assert ("share no local disk" in stderr) == (workers > 1)
 
 
 def test_stage_selects_one_stage(tpu):
-  cmds, _ = tpu("--workdir", "gs://b/r", "stage", "label", "configs/sorm.py",
-                "--config.sorm.num_rollouts=8")
-  assert _main_args(_remote(cmds[0])) == ["--config=configs/sorm.py", "--workdir=gs://b/r",
-                                          "--config.stages=label", "--config.sorm.num_rollouts=8"]
+  cmds, _ = tpu(
+    "--workdir", "gs://b/r", "stage", "label", "configs/sorm.py", "--config.sorm.num_rollouts=8"
+  )
+  assert _main_args(_remote(cmds[0])) == [
+    "--config=configs/sorm.py",
+    "--workdir=gs://b/r",
+    "--config.stages=label",
+    "--config.sorm.num_rollouts=8",
+  ]
 
 
 def test_copy_checkpoint_in_and_results_out(tpu):
@@ -151,9 +202,11 @@ def test_copy_checkpoint_in_and_results_out(tpu):
   assert cmds[0][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse"]
   assert "glore:/tmp/ckpt" in cmds[0] and "--worker=all" in cmds[0]
   cmds, _ = tpu("--workdir", "gs://bucket/run/", "copy-out", "./results")
-  assert cmds == [["mkdir", "-p", "./results"],
-                  ["gcloud", "storage", "cp", "-r", "gs://bucket/run/evaluate", "./results/"],
-                  ["gcloud", "storage", "cp", "-r", "gs://bucket/run/timings.json", "./results/"]]
+  assert cmds == [
+    ["mkdir", "-p", "./results"],
+    ["gcloud", "storage", "cp", "-r", "gs://bucket/run/evaluate", "./results/"],
+    ["gcloud", "storage", "cp", "-r", "gs://bucket/run/timings.json", "./results/"],
+  ]
   cmds, _ = tpu("--workdir", "/home/me/run", "copy-out", "./r", "label")
   assert cmds[1][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse"]
   assert "glore:/home/me/run/label" in cmds[1] and "--worker=0" in cmds[1]
@@ -161,16 +214,20 @@ def test_copy_checkpoint_in_and_results_out(tpu):
 
 def test_delete(tpu):
   cmds, _ = tpu("delete")
-  assert cmds == [["gcloud", "compute", "tpus", "tpu-vm", "delete", "glore",
-                   "--zone=us-central2-b", "--quiet"]]
+  assert cmds == [
+    ["gcloud", "compute", "tpus", "tpu-vm", "delete", "glore", "--zone=us-central2-b", "--quiet"]
+  ]
 
 
-@pytest.mark.parametrize("args, env, message", [
+@pytest.mark.parametrize(
+  "args, env, message",
+  [
     (["create"], {"TPU_NAME": ""}, "set --name or TPU_NAME"),
     (["run", "configs/micro.py"], {}, "set --workdir or WORKDIR"),
     (["frobnicate"], {}, "unknown command frobnicate"),
     (["--bogus", "create"], {}, "unknown option --bogus"),
-])
+  ],
+)
 def test_errors_are_clear(tpu, args, env, message):
   _, stderr = tpu(*args, expect_rc=2, **env)
   assert message in stderr

@@ -295,8 +295,15 @@ def test_choose_where_threshold_finds_the_separating_value():
 
 def test_row_descriptions_follow_best_of():
   rows = ev.row_descriptions(8)
-  assert {"best_of_8", "random_of_8", "majority_of_8", "likelihood_of_8", "mean_sample"} <= set(rows)
+  assert {"best_of_8", "random_of_8", "majority_of_8", "likelihood_of_8", "mean_sample"} <= set(
+    rows
+  )
   assert "best_of_3" not in rows and "best_of_3" in ev.ROWS
-  table = ev.markdown_table({"best_of": 8, "best_of_8": {"accuracy": 0.5, "n": 2, "ci95": [0, 1]},
-                             "greedy": {"accuracy": 0.5, "n": 2, "ci95": [0, 1]}})
+  table = ev.markdown_table(
+    {
+      "best_of": 8,
+      "best_of_8": {"accuracy": 0.5, "n": 2, "ci95": [0, 1]},
+      "greedy": {"accuracy": 0.5, "n": 2, "ci95": [0, 1]},
+    }
+  )
   assert table.index("| greedy") < table.index("| best_of_8 | best of 8 policy samples")

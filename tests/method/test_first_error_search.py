@@ -26,9 +26,11 @@ K = 4
 
 def monotone_oracle(boundary: int, calls: list[int], k: int = K):
   """Prefixes before `boundary` have 1..k successes, the rest none; logs every call."""
+
   def oracle(i: int) -> tuple[int, int]:
     calls.append(i)
     return (1 + i % k if i < boundary else 0), k
+
   return oracle
 
 
@@ -128,9 +130,14 @@ def test_noisy_rollouts_disagreement_is_counted():
   assert _exhaustive(noisy) == [1, 1, 1, 1, 1, 1, 0, 0]
   report = compare_hard_labels(searched, [_exhaustive(noisy), _exhaustive(clean)])
   assert report == {
-    "steps": 16, "solutions": 2, "disagreeing_steps": 3, "disagreeing_solutions": 1,
-    "search_negative_exhaustive_positive": 3, "search_positive_exhaustive_negative": 0,
-    "step_agreement": 1 - 3 / 16, "solution_agreement": 0.5,
+    "steps": 16,
+    "solutions": 2,
+    "disagreeing_steps": 3,
+    "disagreeing_solutions": 1,
+    "search_negative_exhaustive_positive": 3,
+    "search_positive_exhaustive_negative": 0,
+    "step_agreement": 1 - 3 / 16,
+    "solution_agreement": 0.5,
   }
 
 
@@ -175,11 +182,13 @@ def test_gallop_finds_the_first_failing_prefix_within_its_bound(n):
     assert len(calls) <= gallop_evaluation_bound(n, False, boundary)
     if n > 1:
       # probes 0, 1, 3, 7, ... (capped below n-1) until the first failure
-      probes = [min(2 ** j - 1, n - 2) for j in range(n)]
+      probes = [min(2**j - 1, n - 2) for j in range(n)]
       first_fail = next(j for j, p in enumerate(probes) if p >= boundary or p == n - 2)
-      assert calls[:first_fail + 1] == probes[:first_fail + 1]
+      assert calls[: first_fail + 1] == probes[: first_fail + 1]
   if n > 1:  # an unrecoverable first step costs one evaluation
-    assert len(search_with_oracle(n, False, monotone_oracle(0, []), strategy="gallop").evaluations) == 1
+    assert (
+      len(search_with_oracle(n, False, monotone_oracle(0, []), strategy="gallop").evaluations) == 1
+    )
   # the bound is reached: boundary 2 on a long solution probes 0, 1, 3 then bisects to 2
   if n >= 6:
     calls = []

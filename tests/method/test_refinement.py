@@ -90,8 +90,10 @@ def test_correct_draft_pairs_teach_keeping_right_drafts():
   assert all(p.target_steps in (RIGHT_C, RIGHT_D) for p in keep)
   p1 = {(tuple(p.draft_steps), tuple(p.target_steps)) for p in keep if p.problem_id == "p1"}
   assert p1 == {(tuple(RIGHT_C), tuple(RIGHT_D)), (tuple(RIGHT_D), tuple(RIGHT_C))}  # another one
-  assert [(p.draft_steps, p.target_steps) for p in keep if p.problem_id == "p3"] == [(RIGHT_C, RIGHT_C)]
-  assert [p for p in pairs if not p.draft_steps in (RIGHT_C, RIGHT_D)] == list(plain)
+  assert [(p.draft_steps, p.target_steps) for p in keep if p.problem_id == "p3"] == [
+    (RIGHT_C, RIGHT_C)
+  ]
+  assert [p for p in pairs if p.draft_steps not in (RIGHT_C, RIGHT_D)] == list(plain)
   assert len(global_pairs(problems, seed=0, correct_draft_pairs=1)) == 3
   with pytest.raises(ValueError, match="correct_draft_pairs"):
     global_pairs(problems, correct_draft_pairs=-1)

@@ -26,29 +26,43 @@ def _edit_tensors(folder, fn):
 
 def test_missing_tensor_is_named(folder):
   _edit_tensors(folder, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-  with pytest.raises(CheckpointError, match=r"missing tensors model\.layers\.1\.mlp\.up_proj\.weight"):
+  with pytest.raises(
+    CheckpointError, match=r"missing tensors model\.layers\.1\.mlp\.up_proj\.weight"
+  ):
     load_hf(folder)
 
 
 def test_unexpected_tensor_is_named(folder):
-  _edit_tensors(folder, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)}))
-  with pytest.raises(CheckpointError, match=r"unexpected tensor 'model\.layers\.0\.self_attn\.q_proj\.bias'"):
+  _edit_tensors(
+    folder, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)})
+  )
+  with pytest.raises(
+    CheckpointError, match=r"unexpected tensor 'model\.layers\.0\.self_attn\.q_proj\.bias'"
+  ):
     load_hf(folder)
 
 
 def test_wrong_shape_names_tensor_and_both_shapes(folder):
   _edit_tensors(folder, lambda t: t.update({"model.norm.weight": np.ones(63, np.float32)}))
-  with pytest.raises(CheckpointError, match=r"'model\.norm\.weight' has shape \(63,\), expected \(64,\)"):
+  with pytest.raises(
+    CheckpointError, match=r"'model\.norm\.weight' has shape \(63,\), expected \(64,\)"
+  ):
     load_hf(folder)
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling.rope_type='yarn'"),
-    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope_parameters.rope_type='llama3'"),
+    (
+      {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}},
+      "rope_parameters.rope_type='llama3'",
+    ),
     ({"attention_bias": True}, "attention_bias=true is not supported"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
     ({"model_type": "mistral"}, "model_type='mistral'"),
-])
+  ],
+)
 def test_unsupported_config_features_fail_before_compute(folder, change, message):
   config = json.loads((folder / "config.json").read_text())
   config.update(change)

@@ -13,7 +13,7 @@ def _left_pad(rows, pad_id=0):
   width = max(len(r) for r in rows)
   tokens = np.full((len(rows), width), pad_id, np.int32)
   for i, r in enumerate(rows):
-    tokens[i, width - len(r):] = r
+    tokens[i, width - len(r) :] = r
   return tokens, np.array([width - len(r) for r in rows], np.int32)
 
 
@@ -28,17 +28,19 @@ def test_prefill_then_decode_equals_full_forward_on_ragged_left_padded_rows():
   # row-wise reference: each row alone, unpadded, full causal forward
   for i, row in enumerate(full_rows):
     ref = np.asarray(model(jnp.asarray([row])))[0]
-    got = np.asarray(model.logits(hidden[i, pads[i]:]))
-    assert np.abs(got - ref[:prompt_len[i]]).max() < 1e-5
+    got = np.asarray(model.logits(hidden[i, pads[i] :]))
+    assert np.abs(got - ref[: prompt_len[i]]).max() < 1e-5
   # decode: each step feeds every row its next real token (rows may run past their end)
   decode = jax.jit(lambda state, tok, cache: _step(graphdef, state, tok, cache))
   graphdef, state = nnx.split(model)
   for step in range(6):
-    nxt = np.array([[r[min(k + step, len(r) - 1)]] for r, k in zip(full_rows, prompt_len)], np.int32)
+    nxt = np.array(
+      [[r[min(k + step, len(r) - 1)]] for r, k in zip(full_rows, prompt_len)], np.int32
+    )
     logits, cache = decode(state, jnp.asarray(nxt), cache)
     for i, (row, k) in enumerate(zip(full_rows, prompt_len)):
       if k + step < len(row):
-        ref = np.asarray(model(jnp.asarray([row[:k + step + 1]])))[0, -1]
+        ref = np.asarray(model(jnp.asarray([row[: k + step + 1]])))[0, -1]
         assert np.abs(np.asarray(logits[i]) - ref).max() < 1e-5, (i, step)
   assert cache.length.tolist() == [prompts.shape[1] + 6] * 3
 
@@ -47,6 +49,7 @@ def test_packed_prefill_equals_the_padded_one():
   """A prefill that runs the position-wise layers only on the prompt tokens (packed, with
   fillers) gives the same hidden states at those tokens and the same cache as the padded one."""
   from glore_jax.model.llama import pack_rows, unpack_rows
+
   model = create_model(preset("tiny", num_kv_heads=2), seed=5)
   rng = np.random.default_rng(3)
   prompts, pads = _left_pad([rng.integers(3, 128, size=n).tolist() for n in (9, 2, 16, 5)])
@@ -68,7 +71,7 @@ def test_packed_prefill_equals_the_padded_one():
   # pack / unpack are inverse at the packed positions; fillers read zeros and write nothing
   x_bt = jnp.asarray(rng.normal(size=(b, t, 3)), jnp.float32)
   packed = pack_rows(x_bt, packed_n)
-  assert packed.shape == (1, 40, 3) and not np.asarray(packed)[0, len(index_n):].any()
+  assert packed.shape == (1, 40, 3) and not np.asarray(packed)[0, len(index_n) :].any()
   unpacked = np.asarray(unpack_rows(packed, packed_n, b, t))
   np.testing.assert_array_equal(unpacked[real_bt], np.asarray(x_bt)[real_bt])
   with pytest.raises(ValueError, match="needs a cache"):
@@ -149,6 +152,7 @@ def test_decode_attention_as_dots_equals_multiply_and_sum_row_by_row():
   """From DOT_ATTENTION_MIN_ROWS rows a decode step attends with batched dots; each row must
   equal the same row attended alone (multiply-and-sum), masked slots included."""
   from glore_jax.model import cpu_paths
+
   rows, k_heads, groups, h, s = cpu_paths.DOT_ATTENTION_MIN_ROWS, 2, 3, 16, 24
   rng = np.random.default_rng(4)
   q = jnp.asarray(rng.normal(size=(rows, 1, k_heads, groups, h)), jnp.float32)
@@ -156,12 +160,18 @@ def test_decode_attention_as_dots_equals_multiply_and_sum_row_by_row():
   v = jnp.asarray(rng.normal(size=(rows, k_heads, s, h)), jnp.float32)
   mask = jnp.asarray(np.arange(s)[None, None, :] < rng.integers(1, s + 1, size=(rows, 1, 1)))
   together = cpu_paths.attend_one_query(q, k, v, mask)
-  alone = jnp.concatenate([cpu_paths.attend_one_query(q[i:i + 1], k[i:i + 1], v[i:i + 1], mask[i:i + 1])
-                           for i in range(rows)])
+  alone = jnp.concatenate(
+    [
+      cpu_paths.attend_one_query(q[i : i + 1], k[i : i + 1], v[i : i + 1], mask[i : i + 1])
+      for i in range(rows)
+    ]
+  )
   np.testing.assert_allclose(together, alone, atol=1e-5)
   # and both equal a plain softmax attention in numpy
   scores = np.einsum("bkgh,bkhs->bkgs", np.asarray(q)[:, 0], np.asarray(k)) / np.sqrt(h)
   scores = np.where(np.asarray(mask)[:, :, None, :], scores, -np.inf)
   probs = np.exp(scores - scores.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
-  np.testing.assert_allclose(together[:, 0], np.einsum("bkgs,bksh->bkgh", probs, np.asarray(v)), atol=1e-5)
+  np.testing.assert_allclose(
+    together[:, 0], np.einsum("bkgs,bksh->bkgh", probs, np.asarray(v)), atol=1e-5
+  )

@@ -47,8 +47,11 @@ def test_token_classification_returns_our_value_logits(tmp_path, tie):
   for kwargs in ({"num_labels": 1}, {}):  # config.json already says one label
     hf = AutoModelForTokenClassification.from_pretrained(tmp_path, **kwargs).eval()
     with torch.no_grad():
-      logits = hf(torch.tensor(tokens, dtype=torch.long),
-                  attention_mask=torch.tensor(mask)).logits.float().numpy()
+      logits = (
+        hf(torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask))
+        .logits.float()
+        .numpy()
+      )
     assert logits.shape == tokens.shape + (1,)
     real = mask.astype(bool)
     diff = np.abs(logits[..., 0] - expected)[real].max()
@@ -78,8 +81,10 @@ def test_folders_with_the_old_head_names_still_load(tmp_path):
   ours = _reward_model(tie=False)
   save_hf(ours, tmp_path)
   weights = load_file(str(tmp_path / "model.safetensors"))
-  head = {"value_head.weight": weights.pop("score.weight"),
-          "value_head.bias": weights.pop("score.bias")}
+  head = {
+    "value_head.weight": weights.pop("score.weight"),
+    "value_head.bias": weights.pop("score.bias"),
+  }
   save_file(weights, str(tmp_path / "model.safetensors"))
   save_file(head, str(tmp_path / VALUE_HEAD_FILE))  # the layout glore-jax wrote before
   back = load_hf(tmp_path, value_head=True)

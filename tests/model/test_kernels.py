@@ -16,8 +16,17 @@ from glore_jax.training import losses
 
 
 def _cfg(**changes):
-  return preset("tiny", num_layers=1, num_heads=4, num_kv_heads=2, head_dim=32, hidden_size=128,
-                dtype="float32", param_dtype="float32", **changes)
+  return preset(
+    "tiny",
+    num_layers=1,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+    hidden_size=128,
+    dtype="float32",
+    param_dtype="float32",
+    **changes,
+  )
 
 
 def test_choice_by_platform():
@@ -34,11 +43,14 @@ def test_choice_by_platform():
 def test_model_built_for_tpu_selects_the_pallas_kernels():
   """The choice is made once, when the model is built, and travels in its graph definition."""
   from glore_jax.model import attention
+
   tpu = nnx.eval_shape(lambda: Llama(_cfg(platform="tpu"), rngs=nnx.Rngs(0)))
   assert tpu.ops.pallas and not tpu.ops.fused_projections
   assert tpu.ops.one_query is attention.attend_one_query  # the reference where no kernel fits
   assert tpu.layers[0].attn.ops is tpu.ops and tpu.layers[0].mlp.ops is tpu.ops
-  xla = nnx.eval_shape(lambda: Llama(_cfg(platform="tpu", pallas_attention=False), rngs=nnx.Rngs(0)))
+  xla = nnx.eval_shape(
+    lambda: Llama(_cfg(platform="tpu", pallas_attention=False), rngs=nnx.Rngs(0))
+  )
   assert not xla.ops.pallas
   assert nnx.graphdef(tpu) != nnx.graphdef(xla)  # programs compiled for one are not reused
 
@@ -58,9 +70,11 @@ def test_flash_attention_matches_xla_attention():
   the kernel through host callbacks, which remat cannot trace; with remat the kernel is
   compiled for TPU in tests/scale/test_aot.py.)"""
   from jax.experimental.pallas import tpu as pltpu
+
   ref = Llama(_cfg(), rngs=nnx.Rngs(0))
-  flash = nnx.merge(nnx.graphdef(Llama(_cfg(pallas_attention=True), rngs=nnx.Rngs(0))),
-                    nnx.state(ref))
+  flash = nnx.merge(
+    nnx.graphdef(Llama(_cfg(pallas_attention=True), rngs=nnx.Rngs(0))), nnx.state(ref)
+  )
   tokens, mask = _batch()
 
   def loss(model):
@@ -73,8 +87,9 @@ def test_flash_attention_matches_xla_attention():
   with pltpu.force_tpu_interpret_mode():
     (flash_loss, flash_hidden), flash_grads = grad_fn(flash)
   real = np.asarray(mask, bool)
-  np.testing.assert_allclose(np.asarray(flash_hidden)[real], np.asarray(ref_hidden)[real],
-                             rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(
+    np.asarray(flash_hidden)[real], np.asarray(ref_hidden)[real], rtol=2e-5, atol=2e-5
+  )
   np.testing.assert_allclose(float(flash_loss), float(ref_loss), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(flash_grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
@@ -86,10 +101,12 @@ def test_flash_attention_under_a_mesh_matches():
   from jax.experimental.pallas import tpu as pltpu
 
   from glore_jax.model.sharding import make_mesh
+
   mesh = make_mesh(1, 4, 2, devices=jax.devices()[:8])
   ref = Llama(_cfg(), rngs=nnx.Rngs(1))
-  flash = nnx.merge(nnx.graphdef(Llama(_cfg(pallas_attention=True), rngs=nnx.Rngs(1))),
-                    nnx.state(ref))
+  flash = nnx.merge(
+    nnx.graphdef(Llama(_cfg(pallas_attention=True), rngs=nnx.Rngs(1))), nnx.state(ref)
+  )
   tokens, mask = _batch(rows=4, seed=1)
   forward = lambda m: m.forward(tokens, attention_mask_bt=mask)[0]
   want = forward(ref)
@@ -114,6 +131,7 @@ def test_decode_kernel_matches_xla_decode_attention():
   from jax.experimental.pallas import tpu as pltpu
 
   from glore_jax.model import attention
+
   q, k, v = _decode_inputs()
   slots = k.shape[-1]
   start, query_slot = np.array([0, 5, 130]), np.array([10, 200, slots - 1])

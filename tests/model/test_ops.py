@@ -19,7 +19,9 @@ def test_selection_by_platform_and_overrides():
   cpu = select_ops(preset("tiny", platform="cpu"))
   assert cpu.fused_projections and not cpu.pallas and cpu.one_query is cpu_paths.attend_one_query
   gpu = select_ops(preset("tiny", platform="gpu"))  # no fast path: the XLA reference
-  assert not gpu.fused_projections and not gpu.pallas and gpu.one_query is attention.attend_one_query
+  assert (
+    not gpu.fused_projections and not gpu.pallas and gpu.one_query is attention.attend_one_query
+  )
   assert not select_ops(preset("tiny", platform="cpu", fuse_projections=False)).fused_projections
   assert select_ops(preset("tiny", platform="cpu", pallas_attention=True)).pallas
   # the config's resolved alias says what the model does
@@ -38,8 +40,9 @@ def _pair(**changes):
   """The same weights in a model built for the CPU (fast paths) and in one built for a platform
   without fast paths (the XLA reference), both run here."""
   fast = create_model(preset("tiny", platform="cpu", **changes), seed=11)
-  reference = nnx.merge(nnx.graphdef(create_model(preset("tiny", platform="gpu", **changes))),
-                        nnx.state(fast))
+  reference = nnx.merge(
+    nnx.graphdef(create_model(preset("tiny", platform="gpu", **changes))), nnx.state(fast)
+  )
   assert fast.ops.fused_projections and not reference.ops.fused_projections
   return fast, reference
 
@@ -60,11 +63,12 @@ def test_cpu_fast_paths_equal_the_reference_in_every_mode(rows):
   outs = []
   for m in (fast, reference):
     hidden, cache = m.forward(tokens[:, :6], cache=m.init_cache(rows, 12, start_b=start))
-    packed, _ = m.forward(tokens[:, :6], cache=m.init_cache(rows, 12, start_b=start),
-                          packed_n=packed_n)
+    packed, _ = m.forward(
+      tokens[:, :6], cache=m.init_cache(rows, 12, start_b=start), packed_n=packed_n
+    )
     steps = []
     for t in range(6, 9):  # decode steps: one token per row
-      step, cache = m.forward(tokens[:, t:t + 1], cache=cache)
+      step, cache = m.forward(tokens[:, t : t + 1], cache=cache)
       steps.append(step)
     outs.append((hidden, packed, jnp.concatenate(steps, axis=1), cache.k[0], cache.v[-1]))
   for got, want in zip(*outs):

@@ -11,10 +11,12 @@ from tests.model.hf_reference import hf_logits, make_hf_llama
 torch = pytest.importorskip("torch", reason="parity tests need torch==2.13.0 (the 'test' extra)")
 
 VARIANTS = {
-    "mha-untied": dict(heads=4, kv_heads=4, tie=False),
-    "gqa-untied": dict(heads=4, kv_heads=2, tie=False),
-    "gqa-tied": dict(heads=8, kv_heads=2, tie=True, hidden=64),
-    "mha-tied-theta-eps": dict(heads=4, kv_heads=4, tie=True, rope_theta=500_000.0, rms_norm_eps=1e-6),
+  "mha-untied": dict(heads=4, kv_heads=4, tie=False),
+  "gqa-untied": dict(heads=4, kv_heads=2, tie=False),
+  "gqa-tied": dict(heads=8, kv_heads=2, tie=True, hidden=64),
+  "mha-tied-theta-eps": dict(
+    heads=4, kv_heads=4, tie=True, rope_theta=500_000.0, rms_norm_eps=1e-6
+  ),
 }
 
 
@@ -42,6 +44,7 @@ def test_padding_mask_matches_transformers(tmp_path):
 
 def test_save_hf_round_trip_loads_in_transformers(tmp_path):
   from transformers import AutoModelForCausalLM
+
   make_hf_llama(tmp_path / "src", heads=4, kv_heads=2, tie=False)
   ours = load_hf(tmp_path / "src")
   save_hf(ours, tmp_path / "export")
@@ -49,11 +52,14 @@ def test_save_hf_round_trip_loads_in_transformers(tmp_path):
   tokens = np.random.default_rng(2).integers(0, 128, size=(2, 16))
   assert np.abs(hf_logits(reloaded, tokens) - np.asarray(ours(jnp.asarray(tokens)))).max() <= 1e-4
   again = load_hf(tmp_path / "export")
-  assert np.array_equal(np.asarray(again(jnp.asarray(tokens))), np.asarray(ours(jnp.asarray(tokens))))
+  assert np.array_equal(
+    np.asarray(again(jnp.asarray(tokens))), np.asarray(ours(jnp.asarray(tokens)))
+  )
 
 
 def test_value_head_saved_with_hf_weights(tmp_path):
   from safetensors import safe_open
+
   make_hf_llama(tmp_path / "src")
   ours = load_hf(tmp_path / "src", value_head=True, seed=3)
   save_hf(ours, tmp_path / "export")
@@ -68,15 +74,16 @@ def test_value_head_saved_with_hf_weights(tmp_path):
 
 
 SMOL_PROMPTS = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
-    "The capital of France is",
-    "def fibonacci(n):",
+  "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+  "The capital of France is",
+  "def fibonacci(n):",
 ]
 
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_hf_dir):
   from transformers import AutoModelForCausalLM, AutoTokenizer
+
   hf_model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, dtype=torch.float32).eval()
   tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir)
   return load_hf(smollm2_hf_dir), hf_model, tokenizer
@@ -95,14 +102,15 @@ def test_smollm2_greedy_tokens_match_transformers(smollm2):
   prompt = tokenizer(SMOL_PROMPTS[0])["input_ids"]
   new_tokens = 32
   with torch.no_grad():
-    hf_out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False,
-                               min_new_tokens=new_tokens)[0, len(prompt):].tolist()
+    hf_out = hf_model.generate(
+      torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens
+    )[0, len(prompt) :].tolist()
   # Our greedy loop on the plain causal forward: one fixed-size program, causality makes the
   # padding after the current position irrelevant.
   width = len(prompt) + new_tokens
   forward = jax.jit(lambda tokens: ours(tokens))
   tokens = np.zeros((1, width), np.int32)
-  tokens[0, :len(prompt)] = prompt
+  tokens[0, : len(prompt)] = prompt
   for i in range(len(prompt), width):
     tokens[0, i] = int(np.argmax(np.asarray(forward(jnp.asarray(tokens)))[0, i - 1]))
-  assert tokens[0, len(prompt):].tolist() == hf_out
+  assert tokens[0, len(prompt) :].tolist() == hf_out

@@ -7,8 +7,15 @@ import pytest
 
 from glore_jax.model import LlamaConfig, create_model, load_hf, make_mesh
 
-CFG = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2,
-                  num_heads=8, num_kv_heads=4, value_head=True)
+CFG = LlamaConfig(
+  vocab_size=128,
+  hidden_size=64,
+  intermediate_size=128,
+  num_layers=2,
+  num_heads=8,
+  num_kv_heads=4,
+  value_head=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +39,12 @@ def test_sharded_forward_equals_unsharded(reference, shape):
   assert down.sharding.shard_shape(down.shape) == (128 // tensor, 64 // fsdp)
 
   with jax.set_mesh(mesh):
+
     @jax.jit
     def run(tokens):
       hidden, _ = model.forward(tokens)
       return model.logits(hidden), model.values(hidden)
+
     logits, values = run(tokens)
   np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=1e-5)
   np.testing.assert_allclose(np.asarray(values), ref_values, atol=1e-5)
@@ -51,6 +60,7 @@ def test_heads_that_do_not_divide_the_tensor_axis_are_replicated():
 def test_load_hf_places_tensors_in_their_shards(tmp_path):
   pytest.importorskip("torch")
   from tests.model.hf_reference import hf_logits, make_hf_llama
+
   hf_model = make_hf_llama(tmp_path, heads=8, kv_heads=4)
   mesh = make_mesh(1, 2, 4)
   model = load_hf(tmp_path, mesh=mesh)

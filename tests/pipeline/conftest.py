@@ -33,6 +33,7 @@ def micro_config(**overrides):
       node = node[p]
     node[leaf] = value
   from glore_jax.config_check import validate
+
   validate(config)
   return config
 
@@ -40,14 +41,21 @@ def micro_config(**overrides):
 def make_ctx(workdir, config):
   """A stage Context without devices: for stages whose model calls the test replaces."""
   from glore_jax.stages.common import Context
+
   path = epath.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   return Context(config=config, workdir=path, mesh=None)
 
 
 def main_command(workdir, *overrides: str, config: Path = MICRO) -> list[str]:
-  return [sys.executable, "-m", "glore_jax.main", f"--config={config}", f"--workdir={workdir}",
-          *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "glore_jax.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    *overrides,
+  ]
 
 
 @dataclasses.dataclass
@@ -60,8 +68,14 @@ class Run:
 
 def run_main(env, workdir, *overrides: str, timeout: float = 600) -> Run:
   start = time.perf_counter()
-  p = subprocess.run(main_command(workdir, *overrides), cwd=REPO, env=env, capture_output=True,
-                     text=True, timeout=timeout)
+  p = subprocess.run(
+    main_command(workdir, *overrides),
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   return Run(p.returncode, p.stdout, p.stderr, time.perf_counter() - start)
 
 

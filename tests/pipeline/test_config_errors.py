@@ -11,15 +11,15 @@ from glore_jax.stages import outputs
 from .conftest import REPO, main_command, make_ctx, micro_config
 
 CASES = {
-    "unknown_key": (["--config.sorm.bogus=1"], ["config.sorm.bogus"]),
-    "unknown_section": (["--config.bogus.x=1"], ["config.bogus.x"]),
-    "typo_key": (["--config.sorm.num_rolouts=3"], ["config.sorm.num_rolouts", "'num_rollouts'"]),
-    "negative_k": (["--config.sorm.num_rollouts=-1"], ["config.sorm.num_rollouts", "-1"]),
-    "zero_k": (["--config.sorm.num_rollouts=0"], ["config.sorm.num_rollouts"]),
-    "unknown_stage": (["--config.stages=policy,lable"], ["config.stages", "'lable'"]),
-    "test_only_source": (["--config.data.source=svamp"], ["config.data.source", "'svamp'"]),
-    "missing_policy": (["--config.stages=label"], ["stage 'label'", "stage 'policy'"]),
-    "missing_sample": (["--config.stages=label"], ["stage 'label'", "stage 'sample'"]),
+  "unknown_key": (["--config.sorm.bogus=1"], ["config.sorm.bogus"]),
+  "unknown_section": (["--config.bogus.x=1"], ["config.bogus.x"]),
+  "typo_key": (["--config.sorm.num_rolouts=3"], ["config.sorm.num_rolouts", "'num_rollouts'"]),
+  "negative_k": (["--config.sorm.num_rollouts=-1"], ["config.sorm.num_rollouts", "-1"]),
+  "zero_k": (["--config.sorm.num_rollouts=0"], ["config.sorm.num_rollouts"]),
+  "unknown_stage": (["--config.stages=policy,lable"], ["config.stages", "'lable'"]),
+  "test_only_source": (["--config.data.source=svamp"], ["config.data.source", "'svamp'"]),
+  "missing_policy": (["--config.stages=label"], ["stage 'label'", "stage 'policy'"]),
+  "missing_sample": (["--config.stages=label"], ["stage 'label'", "stage 'sample'"]),
 }
 
 
@@ -33,9 +33,17 @@ def results(tmp_path_factory, subprocess_env):
       (workdir / "policy" / "model").mkdir(parents=True)
       (workdir / "policy" / "model" / "config.json").write_text("{}")
       outputs.write_record(make_ctx(workdir, micro_config()), "policy")
-    procs[name] = (workdir, subprocess.Popen(main_command(workdir, *args), cwd=REPO,
-                                             env=subprocess_env, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, text=True))
+    procs[name] = (
+      workdir,
+      subprocess.Popen(
+        main_command(workdir, *args),
+        cwd=REPO,
+        env=subprocess_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      ),
+    )
   out = {}
   for name, (workdir, p) in procs.items():
     stdout, stderr = p.communicate(timeout=300)
@@ -54,8 +62,18 @@ def test_clear_error_and_nonzero_exit(results, name):
   assert "Traceback" not in stderr, f"{name}: a traceback instead of a message:\n{stderr}"
 
 
-@pytest.mark.parametrize("name", ["unknown_key", "unknown_section", "typo_key", "negative_k",
-                                  "zero_k", "unknown_stage", "test_only_source"])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "unknown_key",
+    "unknown_section",
+    "typo_key",
+    "negative_k",
+    "zero_k",
+    "unknown_stage",
+    "test_only_source",
+  ],
+)
 def test_config_errors_fail_before_any_work(results, name):
   workdir, rc, _, _ = results[name]
   assert rc == 2
@@ -75,6 +93,7 @@ def test_the_malloc_restart_is_logged_in_one_line(results, subprocess_env):
   """main.run() restarts a CPU-only process with GLIBC_TUNABLES: the restarted process says so
   once its config is valid (a config error stays the only line)."""
   from glore_jax import cpu_malloc
+
   restarts = cpu_malloc.should_reexec(subprocess_env)
   _, _, _, stderr = results["missing_policy"]  # valid config, stopped by a missing input
   assert stderr.count("restarted once with GLIBC_TUNABLES") == int(restarts), stderr

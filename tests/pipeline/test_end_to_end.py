@@ -15,13 +15,38 @@ from .conftest import micro_config, run_main
 
 pytestmark = pytest.mark.slow  # one micro pipeline run: ~1-2 min of compiles on a 2-core CPU
 
-ROW_KEYS = ("greedy", "mean_sample", "random_of_3", "majority_of_3", "likelihood_of_3",
-            "best_of_3", "global", "local", "draft_global", "draft_local", "draft_global_local",
-            "orm_gated", "oracle", "best_of_3+lik", "draft_global+lik", "draft_local+lik",
-            "draft_global_local+lik")
-STEP_KEYS = {"step_accuracy", "final_accuracy", "auroc", "ece", "n_steps", "auroc_truth",
-             "n_truth_steps", "final_auroc", "within_question_pairs", "within_question",
-             "localisation"}
+ROW_KEYS = (
+  "greedy",
+  "mean_sample",
+  "random_of_3",
+  "majority_of_3",
+  "likelihood_of_3",
+  "best_of_3",
+  "global",
+  "local",
+  "draft_global",
+  "draft_local",
+  "draft_global_local",
+  "orm_gated",
+  "oracle",
+  "best_of_3+lik",
+  "draft_global+lik",
+  "draft_local+lik",
+  "draft_global_local+lik",
+)
+STEP_KEYS = {
+  "step_accuracy",
+  "final_accuracy",
+  "auroc",
+  "ece",
+  "n_steps",
+  "auroc_truth",
+  "n_truth_steps",
+  "final_auroc",
+  "within_question_pairs",
+  "within_question",
+  "localisation",
+}
 
 
 def test_micro_pipeline_results(micro_run):
@@ -38,8 +63,18 @@ def test_micro_pipeline_results(micro_run):
     lo, hi = row["ci95"]
     assert 0.0 <= lo <= hi <= 1.0, key
   # The oracle (any of D, G, L correct) bounds every strategy that picks among D, G, L.
-  for key in ("greedy", "global", "local", "draft_global", "draft_local", "draft_global_local",
-              "orm_gated", "draft_global+lik", "draft_local+lik", "draft_global_local+lik"):
+  for key in (
+    "greedy",
+    "global",
+    "local",
+    "draft_global",
+    "draft_local",
+    "draft_global_local",
+    "orm_gated",
+    "draft_global+lik",
+    "draft_local+lik",
+    "draft_global_local+lik",
+  ):
     assert results[key]["accuracy"] <= results["oracle"]["accuracy"], key
 
   step = results["step_level"]
@@ -79,8 +114,17 @@ def test_every_row_recomputes_from_candidates_json(micro_run):
     roles = [c["role"] for c in q["candidates"]]
     assert roles == ["draft"] + ["sample"] * 3 + ["global", "local"]
     for c in q["candidates"]:
-      assert {"steps", "answer", "correct", "orm", "orm_steps", "sorm_steps", "truth",
-              "mean_logprob", "orm_lik"} <= set(c)
+      assert {
+        "steps",
+        "answer",
+        "correct",
+        "orm",
+        "orm_steps",
+        "sorm_steps",
+        "truth",
+        "mean_logprob",
+        "orm_lik",
+      } <= set(c)
       assert len(c["orm_steps"]) == len(c["sorm_steps"]) <= len(c["steps"])
       assert c["truth"] is None or len(c["truth"]["ok"]) == len(c["steps"])
   recomputed = recompute(candidates)
@@ -104,21 +148,30 @@ def test_micro_pipeline_stage_outputs(micro_run):
   w = micro_run.workdir
   cfg = micro_config()
   num_samples = cfg.sample.num_questions * cfg.sample.num_samples
-  for stage, shards in (("sample", -(-cfg.sample.num_questions // cfg.sample.shard_size)),
-                        ("label", -(-num_samples // cfg.sorm.shard_size))):
+  for stage, shards in (
+    ("sample", -(-cfg.sample.num_questions // cfg.sample.shard_size)),
+    ("label", -(-num_samples // cfg.sorm.shard_size)),
+  ):
     assert shards > 1  # the resume test kills runs between shards
     manifest = json.loads((w / stage / "manifest.json").read_text())
     assert manifest["done"] is True
     assert manifest["num_shards"] == shards
     assert len(list((w / stage).glob("shard-*.jsonl"))) == shards
     assert not list((w / stage).glob(".*tmp*")), "temp files left behind"
-  samples = [json.loads(l) for f in sorted((w / "sample").glob("shard-*.jsonl"))
-             for l in f.read_text().splitlines()]
+  samples = [
+    json.loads(l)
+    for f in sorted((w / "sample").glob("shard-*.jsonl"))
+    for l in f.read_text().splitlines()
+  ]
   assert len(samples) == num_samples
-  labels = [json.loads(l) for f in sorted((w / "label").glob("shard-*.jsonl"))
-            for l in f.read_text().splitlines()]
-  assert [(r["question_index"], r["sample_index"]) for r in labels] == \
-      [(r["question_index"], r["sample_index"]) for r in samples]
+  labels = [
+    json.loads(l)
+    for f in sorted((w / "label").glob("shard-*.jsonl"))
+    for l in f.read_text().splitlines()
+  ]
+  assert [(r["question_index"], r["sample_index"]) for r in labels] == [
+    (r["question_index"], r["sample_index"]) for r in samples
+  ]
   for r in labels:
     k = len(r["steps"])
     assert len(r["sorm_hard"]) == len(r["sorm_soft"]) == len(r["orm"]) == len(r["rollouts"]) == k
@@ -129,14 +182,18 @@ def test_micro_pipeline_stage_outputs(micro_run):
   for model in ("policy", "orm", "sorm", "refiner_global", "refiner_local"):
     assert (w / model / "model" / "config.json").exists(), model
   # the resolved config, written when the run started (glore_jax/provenance.py)
-  assert json.loads((w / "resolved_config.json").read_text())["config"] == \
-      json.loads(json.dumps(cfg.to_dict()))
+  assert json.loads((w / "resolved_config.json").read_text())["config"] == json.loads(
+    json.dumps(cfg.to_dict())
+  )
 
 
 def _snapshot(workdir):
   """bytes and mtime of every file in the work directory."""
-  return {str(p.relative_to(workdir)): (p.read_bytes(), p.stat().st_mtime_ns)
-          for p in sorted(workdir.rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(workdir)): (p.read_bytes(), p.stat().st_mtime_ns)
+    for p in sorted(workdir.rglob("*"))
+    if p.is_file()
+  }
 
 
 def test_rerun_skips_every_stage(micro_run, subprocess_env):
@@ -156,5 +213,6 @@ def test_rerun_skips_every_stage(micro_run, subprocess_env):
   # Nothing was loaded, sampled or trained.
   assert not re.search(r"loaded .*: \d+ tensors", rerun.stderr), "a model was loaded"
   assert not re.search(r": training on \d+ examples", rerun.stderr), "a model was trained"
-  assert rerun.seconds < max(0.5 * micro_run.first.seconds, 20.0), \
-      f"rerun took {rerun.seconds:.0f} s (first run {micro_run.first.seconds:.0f} s)"
+  assert rerun.seconds < max(0.5 * micro_run.first.seconds, 20.0), (
+    f"rerun took {rerun.seconds:.0f} s (first run {micro_run.first.seconds:.0f} s)"
+  )

@@ -12,31 +12,50 @@ GOLD = ["12", "7", "1200", "5", "9", "30"]
 T, F = True, False
 # Per question: (draft, global, local) correctness and their ORM scores.
 CORRECT = [(T, F, F), (F, T, F), (F, F, T), (F, T, T), (F, F, F), (T, T, F)]
-ORM = [(.9, .2, .1), (.3, .8, .4), (.6, .1, .7), (.2, .5, .5), (.1, .2, .3), (.4, .3, .9)]
+ORM = [
+  (0.9, 0.2, 0.1),
+  (0.3, 0.8, 0.4),
+  (0.6, 0.1, 0.7),
+  (0.2, 0.5, 0.5),
+  (0.1, 0.2, 0.3),
+  (0.4, 0.3, 0.9),
+]
 # best-of-3 policy samples: correctness and ORM scores (ties go to the first sample)
-BEST = [((F, T, T), (.9, .5, .1)), ((T, F, F), (.7, .2, .6)), ((F, F, F), (.5, .5, .5)),
-        ((F, T, F), (.3, .3, .1)), ((T, F, F), (.8, .2, .1)), ((F, F, T), (.1, .2, .3))]
+BEST = [
+  ((F, T, T), (0.9, 0.5, 0.1)),
+  ((T, F, F), (0.7, 0.2, 0.6)),
+  ((F, F, F), (0.5, 0.5, 0.5)),
+  ((F, T, F), (0.3, 0.3, 0.1)),
+  ((T, F, F), (0.8, 0.2, 0.1)),
+  ((F, F, T), (0.1, 0.2, 0.3)),
+]
 # their mean token log-probs under the policy (the likelihood row picks the highest)
-LOGPROB = [(-.5, -.1, -.9), (-.2, -.3, -.1), (-.1, -.2, -.3), (-.9, -.8, -.1), (-.1, -.2, -.3),
-           (-.3, -.2, -.1)]
+LOGPROB = [
+  (-0.5, -0.1, -0.9),
+  (-0.2, -0.3, -0.1),
+  (-0.1, -0.2, -0.3),
+  (-0.9, -0.8, -0.1),
+  (-0.1, -0.2, -0.3),
+  (-0.3, -0.2, -0.1),
+]
 # wrong samples' answers: offsets from gold (same offset = same wrong answer, for the vote)
 WRONG_OFFSET = [(1, 0, 0), (0, 1, 1), (1, 2, 2), (1, 0, 1), (0, 3, 4), (5, 5, 0)]
 WHERE = [None, 1, 0, 0, None, 2]  # SORM's first step under the threshold (None: not refined)
 THRESHOLD, RESAMPLES, SEED = 0.5, 200, 3
 
 EXPECTED = {  # per-question correctness of each row, worked out by hand
-    "greedy": [T, F, F, F, F, T],
-    "mean_sample": [2 / 3, 1 / 3, 0, 1 / 3, 1 / 3, 1 / 3],
-    "majority_of_3": [T, F, F, F, T, F],  # q1: wrong answer 8 twice; q4: three distinct, first
-    "likelihood_of_3": [T, F, F, F, T, T],
-    "best_of_3": [F, T, F, F, T, T],
-    "global": [F, T, F, T, F, T],
-    "local": [F, F, T, T, F, F],
-    "draft_global": [T, T, F, T, F, T],  # q2: D (.6) beats G (.1)
-    "draft_local": [T, F, T, T, F, F],  # q1: L (.4) beats D (.3); q5: L (.9) beats D
-    "draft_global_local": [T, T, T, T, F, F],  # q3: G and L tie at .5, G comes first
-    "orm_gated": [T, T, F, T, F, F],  # q2: ORM(D) = .6 >= .5 keeps the wrong draft
-    "oracle": [T, T, T, T, F, T],
+  "greedy": [T, F, F, F, F, T],
+  "mean_sample": [2 / 3, 1 / 3, 0, 1 / 3, 1 / 3, 1 / 3],
+  "majority_of_3": [T, F, F, F, T, F],  # q1: wrong answer 8 twice; q4: three distinct, first
+  "likelihood_of_3": [T, F, F, F, T, T],
+  "best_of_3": [F, T, F, F, T, T],
+  "global": [F, T, F, T, F, T],
+  "local": [F, F, T, T, F, F],
+  "draft_global": [T, T, F, T, F, T],  # q2: D (.6) beats G (.1)
+  "draft_local": [T, F, T, T, F, F],  # q1: L (.4) beats D (.3); q5: L (.9) beats D
+  "draft_global_local": [T, T, T, T, F, F],  # q3: G and L tie at .5, G comes first
+  "orm_gated": [T, T, F, T, F, F],  # q2: ORM(D) = .6 >= .5 keeps the wrong draft
+  "oracle": [T, T, T, T, F, T],
 }
 
 
@@ -49,8 +68,15 @@ def solution(q: int, ok: bool, offset: int = 1) -> list[str]:
 
 def candidate(role, q, ok, orm, index=0, offset=1, logprob=None):
   steps = solution(q, ok, offset)
-  return {"role": role, "index": index, "steps": steps, "answer": steps[-1][5:], "correct": ok,
-          "orm": orm, "mean_logprob": logprob}
+  return {
+    "role": role,
+    "index": index,
+    "steps": steps,
+    "answer": steps[-1][5:],
+    "correct": ok,
+    "orm": orm,
+    "mean_logprob": logprob,
+  }
 
 
 def records() -> list[dict]:
@@ -59,8 +85,9 @@ def records() -> list[dict]:
     (d, g, l), (sd, sg, sl) = CORRECT[q], ORM[q]
     cands = [candidate("draft", q, d, sd, offset=1)]
     for k, (ok, s) in enumerate(zip(*BEST[q])):
-      cands.append(candidate("sample", q, ok, s, index=k, offset=1 + WRONG_OFFSET[q][k],
-                             logprob=LOGPROB[q][k]))
+      cands.append(
+        candidate("sample", q, ok, s, index=k, offset=1 + WRONG_OFFSET[q][k], logprob=LOGPROB[q][k])
+      )
     cands += [candidate("global", q, g, sg, offset=2), candidate("local", q, l, sl, offset=3)]
     out.append({"id": f"q{q}", "gold": GOLD[q], "where": WHERE[q], "candidates": cands})
   return out
@@ -79,8 +106,9 @@ def test_answer_rows_known_accuracies():
     lo, hi = ev.bootstrap_ci(per_question, num_resamples=RESAMPLES, seed=SEED)
     assert row["ci95"] == pytest.approx([lo, hi]), name
     assert lo <= row["accuracy"] <= hi
-  assert [rows[k]["accuracy"] for k in ("greedy", "draft_global_local", "oracle")] == \
-      pytest.approx([2 / 6, 4 / 6, 5 / 6])
+  assert [rows[k]["accuracy"] for k in ("greedy", "draft_global_local", "oracle")] == pytest.approx(
+    [2 / 6, 4 / 6, 5 / 6]
+  )
 
 
 def test_random_pick_is_one_of_the_samples_and_seeded():
@@ -107,14 +135,21 @@ def test_paired_differences_match_the_rows():
 def test_answer_rows_fix_counts():
   fixes = answer_rows(records(), THRESHOLD, RESAMPLES, SEED)["fixes"]
   # wrong drafts: q1..q4; G fixes q1, q3; L fixes q2, q3; right drafts q0, q5: G breaks q0, L both
-  assert fixes == {"wrong_drafts": 4, "fixed_by_global": 2, "fixed_by_local": 2,
-                   "fixed_by_both": 1, "fixed_by_either": 3, "broken_by_global": 1,
-                   "broken_by_local": 2, "refined_locally": 4}
+  assert fixes == {
+    "wrong_drafts": 4,
+    "fixed_by_global": 2,
+    "fixed_by_local": 2,
+    "fixed_by_both": 1,
+    "fixed_by_either": 3,
+    "broken_by_global": 1,
+    "broken_by_local": 2,
+    "refined_locally": 4,
+  }
 
 
 def test_degenerate_rows_have_exact_intervals():
   recs = records()
-  for q, rec in enumerate(recs):
+  for _q, rec in enumerate(recs):
     for c in rec["candidates"]:
       if c["role"] == "draft":
         c.update(correct=True, orm=0.0)  # every draft right, and the ORM prefers the others

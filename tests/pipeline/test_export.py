@@ -16,8 +16,13 @@ from .test_refine_data_stage import label_records, probs  # noqa: F401 (a fixtur
 
 
 def _write_stage(ctx, name, rows):
-  stage = wd.ShardedStage(ctx.path(name), name, config=fingerprint.record(ctx.config, name),
-                          num_items=len(rows), shard_size=max(len(rows), 1))
+  stage = wd.ShardedStage(
+    ctx.path(name),
+    name,
+    config=fingerprint.record(ctx.config, name),
+    num_items=len(rows),
+    shard_size=max(len(rows), 1),
+  )
   stage.write_shard(0, rows)
   wd.mark_done(ctx.path(name))
 
@@ -27,8 +32,9 @@ def workdir(tmp_path, probs):  # noqa: F811
   ctx = make_ctx(tmp_path / "run", micro_config())
   labels = label_records(probs)
   _write_stage(ctx, "label", labels)
-  samples = [{"problem_id": r["problem_id"], "steps": r["steps"], "correct": r["outcome"]}
-             for r in labels]
+  samples = [
+    {"problem_id": r["problem_id"], "steps": r["steps"], "correct": r["outcome"]} for r in labels
+  ]
   _write_stage(ctx, "sample", samples)
   refine_data.run(ctx)
   provenance.write_run_config(ctx.config, ctx.workdir)
@@ -75,7 +81,7 @@ def test_export_writes_trl_stepwise_and_chat_rows(workdir, probs, capsys):  # no
         marked = ctx.prompts.local_refine_input(q, r["draft_steps"], r["bad_index"])
         assert user["content"] == marked
         assert "[BAD]" in user["content"]
-        assert assistant["content"] == "\n".join(r["target_steps"][r["bad_index"]:])
+        assert assistant["content"] == "\n".join(r["target_steps"][r["bad_index"] :])
   printed = capsys.readouterr().out
   assert "sorm_stepwise:" in printed and "refine_local:" in printed
 
@@ -85,15 +91,23 @@ def test_export_parquet(workdir):
   written = export.export(workdir.workdir, workdir.workdir / "pq", file_format="parquet")
   table = pq.read_table(str(written["sorm_stepwise"])).to_pylist()
   assert written["sorm_stepwise"].name == "sorm_stepwise.parquet"
-  assert table == _rows(export.write_rows(
-      export.stepwise_rows(wd.read_all(workdir.path("label")),
-                           {p.id: p.question for p in micro_config_problems()},
-                           workdir.prompts, kind="sorm"),
-      workdir.workdir / "check.jsonl", "jsonl"))
+  assert table == _rows(
+    export.write_rows(
+      export.stepwise_rows(
+        wd.read_all(workdir.path("label")),
+        {p.id: p.question for p in micro_config_problems()},
+        workdir.prompts,
+        kind="sorm",
+      ),
+      workdir.workdir / "check.jsonl",
+      "jsonl",
+    )
+  )
 
 
 def micro_config_problems():
   from glore_jax.stages.common import problems
+
   return problems(micro_config(), "train")
 
 

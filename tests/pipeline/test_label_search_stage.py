@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +23,16 @@ from glore_jax.stages import label as label_stage
 from glore_jax.stages import train_reward
 
 from .conftest import REPO, main_command, make_ctx, micro_config, run_main
-from .test_label_stage import EXPECTED, K, ORDER, ScriptedPolicy, _steps, _write_samples
-from .test_label_stage import tokenizer, train_problems  # noqa: F401  (fixtures)
+from .test_label_stage import (  # noqa: F401  (fixtures)
+  EXPECTED,
+  ORDER,
+  K,
+  ScriptedPolicy,
+  _steps,
+  _write_samples,
+  tokenizer,
+  train_problems,
+)
 
 SEARCH = {"sorm.labeling": "first_error_search"}
 
@@ -31,22 +40,41 @@ SEARCH = {"sorm.labeling": "first_error_search"}
 class ScriptedSearchPolicy(ScriptedPolicy):
   """The scripted rollouts, for whichever prefixes are asked; logs (sample, prefix index)."""
 
-  def __call__(self, model, prompt_ids, draft_ids, prefix_ends, *, num_rollouts, max_new_tokens,
-               example_ids, **kwargs):
+  def __call__(
+    self,
+    model,
+    prompt_ids,
+    draft_ids,
+    prefix_ends,
+    *,
+    num_rollouts,
+    max_new_tokens,
+    example_ids,
+    **kwargs,
+  ):
     assert model == "fake-policy" and num_rollouts == K
     out, call, logged = [], [], len(self.calls)
     for prompt, draft, ends, key in zip(prompt_ids, draft_ids, prefix_ends, example_ids):
       key = tuple(key)
-      steps, _, kinds = _steps(key, self.problems)
+      steps, _, _kinds = _steps(key, self.problems)
       assert len(ends) == 1, "one prefix per draft per search round"
       # which step's prefix ends at this token
-      j = next(j for j in range(len(steps) - 1)
-               if self.tok.decode(draft[:ends[0] + 1]) == "\n".join(steps[:j + 1]) + "\n")
+      j = next(
+        j
+        for j in range(len(steps) - 1)
+        if self.tok.decode(draft[: ends[0] + 1]) == "\n".join(steps[: j + 1]) + "\n"
+      )
       call.append((key, j))
-      full = super().__call__(model, [prompt], [draft],
-                              [label_stage.segment_steps(self.tok, draft)[1][:-1]],
-                              num_rollouts=num_rollouts, max_new_tokens=max_new_tokens,
-                              example_ids=[key], temperature=kwargs["temperature"])[0]
+      full = super().__call__(
+        model,
+        [prompt],
+        [draft],
+        [label_stage.segment_steps(self.tok, draft)[1][:-1]],
+        num_rollouts=num_rollouts,
+        max_new_tokens=max_new_tokens,
+        example_ids=[key],
+        temperature=kwargs["temperature"],
+      )[0]
       out.append(Rollouts([full.samples[j]], 1, 1, K))
     del self.calls[logged:]  # the exhaustive helper logged its own calls
     self.calls.append(call)
@@ -73,8 +101,13 @@ def test_search_rounds_labels_and_flags(tmp_path, monkeypatch, tokenizer, train_
   assert fake.calls == [[((0, 0), 1), ((0, 1), 1)], [((0, 0), 0)], [((1, 1), 0)]]
   assert [(r["question_index"], r["sample_index"]) for r in records] == ORDER
   soft = {(0, 0): [0.25, 0, 0], (0, 1): [1, 0.5, 0], (1, 0): [1, 1, 1], (1, 1): [1, 0], (2, 0): [1]}
-  measured = {(0, 0): [True] * 3, (0, 1): [False, True, True], (1, 0): [False, False, True],
-              (1, 1): [True, True], (2, 0): [True]}
+  measured = {
+    (0, 0): [True] * 3,
+    (0, 1): [False, True, True],
+    (1, 0): [False, False, True],
+    (1, 1): [True, True],
+    (2, 0): [True],
+  }
   rollouts = {(0, 0): 8, (0, 1): 4, (1, 0): 0, (1, 1): 4, (2, 0): 0}
   for r in records:
     key = (r["question_index"], r["sample_index"])
@@ -83,8 +116,9 @@ def test_search_rounds_labels_and_flags(tmp_path, monkeypatch, tokenizer, train_
     assert r["sorm_soft"] == pytest.approx(soft[key]), key
     assert r["sorm_measured"] == measured[key], key
     assert r["rollouts_sampled"] == rollouts[key]
-    assert [len(p) for p in r["rollouts"]] == [K if m and j < len(r["steps"]) - 1 else 0
-                                               for j, m in enumerate(measured[key])]
+    assert [len(p) for p in r["rollouts"]] == [
+      K if m and j < len(r["steps"]) - 1 else 0 for j, m in enumerate(measured[key])
+    ]
   summary = wd.read_manifest(ctx.path("label"))["summary"]
   assert summary["labeling"] == "first_error_search"
   assert summary["rollouts"] == 16 and summary["rollouts_per_solution"] == pytest.approx(16 / 5)
@@ -99,10 +133,15 @@ def test_search_rounds_labels_and_flags(tmp_path, monkeypatch, tokenizer, train_
   assert sum(len(ex.labels) for ex in train) == 6
 
 
-def test_gallop_strategy_asks_from_the_first_prefix(tmp_path, monkeypatch, tokenizer,  # noqa: F811
-                                                    train_problems):  # noqa: F811
-  ctx, fake, records = _run(tmp_path, monkeypatch, tokenizer, train_problems,
-                            **{"sorm.search_strategy": "gallop"})
+def test_gallop_strategy_asks_from_the_first_prefix(
+  tmp_path,
+  monkeypatch,
+  tokenizer,  # noqa: F811
+  train_problems,  # noqa: F811 (a fixture)
+):
+  ctx, fake, records = _run(
+    tmp_path, monkeypatch, tokenizer, train_problems, **{"sorm.search_strategy": "gallop"}
+  )
   # (0,0): prefix 0 succeeds, 1 fails. (0,1): prefix 0 fails (its rollouts are all wrong though
   # prefix 1 has successes): boundary 0, where exhaustive labeling propagates 1 back to it.
   assert fake.calls == [[((0, 0), 0), ((0, 1), 0)], [((0, 0), 1)], [((1, 1), 0)]]
@@ -114,10 +153,15 @@ def test_gallop_strategy_asks_from_the_first_prefix(tmp_path, monkeypatch, token
   assert manifest["summary"]["search_strategy"] == "gallop"
 
 
-def test_exhaustive_records_count_non_monotone_rollouts(tmp_path, monkeypatch, tokenizer,  # noqa: F811
-                                                        train_problems):  # noqa: F811
-  ctx, _, records = _run(tmp_path, monkeypatch, tokenizer, train_problems,
-                         **{"sorm.labeling": "exhaustive"})
+def test_exhaustive_records_count_non_monotone_rollouts(
+  tmp_path,
+  monkeypatch,
+  tokenizer,  # noqa: F811
+  train_problems,  # noqa: F811 (a fixture)
+):
+  ctx, _, records = _run(
+    tmp_path, monkeypatch, tokenizer, train_problems, **{"sorm.labeling": "exhaustive"}
+  )
   # with consistency, (0,1) measures [fail, success, wrong outcome] and (1,0) [fail (rollouts
   # ignore the prefix), fail, correct outcome]: a negative before a positive, which propagation
   # turns positive and a search may not see.
@@ -139,8 +183,9 @@ def test_search_needs_positive_propagation():
 
 def _kill_after_first_shard(env, workdir, log, *overrides) -> int:
   with open(log, "w") as out:
-    p = subprocess.Popen(main_command(workdir, *overrides), cwd=REPO, env=env, stdout=out,
-                         stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+      main_command(workdir, *overrides), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+    )
     try:
       deadline = time.monotonic() + 300
       while time.monotonic() < deadline:
@@ -149,8 +194,10 @@ def _kill_after_first_shard(env, workdir, log, *overrides) -> int:
           p.wait(timeout=60)
           return len(list((workdir / "label").glob("shard-*.jsonl")))
         if p.poll() is not None:
-          raise AssertionError(f"run ended (exit {p.returncode}) before a label shard:\n"
-                               + open(log).read()[-4000:])
+          raise AssertionError(
+            f"run ended (exit {p.returncode}) before a label shard:\n"
+            + Path(log).read_text()[-4000:]
+          )
         time.sleep(0.01)
       raise AssertionError("no label shard within the deadline")
     finally:
@@ -161,7 +208,8 @@ def _kill_after_first_shard(env, workdir, log, *overrides) -> int:
 
 @pytest.mark.slow
 def test_search_stage_with_the_micro_policy_resumes_and_matches_exhaustive(
-    micro_run, subprocess_env, tmp_path):
+  micro_run, subprocess_env, tmp_path
+):
   ref = micro_run.workdir  # its label stage is exhaustive, same seed and K
   w = tmp_path / "w"
   for stage in ("policy", "sample"):
@@ -176,8 +224,9 @@ def test_search_stage_with_the_micro_policy_resumes_and_matches_exhaustive(
   assert f"[label] resuming: {n} of {total} shards already done" in final.stdout
 
   got, want = wd.read_all(w / "label"), wd.read_all(ref / "label")
-  assert [(r["question_index"], r["sample_index"]) for r in got] == \
-      [(r["question_index"], r["sample_index"]) for r in want]
+  assert [(r["question_index"], r["sample_index"]) for r in got] == [
+    (r["question_index"], r["sample_index"]) for r in want
+  ]
   saved = 0
   for g, e in zip(got, want):
     replay = search_from_rollouts(StepRollouts.from_json(e), consistency=cfg.sorm.consistency)

@@ -10,7 +10,6 @@ shards, statistics) runs unchanged.
 
 from __future__ import annotations
 
-
 import pytest
 
 from glore_jax import fingerprint
@@ -32,26 +31,44 @@ RESULTS = {S0: "1234", S1: "4321", S1b: "4321"}
 # C: correct and builds on the prefix (the step's result reappears); I: correct but ignores the
 # prefix; W: wrong. "{gold}" is the question's gold answer.
 SCRIPT = {
-    (0, 0): ([S0, S1, f"#### {WRONG}"], False, ["CWIW", "WWWW"]),
-    (0, 1): ([S0, S1b, f"#### {WRONG}"], False, ["WWWW", "CCWI"]),
-    (1, 0): ([S0, S1, "#### {gold}"], True, ["IIII", "WIWW"]),
-    (1, 1): ([S0, f"#### {WRONG}"], False, ["CCCC"]),
-    (2, 0): (["#### {gold}"], True, []),
+  (0, 0): ([S0, S1, f"#### {WRONG}"], False, ["CWIW", "WWWW"]),
+  (0, 1): ([S0, S1b, f"#### {WRONG}"], False, ["WWWW", "CCWI"]),
+  (1, 0): ([S0, S1, "#### {gold}"], True, ["IIII", "WIWW"]),
+  (1, 1): ([S0, f"#### {WRONG}"], False, ["CCCC"]),
+  (2, 0): (["#### {gold}"], True, []),
 }
 ORDER = list(SCRIPT)
 
 # Expected labels: {(consistency, propagate_positive): {id: (hard, soft)}}.
 EXPECTED = {
-    (True, False): {(0, 0): ([1, 0, 0], [0.25, 0, 0]), (0, 1): ([0, 1, 0], [0, 0.5, 0]),
-                    (1, 0): ([0, 0, 1], [0, 0, 1]), (1, 1): ([1, 0], [1, 0]), (2, 0): ([1], [1])},
-    (True, True): {(0, 0): ([1, 0, 0], [0.25, 0, 0]), (0, 1): ([1, 1, 0], [0, 0.5, 0]),
-                   (1, 0): ([1, 1, 1], [0, 0, 1]), (1, 1): ([1, 0], [1, 0]), (2, 0): ([1], [1])},
-    (False, False): {(0, 0): ([1, 0, 0], [0.5, 0, 0]), (0, 1): ([0, 1, 0], [0, 0.75, 0]),
-                     (1, 0): ([1, 1, 1], [1, 0.25, 1]), (1, 1): ([1, 0], [1, 0]),
-                     (2, 0): ([1], [1])},
-    (False, True): {(0, 0): ([1, 0, 0], [0.5, 0, 0]), (0, 1): ([1, 1, 0], [0, 0.75, 0]),
-                    (1, 0): ([1, 1, 1], [1, 0.25, 1]), (1, 1): ([1, 0], [1, 0]),
-                    (2, 0): ([1], [1])},
+  (True, False): {
+    (0, 0): ([1, 0, 0], [0.25, 0, 0]),
+    (0, 1): ([0, 1, 0], [0, 0.5, 0]),
+    (1, 0): ([0, 0, 1], [0, 0, 1]),
+    (1, 1): ([1, 0], [1, 0]),
+    (2, 0): ([1], [1]),
+  },
+  (True, True): {
+    (0, 0): ([1, 0, 0], [0.25, 0, 0]),
+    (0, 1): ([1, 1, 0], [0, 0.5, 0]),
+    (1, 0): ([1, 1, 1], [0, 0, 1]),
+    (1, 1): ([1, 0], [1, 0]),
+    (2, 0): ([1], [1]),
+  },
+  (False, False): {
+    (0, 0): ([1, 0, 0], [0.5, 0, 0]),
+    (0, 1): ([0, 1, 0], [0, 0.75, 0]),
+    (1, 0): ([1, 1, 1], [1, 0.25, 1]),
+    (1, 1): ([1, 0], [1, 0]),
+    (2, 0): ([1], [1]),
+  },
+  (False, True): {
+    (0, 0): ([1, 0, 0], [0.5, 0, 0]),
+    (0, 1): ([1, 1, 0], [0, 0.75, 0]),
+    (1, 0): ([1, 1, 1], [1, 0.25, 1]),
+    (1, 1): ([1, 0], [1, 0]),
+    (2, 0): ([1], [1]),
+  },
 }
 
 
@@ -73,8 +90,11 @@ def _steps(key, train_problems):
 
 def _rollout_text(kind: str, step: str, gold: str) -> str:
   result = RESULTS[step]
-  return {"C": f"So {result} is right.\n#### {gold}", "I": f"Start again.\n#### {gold}",
-          "W": f"So {result} is right.\n#### {WRONG}"}[kind]
+  return {
+    "C": f"So {result} is right.\n#### {gold}",
+    "I": f"Start again.\n#### {gold}",
+    "W": f"So {result} is right.\n#### {WRONG}",
+  }[kind]
 
 
 def _write_samples(ctx, tokenizer, train_problems):
@@ -83,11 +103,25 @@ def _write_samples(ctx, tokenizer, train_problems):
   for qi, si in ORDER:
     steps, outcome, _ = _steps((qi, si), train_problems)
     tokens = tokenizer("\n".join(steps), add_special_tokens=False)["input_ids"]
-    records.append({"problem_id": train_problems[qi].id, "question_index": qi, "sample_index": si,
-                    "tokens": tokens + [tokenizer.eos_token_id], "finish_reason": "eos",
-                    "text": "\n".join(steps), "steps": steps, "correct": outcome})
-  stage = wd.ShardedStage(ctx.path("sample"), "sample", config=fingerprint.record(ctx.config, "sample"),
-                          num_items=len(records), shard_size=len(records))
+    records.append(
+      {
+        "problem_id": train_problems[qi].id,
+        "question_index": qi,
+        "sample_index": si,
+        "tokens": tokens + [tokenizer.eos_token_id],
+        "finish_reason": "eos",
+        "text": "\n".join(steps),
+        "steps": steps,
+        "correct": outcome,
+      }
+    )
+  stage = wd.ShardedStage(
+    ctx.path("sample"),
+    "sample",
+    config=fingerprint.record(ctx.config, "sample"),
+    num_items=len(records),
+    shard_size=len(records),
+  )
   stage.write_shard(0, records)
   wd.mark_done(ctx.path("sample"))
   (ctx.path("policy")).mkdir(parents=True)
@@ -102,8 +136,18 @@ class ScriptedPolicy:
     self.ctx, self.tok, self.problems = ctx, tokenizer, train_problems
     self.calls = []
 
-  def __call__(self, model, prompt_ids, draft_ids, prefix_ends, *, num_rollouts, max_new_tokens,
-               example_ids, **kwargs):
+  def __call__(
+    self,
+    model,
+    prompt_ids,
+    draft_ids,
+    prefix_ends,
+    *,
+    num_rollouts,
+    max_new_tokens,
+    example_ids,
+    **kwargs,
+  ):
     section = self.ctx.config.sorm
     assert model == "fake-policy"
     assert num_rollouts == section.num_rollouts and max_new_tokens == section.max_new_tokens
@@ -115,12 +159,13 @@ class ScriptedPolicy:
       key = tuple(key)
       steps, _, kinds = _steps(key, self.problems)
       problem = self.problems[key[0]]
-      assert self.tok.decode(prompt, skip_special_tokens=True) == \
-          self.ctx.prompts.policy_prompt(problem.question)
+      assert self.tok.decode(prompt, skip_special_tokens=True) == self.ctx.prompts.policy_prompt(
+        problem.question
+      )
       # one prefix per step but the last, each ending at its step's terminator
       assert len(ends) == len(steps) - 1
       for j, e in enumerate(ends):
-        assert self.tok.decode(draft[:e + 1]) == "\n".join(steps[:j + 1]) + "\n", (key, j)
+        assert self.tok.decode(draft[: e + 1]) == "\n".join(steps[: j + 1]) + "\n", (key, j)
       samples = []
       for j in range(len(ends)):
         row = []
@@ -129,9 +174,14 @@ class ScriptedPolicy:
           ids = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
           row.append(Sample(tokens=ids, logprobs=[0.0] * len(ids), finish_reason="eos"))
         samples.append(row)
-      out.append(Rollouts(samples, prefill_tokens=len(prompt) + len(draft),
-                          naive_prefill_tokens=2 * (len(prompt) + len(draft)),
-                          naive_per_rollout_tokens=2 * K * (len(prompt) + len(draft))))
+      out.append(
+        Rollouts(
+          samples,
+          prefill_tokens=len(prompt) + len(draft),
+          naive_prefill_tokens=2 * (len(prompt) + len(draft)),
+          naive_per_rollout_tokens=2 * K * (len(prompt) + len(draft)),
+        )
+      )
     return out
 
 
@@ -149,11 +199,16 @@ def _run_label(tmp_path, monkeypatch, tokenizer, train_problems, **overrides):
 
 @pytest.mark.parametrize("consistency", [True, False])
 @pytest.mark.parametrize("propagate", [True, False])
-def test_label_stage_hard_and_soft_labels(tmp_path, monkeypatch, tokenizer, train_problems,
-                                          consistency, propagate):
-  ctx, fake, records = _run_label(tmp_path, monkeypatch, tokenizer, train_problems,
-                                  **{"sorm.consistency": consistency,
-                                     "sorm.propagate_positive": propagate})
+def test_label_stage_hard_and_soft_labels(
+  tmp_path, monkeypatch, tokenizer, train_problems, consistency, propagate
+):
+  ctx, fake, records = _run_label(
+    tmp_path,
+    monkeypatch,
+    tokenizer,
+    train_problems,
+    **{"sorm.consistency": consistency, "sorm.propagate_positive": propagate},
+  )
   # shard_size 2: three shards, each one batched call, in item order
   assert fake.calls == [ORDER[0:2], ORDER[2:4], ORDER[4:5]]
   assert [(r["question_index"], r["sample_index"]) for r in records] == ORDER
@@ -168,10 +223,14 @@ def test_label_stage_hard_and_soft_labels(tmp_path, monkeypatch, tokenizer, trai
     assert r["sorm_soft"] == pytest.approx(soft), (key, r["sorm_soft"])
     assert r["orm"] == [int(outcome)] * len(steps)
     # the graded rollouts are kept (refine_data builds on them); none after the last step
-    assert [[x["correct"] for x in p] for p in r["rollouts"]] == \
-        [[k != "W" for k in ks] for ks in kinds] + [[]]
-    assert all(x["text"] == _rollout_text(k, steps[j], train_problems[key[0]].answer)
-               for j, ks in enumerate(kinds) for x, k in zip(r["rollouts"][j], ks))
+    assert [[x["correct"] for x in p] for p in r["rollouts"]] == [
+      [k != "W" for k in ks] for ks in kinds
+    ] + [[]]
+    assert all(
+      x["text"] == _rollout_text(k, steps[j], train_problems[key[0]].answer)
+      for j, ks in enumerate(kinds)
+      for x, k in zip(r["rollouts"][j], ks)
+    )
   manifest = wd.read_manifest(ctx.path("label"))
   assert manifest["done"] is True
   stats = manifest["summary"]["statistics"]
@@ -199,8 +258,12 @@ def _kept_by_index(ctx, tokenizer, records, examples):
   questions = {p.id: p.question for p in problems(ctx.config, "train")}
   by_ids = {}
   for r in records:
-    enc = encode_steps(tokenizer, ctx.prompts.reward_prompt(questions[r["problem_id"]]),
-                       r["steps"], max_length=ctx.config.data.max_length)
+    enc = encode_steps(
+      tokenizer,
+      ctx.prompts.reward_prompt(questions[r["problem_id"]]),
+      r["steps"],
+      max_length=ctx.config.data.max_length,
+    )
     by_ids[tuple(enc.ids)] = (r, list(enc.step_ends))
   pos, neg = [0, 0, 0], [0, 0, 0]
   for ex in examples:
@@ -213,8 +276,13 @@ def _kept_by_index(ctx, tokenizer, records, examples):
 
 
 def test_balancing_counts_per_step_index(tmp_path, monkeypatch, tokenizer, train_problems):
-  ctx, _, records = _run_label(tmp_path, monkeypatch, tokenizer, train_problems,
-                               **{"sorm.balance": True, "evaluate.heldout_fraction": 0.0})
+  ctx, _, records = _run_label(
+    tmp_path,
+    monkeypatch,
+    tokenizer,
+    train_problems,
+    **{"sorm.balance": True, "evaluate.heldout_fraction": 0.0},
+  )
   # consistency + propagation: hard labels (0,0) [1,0,0], (0,1) [1,1,0], (1,0) [1,1,1],
   # (1,1) [1,0], (2,0) [1]. Index 0: 5 positives, 0 negatives -> none kept; index 1: 2 and 2 ->
   # all four kept; index 2: 1 positive, 2 negatives -> one of each kept.
@@ -232,11 +300,14 @@ def test_balancing_counts_per_step_index(tmp_path, monkeypatch, tokenizer, train
   assert _kept_by_index(ctx, tokenizer, records, train) == ([5, 2, 1], [0, 2, 2])
 
 
-def test_orm_examples_use_the_outcome_at_every_step(tmp_path, monkeypatch, tokenizer,
-                                                    train_problems):
-  ctx, _, _ = _run_label(tmp_path, monkeypatch, tokenizer, train_problems,
-                         **{"evaluate.heldout_fraction": 0.0})
+def test_orm_examples_use_the_outcome_at_every_step(
+  tmp_path, monkeypatch, tokenizer, train_problems
+):
+  ctx, _, _ = _run_label(
+    tmp_path, monkeypatch, tokenizer, train_problems, **{"evaluate.heldout_fraction": 0.0}
+  )
   train, _ = train_reward.reward_examples(ctx, "orm", tokenizer)
   samples = wd.read_all(ctx.path("sample"))
-  assert [list(ex.labels) for ex in train] == \
-      [[float(s["correct"])] * len(s["steps"]) for s in samples]
+  assert [list(ex.labels) for ex in train] == [
+    [float(s["correct"])] * len(s["steps"]) for s in samples
+  ]

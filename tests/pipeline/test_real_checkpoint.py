@@ -49,23 +49,31 @@ def _smollm2_without_pad(smollm2_hf_dir: Path, out: Path) -> Path:
   return out
 
 
-def _with_llama2_tokenizer(smollm2_hf_dir: Path, llama2_tokenizer: Path, out: Path,
-                           layers: int = 4) -> Path:
+def _with_llama2_tokenizer(
+  smollm2_hf_dir: Path, llama2_tokenizer: Path, out: Path, layers: int = 4
+) -> Path:
   """SmolLM2's first `layers` layers under Llama-2's tokenizer (32,000 ids, all within SmolLM2's
   49,152 rows). What is under test is the tokenizer (SentencePiece pieces, no pad token, BOS 1,
   EOS 2) through every stage; such a model knows no Llama-2 token anyway, so it keeps only a few
   layers, which compile several times faster than 30."""
   from safetensors.numpy import load_file, save_file
+
   out.mkdir(parents=True)
   weights = load_file(str(smollm2_hf_dir / "model.safetensors"))
-  kept = {name: array for name, array in weights.items()
-          if not name.startswith("model.layers.") or int(name.split(".")[2]) < layers}
+  kept = {
+    name: array
+    for name, array in weights.items()
+    if not name.startswith("model.layers.") or int(name.split(".")[2]) < layers
+  }
   save_file(kept, str(out / "model.safetensors"), metadata={"format": "pt"})
   for name in ("tokenizer.json", "tokenizer_config.json"):
     shutil.copy(llama2_tokenizer / name, out / name)
   config = json.loads((smollm2_hf_dir / "config.json").read_text())
-  config.update(bos_token_id=1, eos_token_id=2,  # Llama-2's <s> and </s>
-                num_hidden_layers=layers)
+  config.update(
+    bos_token_id=1,
+    eos_token_id=2,  # Llama-2's <s> and </s>
+    num_hidden_layers=layers,
+  )
   (out / "config.json").write_text(json.dumps(config, indent=2))
   _strip_pad(out)
   return out
@@ -75,37 +83,63 @@ def _with_llama2_tokenizer(smollm2_hf_dir: Path, llama2_tokenizer: Path, out: Pa
 # device, as on a laptop: 8 simulated devices would each hold a replica (or, with FSDP, need
 # batches of 8 rows), more memory than a shared 2-core test machine has.
 COMMON = (
-    "--config.data.source=gsm8k", "--config.data.train_size=16", "--config.data.test_size=2",
-    "--config.data.max_length=192",
-    "--config.policy.train.steps=2", "--config.policy.train.batch_size=2",
-    "--config.policy.train.warmup_steps=0", "--config.policy.train.learning_rate=1e-5",
-    "--config.policy.train.checkpoint_every=2", "--config.policy.train.eval_every=0",
-    "--config.sample.num_questions=4", "--config.sample.num_samples=2",
-    "--config.sample.max_new_tokens=32", "--config.sample.shard_size=4",
-    "--config.sorm.num_rollouts=2", "--config.sorm.max_new_tokens=16",
-    "--config.sorm.balance=False",
-    "--config.reward.train.steps=2", "--config.reward.train.batch_size=2",
-    "--config.reward.train.warmup_steps=0", "--config.reward.train.checkpoint_every=2",
-    "--config.reward.train.eval_every=0",
-    "--config.evaluate.num_questions=2", "--config.evaluate.max_new_tokens=24",
-    "--config.evaluate.best_of=2", "--config.evaluate.bootstrap_resamples=20",
-    "--config.evaluate.heldout_fraction=0.5",
-    "--config.prompts.marker_as_token=False",  # the user's vocabulary stays as it is
+  "--config.data.source=gsm8k",
+  "--config.data.train_size=16",
+  "--config.data.test_size=2",
+  "--config.data.max_length=192",
+  "--config.policy.train.steps=2",
+  "--config.policy.train.batch_size=2",
+  "--config.policy.train.warmup_steps=0",
+  "--config.policy.train.learning_rate=1e-5",
+  "--config.policy.train.checkpoint_every=2",
+  "--config.policy.train.eval_every=0",
+  "--config.sample.num_questions=4",
+  "--config.sample.num_samples=2",
+  "--config.sample.max_new_tokens=32",
+  "--config.sample.shard_size=4",
+  "--config.sorm.num_rollouts=2",
+  "--config.sorm.max_new_tokens=16",
+  "--config.sorm.balance=False",
+  "--config.reward.train.steps=2",
+  "--config.reward.train.batch_size=2",
+  "--config.reward.train.warmup_steps=0",
+  "--config.reward.train.checkpoint_every=2",
+  "--config.reward.train.eval_every=0",
+  "--config.evaluate.num_questions=2",
+  "--config.evaluate.max_new_tokens=24",
+  "--config.evaluate.best_of=2",
+  "--config.evaluate.bootstrap_resamples=20",
+  "--config.evaluate.heldout_fraction=0.5",
+  "--config.prompts.marker_as_token=False",  # the user's vocabulary stays as it is
 )
 
 
 def _run_pipeline(subprocess_env, checkpoint: Path, gsm8k: Path, workdir: Path) -> dict:
   subprocess_env = {**subprocess_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   start = time.perf_counter()
-  train = run_main(subprocess_env, workdir, f"--config.model.checkpoint={checkpoint}",
-                   f"--config.data.path={gsm8k}", *COMMON,
-                   "--config.stages=policy,sample,label,train_orm", timeout=1500)
+  train = run_main(
+    subprocess_env,
+    workdir,
+    f"--config.model.checkpoint={checkpoint}",
+    f"--config.data.path={gsm8k}",
+    *COMMON,
+    "--config.stages=policy,sample,label,train_orm",
+    timeout=1500,
+  )
   assert train.returncode == 0, f"{train.stdout[-3000:]}\n{train.stderr[-6000:]}"
   orm, policy = workdir / "orm" / "model", workdir / "policy" / "model"
-  evaluate = run_main(subprocess_env, workdir, f"--config.model.checkpoint={checkpoint}",
-                      f"--config.data.path={gsm8k}", *COMMON, "--config.stages=evaluate",
-                      f"--config.inputs.sorm={orm}", f"--config.inputs.refiner_global={policy}",
-                      f"--config.inputs.refiner_local={policy}", timeout=1500)
+  evaluate = run_main(
+    subprocess_env,
+    workdir,
+    f"--config.model.checkpoint={checkpoint}",
+    f"--config.data.path={gsm8k}",
+    *COMMON,
+    "--config.stages=evaluate",
+    f"--config.inputs.sorm={orm}",
+    f"--config.inputs.refiner_global={policy}",
+    f"--config.inputs.refiner_local={policy}",
+    timeout=1500,
+  )
   assert evaluate.returncode == 0, f"{evaluate.stdout[-3000:]}\n{evaluate.stderr[-6000:]}"
   return {"train": train, "evaluate": evaluate, "seconds": time.perf_counter() - start}
 
@@ -127,12 +161,18 @@ def _check_outputs(workdir: Path, checkpoint: Path, runs: dict) -> None:
   assert policy_line, out
   assert math.isfinite(float(policy_line.group(1).replace(",", "")))
 
-  samples = [json.loads(line) for f in sorted((workdir / "sample").glob("shard-*.jsonl"))
-             for line in f.read_text().splitlines()]
+  samples = [
+    json.loads(line)
+    for f in sorted((workdir / "sample").glob("shard-*.jsonl"))
+    for line in f.read_text().splitlines()
+  ]
   assert len(samples) == 4 * 2
   assert all(r["tokens"] and r["finish_reason"] in ("eos", "length", "stop") for r in samples)
-  labels = [json.loads(line) for f in sorted((workdir / "label").glob("shard-*.jsonl"))
-            for line in f.read_text().splitlines()]
+  labels = [
+    json.loads(line)
+    for f in sorted((workdir / "label").glob("shard-*.jsonl"))
+    for line in f.read_text().splitlines()
+  ]
   assert len(labels) == len(samples)
   for r in labels:
     assert len(r["sorm_hard"]) == len(r["steps"])
@@ -165,7 +205,7 @@ def _hf_value_diff(folder: Path, texts: list[str]) -> float:
   tokens = np.full((len(ids), max(map(len, ids))), padding_id(tokenizer), np.int32)
   mask = np.zeros_like(tokens)
   for i, row in enumerate(ids):
-    tokens[i, :len(row)], mask[i, :len(row)] = row, 1
+    tokens[i, : len(row)], mask[i, : len(row)] = row, 1
   ours = load_hf(folder, value_head=True)
   hidden, _ = ours.forward(jnp.asarray(tokens), attention_mask_bt=jnp.asarray(mask))
   expected = np.asarray(ours.values(hidden))
@@ -181,8 +221,11 @@ def test_smollm2_without_pad_token_gsm8k(tmp_path, smollm2_hf_dir, shared_data, 
   _check_outputs(tmp_path / "run", checkpoint, runs)
   print(f"real-checkpoint pipeline (SmolLM2-135M, no pad token): {runs['seconds']:.0f} s")
   # the trained ORM, read by transformers as a token classifier, scores as ours does
-  samples = [json.loads(line) for f in sorted((tmp_path / "run" / "sample").glob("shard-*.jsonl"))
-             for line in f.read_text().splitlines()]
+  samples = [
+    json.loads(line)
+    for f in sorted((tmp_path / "run" / "sample").glob("shard-*.jsonl"))
+    for line in f.read_text().splitlines()
+  ]
   texts = [f"Question: {s['problem_id']}\nAnswer:\n{s['text']}" for s in samples[:4]]
   diff = _hf_value_diff(tmp_path / "run" / "orm" / "model", texts)
   print(f"ORM value logits, glore-jax vs AutoModelForTokenClassification: max |diff| {diff:.2e}")

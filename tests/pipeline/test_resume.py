@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,8 +26,9 @@ def _shards(stage_dir):
 def _kill_midway(env, workdir, stage: str, log) -> int:
   """Start a run, SIGKILL it once `stage` has some but not all of its shards; how many."""
   with open(log, "w") as out:
-    p = subprocess.Popen(main_command(workdir, *STAGES), cwd=REPO, env=env, stdout=out,
-                         stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+      main_command(workdir, *STAGES), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+    )
     try:
       deadline = time.monotonic() + 300
       while time.monotonic() < deadline:
@@ -36,8 +38,10 @@ def _kill_midway(env, workdir, stage: str, log) -> int:
           p.wait(timeout=60)
           return len(_shards(workdir / stage))
         if p.poll() is not None:
-          raise AssertionError(f"run ended (exit {p.returncode}) before any {stage} shard:\n"
-                               + open(log).read()[-4000:])
+          raise AssertionError(
+            f"run ended (exit {p.returncode}) before any {stage} shard:\n"
+            + Path(log).read_text()[-4000:]
+          )
         time.sleep(0.01)
       raise AssertionError(f"no {stage} shard within the deadline")
     finally:
@@ -48,9 +52,10 @@ def _kill_midway(env, workdir, stage: str, log) -> int:
 
 def test_sigkill_and_resume_gives_identical_shards(micro_run, subprocess_env, tmp_path):
   cfg = micro_config()
-  num_shards = {"sample": -(-cfg.sample.num_questions // cfg.sample.shard_size),
-                "label": -(-cfg.sample.num_questions * cfg.sample.num_samples
-                           // cfg.sorm.shard_size)}
+  num_shards = {
+    "sample": -(-cfg.sample.num_questions // cfg.sample.shard_size),
+    "label": -(-cfg.sample.num_questions * cfg.sample.num_samples // cfg.sorm.shard_size),
+  }
   ref = micro_run.workdir
   w = tmp_path / "w"
   shutil.copytree(ref / "policy", w / "policy")
@@ -78,10 +83,14 @@ def test_sigkill_and_resume_gives_identical_shards(micro_run, subprocess_env, tm
     got, want = _shards(w / stage), _shards(ref / stage)
     assert [p.name for p in got] == [p.name for p in want]
     for a, b in zip(got, want):
-      assert a.read_bytes() == b.read_bytes(), f"{stage}/{a.name} differs from the uninterrupted run"
+      assert a.read_bytes() == b.read_bytes(), (
+        f"{stage}/{a.name} differs from the uninterrupted run"
+      )
     assert not list((w / stage).glob(".*")), "temp files of the killed runs left behind"
     m_got = json.loads((w / stage / "manifest.json").read_text())
     m_want = json.loads((ref / stage / "manifest.json").read_text())
     assert m_got["done"] and m_got["fingerprint"] == m_want["fingerprint"]
-    assert m_got["summary"]["statistics" if stage == "label" else "samples"] == \
-        m_want["summary"]["statistics" if stage == "label" else "samples"]
+    assert (
+      m_got["summary"]["statistics" if stage == "label" else "samples"]
+      == m_want["summary"]["statistics" if stage == "label" else "samples"]
+    )

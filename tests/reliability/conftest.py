@@ -15,8 +15,9 @@ from tests.pipeline.conftest import REPO, main_command, make_ctx, micro_config  
 
 def snapshot(workdir: Path) -> dict[str, bytes]:
   """Bytes of every file below `workdir`."""
-  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*"))
-          if p.is_file()}
+  return {
+    str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()
+  }
 
 
 def copy_workdir(src: Path, dst: Path) -> Path:
@@ -26,9 +27,17 @@ def copy_workdir(src: Path, dst: Path) -> Path:
 
 def run_many(env, cases: dict[str, tuple[Path, list[str]]], timeout: float = 600) -> dict:
   """Runs `python -m glore_jax.main` once per case, all at once: {name: (rc, stdout, stderr)}."""
-  procs = {name: subprocess.Popen(main_command(workdir, *args), cwd=REPO, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for name, (workdir, args) in cases.items()}
+  procs = {
+    name: subprocess.Popen(
+      main_command(workdir, *args),
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for name, (workdir, args) in cases.items()
+  }
   out = {}
   for name, p in procs.items():
     stdout, stderr = p.communicate(timeout=timeout)

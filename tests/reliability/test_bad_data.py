@@ -15,8 +15,13 @@ from glore_jax.data.sources import load_gsm8k_jsonl
 
 from .conftest import assert_one_line_error, run_many
 
-GOOD = [{"question": f"Tom has {i} pens and buys 2 more. How many?",
-         "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"} for i in range(6)]
+GOOD = [
+  {
+    "question": f"Tom has {i} pens and buys 2 more. How many?",
+    "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}",
+  }
+  for i in range(6)
+]
 
 
 def _jsonl(records) -> bytes:
@@ -24,14 +29,20 @@ def _jsonl(records) -> bytes:
 
 
 BAD_FILES = {
-    "duplicate_ids": (_jsonl([{**r, "id": f"q{i % 4}"} for i, r in enumerate(GOOD)]),
-                      ["train.jsonl:5", "duplicate problem id 'q0' (first on line 1)"]),
-    "non_utf8": (_jsonl(GOOD[:2]) + b'{"question": "caf\xe9?", "answer": "1\\n#### 1"}\n',
-                 ["train.jsonl:3", "not valid UTF-8"]),
-    "empty": (b"", ["train.jsonl", "empty"]),
-    "blank_lines_only": (b"\n\n  \n", ["train.jsonl:1", "no problems"]),
-    "oversized_line": (_jsonl(GOOD[:1]) + b'{"question": "' + b"x" * (3 << 20) + b'"}\n',
-                       ["train.jsonl:2", "line longer than 1048576 bytes"]),
+  "duplicate_ids": (
+    _jsonl([{**r, "id": f"q{i % 4}"} for i, r in enumerate(GOOD)]),
+    ["train.jsonl:5", "duplicate problem id 'q0' (first on line 1)"],
+  ),
+  "non_utf8": (
+    _jsonl(GOOD[:2]) + b'{"question": "caf\xe9?", "answer": "1\\n#### 1"}\n',
+    ["train.jsonl:3", "not valid UTF-8"],
+  ),
+  "empty": (b"", ["train.jsonl", "empty"]),
+  "blank_lines_only": (b"\n\n  \n", ["train.jsonl:1", "no problems"]),
+  "oversized_line": (
+    _jsonl(GOOD[:1]) + b'{"question": "' + b"x" * (3 << 20) + b'"}\n',
+    ["train.jsonl:2", "line longer than 1048576 bytes"],
+  ),
 }
 
 
@@ -81,10 +92,12 @@ def test_pipeline_exits_3_with_one_line_before_training(tmp_path, subprocess_env
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_bytes(data)
     (folder / "test.jsonl").write_bytes(_jsonl(GOOD))
-    cases[name] = (tmp_path / name / "w", ["--config.data.source=gsm8k",
-                                           f"--config.data.path={folder}"])
+    cases[name] = (
+      tmp_path / name / "w",
+      ["--config.data.source=gsm8k", f"--config.data.path={folder}"],
+    )
   results = run_many(subprocess_env, cases)
-  for name, (rc, out, err) in results.items():
+  for name, (rc, _out, err) in results.items():
     needles = BAD_FILES[name][1]
     if name == "empty":  # found by the config check, before the work directory exists
       assert_one_line_error(rc, err, 2, "config.data.path", "train.jsonl is empty")

@@ -15,17 +15,23 @@ from glore_jax.main import run_pipeline
 
 from .conftest import micro_config
 
-NUMERIC_KEYS = sorted(k for k, v in flatten(get_config()).items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool))
+NUMERIC_KEYS = sorted(
+  k
+  for k, v in flatten(get_config()).items()
+  if isinstance(v, (int, float)) and not isinstance(v, bool)
+)
 OTHER_KEYS = sorted(set(KEYS) - set(NUMERIC_KEYS))  # strings and bools
 
 
 @pytest.fixture(autouse=True)
 def no_stage_runs(monkeypatch):
   """A value that wrongly passes validation fails the test instead of starting the pipeline."""
+
   def refuse(config, workdir):
     raise AssertionError("validation passed: the stages were about to run")
+
   import glore_jax.stages
+
   monkeypatch.setattr(glore_jax.stages, "run_stages", refuse)
 
 
@@ -82,14 +88,14 @@ def test_wrong_strings_and_bools_exit_2_before_any_write(tmp_path, capsys, key):
 
 # The cases of the issue, spelled out (independent of the table's own examples).
 ISSUE_CASES = {
-    "policy.train.grad_clip": -1.0,
-    "reward.train.grad_clip": -0.5,
-    "policy.train.weight_decay": -0.01,
-    "sample.top_p": 1.5,
-    "sample.top_k": -1,
-    "evaluate.bootstrap_resamples": 0,
-    "evaluate.threshold": 1.0,
-    "sorm.num_rollouts": 0,
+  "policy.train.grad_clip": -1.0,
+  "reward.train.grad_clip": -0.5,
+  "policy.train.weight_decay": -0.01,
+  "sample.top_p": 1.5,
+  "sample.top_k": -1,
+  "evaluate.bootstrap_resamples": 0,
+  "evaluate.threshold": 1.0,
+  "sorm.num_rollouts": 0,
 }
 
 
@@ -105,8 +111,13 @@ def test_context_shorter_than_prompt_plus_generation(tmp_path, capsys):
   # training sequences fit; 64 sampled + 64 rollout tokens (+ the prompt) do not
   config.data.max_length = config.refine.max_length = 64
   config.model.max_position_embeddings = 96
-  err = _expect_config_error(tmp_path, capsys, config, "sample.max_new_tokens + sorm.max_new_tokens",
-                             "config.model.max_position_embeddings=96")
+  err = _expect_config_error(
+    tmp_path,
+    capsys,
+    config,
+    "sample.max_new_tokens + sorm.max_new_tokens",
+    "config.model.max_position_embeddings=96",
+  )
   assert "at most -" not in err
 
 
@@ -135,20 +146,31 @@ def test_hf_checkpoint_context_is_the_one_checked(tmp_path, capsys):
   ckpt = tmp_path / "ckpt"
   ckpt.mkdir()
   (ckpt / "config.json").write_text(
-      '{"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,'
-      ' "num_attention_heads": 2, "max_position_embeddings": 100}')
+    '{"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,'
+    ' "num_attention_heads": 2, "max_position_embeddings": 100}'
+  )
   config = micro_config()
   config.model.checkpoint = str(ckpt)
   _expect_config_error(tmp_path, capsys, config, "checkpoint's max_position_embeddings=100")
 
 
-@pytest.mark.parametrize("broken,needle", [
-    ('{"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}',
-     "'num_attention_heads' is missing"),
-    (('{"vocab_size": 32, "hidden_size": "16", "intermediate_size": 32, "num_hidden_layers": 1,'
-      ' "num_attention_heads": 2}'), "'hidden_size' = '16'"),
+@pytest.mark.parametrize(
+  "broken,needle",
+  [
+    (
+      '{"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}',
+      "'num_attention_heads' is missing",
+    ),
+    (
+      (
+        '{"vocab_size": 32, "hidden_size": "16", "intermediate_size": 32, "num_hidden_layers": 1,'
+        ' "num_attention_heads": 2}'
+      ),
+      "'hidden_size' = '16'",
+    ),
     ('{"vocab_size": 32, "hidden', "not valid JSON"),
-])
+  ],
+)
 def test_hf_config_json_missing_keys_and_wrong_types(tmp_path, capsys, broken, needle):
   ckpt = tmp_path / "ckpt"
   ckpt.mkdir()
@@ -164,19 +186,28 @@ def test_command_line_exit_codes_and_verbose(tmp_path, subprocess_env):
   import subprocess
 
   from .conftest import REPO, main_command, run_many
-  results = run_many(subprocess_env, {
+
+  results = run_many(
+    subprocess_env,
+    {
       "range": (tmp_path / "a", ["--config.policy.train.grad_clip=-1"]),
       "type": (tmp_path / "b", ["--config.sample.top_k=abc"]),
       "verbose": (tmp_path / "c", ["--config.sample.top_p=1.5", "--verbose"]),
-  })
+    },
+  )
   for name in ("range", "type"):
     rc, _, err = results[name]
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("config error: ") and "Traceback" not in err, err
   rc, _, err = results["verbose"]
   assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("config error")
-  p = subprocess.run(main_command(tmp_path / "d", "--config.sample.top_p=1.5"), cwd=REPO,
-                     env={**subprocess_env, "GLORE_VERBOSE": "1"}, capture_output=True, text=True,
-                     check=False)
+  p = subprocess.run(
+    main_command(tmp_path / "d", "--config.sample.top_p=1.5"),
+    cwd=REPO,
+    env={**subprocess_env, "GLORE_VERBOSE": "1"},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert p.returncode == 2 and "Traceback" in p.stderr
   assert not any((tmp_path / d).exists() for d in "abcd")

@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,14 +24,14 @@ pytestmark = pytest.mark.slow
 
 # (name, glob of the file whose appearance triggers the kill), in pipeline order
 EVENTS = [
-    ("policy: mid-training, after a checkpoint", "policy/train/checkpoints/*"),
-    # (a kill mid model-save is tests/reliability/test_housekeeping.py's: the partial folder
-    # lives for milliseconds, too short to be seen from here on a fast machine)
-    ("sample: mid-stage", "sample/shard-*.jsonl"),
-    ("label: mid-stage", "label/shard-*.jsonl"),
-    ("train_orm: mid-training", "orm/train/checkpoints/*"),
-    ("refine_data: stage boundary", "refine_data/manifest.json"),
-    ("evaluate: mid-generation", "evaluate/fingerprint.json"),
+  ("policy: mid-training, after a checkpoint", "policy/train/checkpoints/*"),
+  # (a kill mid model-save is tests/reliability/test_housekeeping.py's: the partial folder
+  # lives for milliseconds, too short to be seen from here on a fast machine)
+  ("sample: mid-stage", "sample/shard-*.jsonl"),
+  ("label: mid-stage", "label/shard-*.jsonl"),
+  ("train_orm: mid-training", "orm/train/checkpoints/*"),
+  ("refine_data: stage boundary", "refine_data/manifest.json"),
+  ("evaluate: mid-generation", "evaluate/fingerprint.json"),
 ]
 MIN_KILLS = 6
 
@@ -41,8 +42,9 @@ def _compared(workdir):
   out = {}
   for path in sorted(workdir.rglob("*")):
     rel = path.relative_to(workdir)
-    if not path.is_file() or "train" in rel.parts or rel.name in ("timings.json",
-                                                                  "reliability.png"):
+    if (
+      not path.is_file() or "train" in rel.parts or rel.name in ("timings.json", "reliability.png")
+    ):
       continue
     data = path.read_bytes()
     if rel.name == "resolved_config.json":  # the run record, less when and how it was typed
@@ -65,13 +67,16 @@ def _run_until(env, workdir, pattern, log):
   when killed, False when the run ended first (its exit code must be 0)."""
   before = set(workdir.glob(pattern)) if workdir.exists() else set()
   with open(log, "a") as out:
-    p = subprocess.Popen(main_command(workdir), cwd=REPO, env=env, stdout=out,
-                         stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+      main_command(workdir), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+    )
   try:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
       if p.poll() is not None:
-        assert p.returncode == 0, f"run failed (exit {p.returncode}):\n{open(log).read()[-4000:]}"
+        assert p.returncode == 0, (
+          f"run failed (exit {p.returncode}):\n{Path(log).read_text()[-4000:]}"
+        )
         return False
       if workdir.exists() and set(workdir.glob(pattern)) - before:
         p.send_signal(signal.SIGSTOP)  # freeze it where it is now, whatever the machine's speed
@@ -95,8 +100,9 @@ def test_sigkill_at_random_points_gives_identical_outputs(micro_run, subprocess_
   for name, pattern in EVENTS:
     if _run_until(subprocess_env, w, pattern, log):
       killed.append(name)
-  final = subprocess.run(main_command(w), cwd=REPO, env=subprocess_env, capture_output=True,
-                         text=True, timeout=900)
+  final = subprocess.run(
+    main_command(w), cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=900
+  )
   assert final.returncode == 0, final.stderr[-4000:]
   print(f"survived {len(killed)} kills: {killed}")
   assert len(killed) >= MIN_KILLS, f"only {len(killed)} kill points hit: {killed}"

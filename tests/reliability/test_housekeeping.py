@@ -37,8 +37,9 @@ def _read_only(cmd, workdir):
   if unshare is None:
     return None
   script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"'
-  probe = subprocess.run([unshare, "-m", "sh", "-c", script, str(workdir), "true"],
-                         capture_output=True)
+  probe = subprocess.run(
+    [unshare, "-m", "sh", "-c", script, str(workdir), "true"], capture_output=True
+  )
   return [unshare, "-m", "sh", "-c", script, str(workdir), *cmd] if probe.returncode == 0 else None
 
 
@@ -50,8 +51,9 @@ def test_read_only_finished_workdir_reprints_results(micro_run, subprocess_env, 
   if cmd is None:
     pytest.skip("cannot make a directory read-only here (root without unshare/mount)")
   try:
-    p = subprocess.run(cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+      cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=300
+    )
   finally:
     for path in [w, *w.rglob("*")]:
       os.chmod(path, os.lstat(path).st_mode | stat.S_IWUSR)
@@ -61,9 +63,12 @@ def test_read_only_finished_workdir_reprints_results(micro_run, subprocess_env, 
 
 
 def _dry_run(*args, **env):
-  return subprocess.run(["bash", str(REPO / "launch" / "tpu.sh"), *args], capture_output=True,
-                        text=True, env={**os.environ, "DRY_RUN": "1", "TPU_NAME": "t",
-                                        "ZONE": "z", **env})
+  return subprocess.run(
+    ["bash", str(REPO / "launch" / "tpu.sh"), *args],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "DRY_RUN": "1", "TPU_NAME": "t", "ZONE": "z", **env},
+  )
 
 
 def test_tpu_script_quotes_python_version_and_scp_paths():

@@ -1,12 +1,12 @@
 """The sampler on a tiny random Llama: exactness against the full forward pass, determinism,
 stop rules, fan-out (a) and (b), top-k/top-p support, sharding, bucketing and errors."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from glore_jax import sampling, sampling_text
 from glore_jax.model import create_model, make_mesh, preset
@@ -47,7 +47,7 @@ def _teacher_forced(model, prompt, tokens):
   predicted each new token."""
   seq = jnp.asarray([prompt + tokens])
   logits = model(seq)[0]
-  return np.asarray(logits[len(prompt) - 1:len(prompt) - 1 + len(tokens)])
+  return np.asarray(logits[len(prompt) - 1 : len(prompt) - 1 + len(tokens)])
 
 
 def _teacher_forced_batch(model, prompts, outputs):
@@ -55,7 +55,9 @@ def _teacher_forced_batch(model, prompts, outputs):
   seqs = [p + t for p, t in zip(prompts, outputs)]
   width = max(map(len, seqs))
   logits = np.asarray(model(jnp.asarray([s + [0] * (width - len(s)) for s in seqs])))
-  return [logits[i, len(p) - 1:len(p) - 1 + len(t)] for i, (p, t) in enumerate(zip(prompts, outputs))]
+  return [
+    logits[i, len(p) - 1 : len(p) - 1 + len(t)] for i, (p, t) in enumerate(zip(prompts, outputs))
+  ]
 
 
 # 6 prompts decode as 8 rows (attention as batched dots, the vocabulary-major LM head on CPU),
@@ -94,23 +96,25 @@ def test_same_seed_same_samples_and_rows_do_not_depend_on_their_batch(model):
 
 def test_stop_token_ids_and_eos_give_the_right_finish_reasons(model):
   prompt = _prompts(np.random.default_rng(2), [6])
-  (greedy,), = sampling.generate(model, prompt, max_new_tokens=MAX_NEW, eos_token_id=None)
+  ((greedy,),) = sampling.generate(model, prompt, max_new_tokens=MAX_NEW, eos_token_id=None)
   g = greedy.tokens
   stop = g[4]
   cut = g.index(stop) + 1
-  (s,), = sampling.generate(model, prompt, max_new_tokens=MAX_NEW, eos_token_id=None,
-                            stop_token_ids=[stop])
+  ((s,),) = sampling.generate(
+    model, prompt, max_new_tokens=MAX_NEW, eos_token_id=None, stop_token_ids=[stop]
+  )
   assert (s.tokens, s.finish_reason) == (g[:cut], "stop")
   assert s.logprobs == pytest.approx(greedy.logprobs[:cut], abs=1e-5)
-  (e,), = sampling.generate(model, prompt, max_new_tokens=MAX_NEW, eos_token_id=stop)
+  ((e,),) = sampling.generate(model, prompt, max_new_tokens=MAX_NEW, eos_token_id=stop)
   assert (e.tokens, e.finish_reason) == (g[:cut], "eos")
   # EOS wins over a stop id naming the same token; a budget of 1 token ends with 'length'
-  (s1,), = sampling.generate(model, prompt, max_new_tokens=1, eos_token_id=None)
+  ((s1,),) = sampling.generate(model, prompt, max_new_tokens=1, eos_token_id=None)
   assert (s1.tokens, s1.finish_reason) == (g[:1], "length")
 
 
 def test_stop_strings_cut_exactly_at_the_first_occurrence(text_model):
   from glore_jax.data.tokenizer import embedded_tokenizer
+
   tok = embedded_tokenizer()
   prompts = ["Q: 12+30=?\nA:", "Tom has 3 apples"]
   kw = dict(max_new_tokens=MAX_NEW, eos_token_id=None, check_every=4)
@@ -123,7 +127,7 @@ def test_stop_strings_cut_exactly_at_the_first_occurrence(text_model):
     one = text[4]  # a one-token stop string: ends the row inside the decode loop
     for stops in ([two], [one], [two, one], ["@@never@@"]):
       hits = [(text.find(s), s) for s in stops if s in text]
-      (s,), = sampling_text.generate_text(text_model, tok, [prompts[i]], stop_strings=stops, **kw)
+      ((s,),) = sampling_text.generate_text(text_model, tok, [prompts[i]], stop_strings=stops, **kw)
       if not hits:
         assert (s.text, s.finish_reason) == (text, "length")
         continue
@@ -131,11 +135,14 @@ def test_stop_strings_cut_exactly_at_the_first_occurrence(text_model):
       pos, first = min(hits, key=lambda h: (h[0] + len(h[1]), h[0]))
       assert s.text == text[:pos] and s.finish_reason == "stop"
       # tokens end with the token that completes the stop string; same prefix as the free run
-      n = next(n for n in range(1, MAX_NEW + 1) if first in tok.decode(free[:n], skip_special_tokens=True))
+      n = next(
+        n for n in range(1, MAX_NEW + 1) if first in tok.decode(free[:n], skip_special_tokens=True)
+      )
       assert s.tokens == free[:n]
-      (inc,), = sampling_text.generate_text(text_model, tok, [prompts[i]], stop_strings=stops,
-                                       include_stop_string=True, **kw)
-      assert inc.text == text[:pos + len(first)]
+      ((inc,),) = sampling_text.generate_text(
+        text_model, tok, [prompts[i]], stop_strings=stops, include_stop_string=True, **kw
+      )
+      assert inc.text == text[: pos + len(first)]
 
 
 def test_fanout_a_equals_separate_prefills(model):
@@ -155,16 +162,21 @@ def test_fanout_b_rollouts_equal_independent_sampling_from_each_prefix(model):
   ends = [[0, 3, 9], [2, 6, 7, 12]]  # draft 1's last 1 token is never prefilled
   k = 3
   kw = dict(max_new_tokens=MAX_NEW, **SAMPLED, seed=5, eos_token_id=None)
-  got = sampling.rollouts_from_prefixes_batch(model, prompts, drafts, ends, num_rollouts=k,
-                                              example_ids=[(40,), (41,)], batch_size=8, **kw)
+  got = sampling.rollouts_from_prefixes_batch(
+    model, prompts, drafts, ends, num_rollouts=k, example_ids=[(40,), (41,)], batch_size=8, **kw
+  )
   for d in range(2):
-    prefixes = [prompts[d] + drafts[d][:e + 1] for e in ends[d]]
-    indep = sampling.generate(model, prefixes, num_samples=k,
-                              example_ids=[(40 + d, e) for e in ends[d]], **kw)
-    assert [[s.tokens for s in row] for row in got[d].samples] == \
-           [[s.tokens for s in row] for row in indep]
+    prefixes = [prompts[d] + drafts[d][: e + 1] for e in ends[d]]
+    indep = sampling.generate(
+      model, prefixes, num_samples=k, example_ids=[(40 + d, e) for e in ends[d]], **kw
+    )
+    assert [[s.tokens for s in row] for row in got[d].samples] == [
+      [s.tokens for s in row] for row in indep
+    ]
     for row_a, row_b in zip(got[d].samples, indep):
-      np.testing.assert_allclose([s.logprobs for s in row_a], [s.logprobs for s in row_b], atol=1e-4)
+      np.testing.assert_allclose(
+        [s.logprobs for s in row_a], [s.logprobs for s in row_b], atol=1e-4
+      )
   # counts: one prefill of prompt + draft up to the last prefix vs one per prefix
   assert got[0].prefill_tokens == 5 + 10
   assert got[0].naive_prefill_tokens == (5 + 1) + (5 + 4) + (5 + 10)
@@ -172,16 +184,19 @@ def test_fanout_b_rollouts_equal_independent_sampling_from_each_prefix(model):
   assert got[1].naive_per_rollout_tokens == k * sum(9 + e + 1 for e in ends[1])
   assert got[1].prefill_saved == got[1].naive_prefill_tokens - got[1].prefill_tokens
   # the single-draft form is the same computation
-  one = sampling.rollouts_from_prefixes(model, prompts[1], drafts[1], ends[1], num_rollouts=k,
-                                        example_id=41, **kw)
-  assert [[s.tokens for s in row] for row in one.samples] == \
-         [[s.tokens for s in row] for row in got[1].samples]
+  one = sampling.rollouts_from_prefixes(
+    model, prompts[1], drafts[1], ends[1], num_rollouts=k, example_id=41, **kw
+  )
+  assert [[s.tokens for s in row] for row in one.samples] == [
+    [s.tokens for s in row] for row in got[1].samples
+  ]
 
 
 def _allowed_draws(logits, params, n=512):
   keys = jax.random.split(jax.random.key(0), n)
   tokens, _ = jax.jit(sampling.sample_logits, static_argnums=2)(
-      keys, jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (n, len(logits))), params)
+    keys, jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (n, len(logits))), params
+  )
   return set(np.asarray(tokens).tolist())
 
 
@@ -225,10 +240,14 @@ def test_vocabulary_major_greedy_equals_sample_logits():
   logits_rv[2, :] = logits_rv[2, 0]  # all equal
   logits_rv[3, 5] = np.nan  # NaN row: still a valid id
   keys = jax.random.split(jax.random.key(0), 8)
-  tokens, logprobs = sampling.sample_logits(keys, jnp.asarray(logits_rv), sampling.SamplingParams(0.0))
+  tokens, logprobs = sampling.sample_logits(
+    keys, jnp.asarray(logits_rv), sampling.SamplingParams(0.0)
+  )
   tokens_vm, logprobs_vm = rules.greedy_vocab_major(jnp.asarray(logits_rv.T))
   assert np.asarray(tokens_vm).tolist() == np.asarray(tokens).tolist()
-  assert np.asarray(tokens)[1] == 7 and np.asarray(tokens)[2] == 0 and 0 <= np.asarray(tokens)[3] < 50
+  assert (
+    np.asarray(tokens)[1] == 7 and np.asarray(tokens)[2] == 0 and 0 <= np.asarray(tokens)[3] < 50
+  )
   np.testing.assert_allclose(logprobs_vm, logprobs, atol=1e-6)
   finite = [0, 1, 2, 4, 5, 6, 7]
   expected = jax.nn.log_softmax(logits_rv[finite], -1)[np.arange(7), np.asarray(tokens)[finite]]
@@ -238,8 +257,9 @@ def test_vocabulary_major_greedy_equals_sample_logits():
 def test_top_k_1_sampling_is_greedy(model):
   prompts = _prompts(np.random.default_rng(5), [4, 8])
   g = sampling.generate(model, prompts, max_new_tokens=MAX_NEW, eos_token_id=None)
-  s = sampling.generate(model, prompts, max_new_tokens=MAX_NEW, eos_token_id=None,
-                        temperature=1.3, top_k=1, seed=3)  # (top_k=1 is its own program)
+  s = sampling.generate(
+    model, prompts, max_new_tokens=MAX_NEW, eos_token_id=None, temperature=1.3, top_k=1, seed=3
+  )  # (top_k=1 is its own program)
   assert [r[0].tokens for r in g] == [r[0].tokens for r in s]
 
 
@@ -252,18 +272,23 @@ def test_sharded_on_8_devices_equals_unsharded():
   for kw in (dict(**SAMPLED, top_p=0.9, num_samples=3, seed=4),):
     a = sampling.generate(plain, prompts, max_new_tokens=MAX_NEW, eos_token_id=None, **kw)
     with jax.set_mesh(mesh):
-      b = sampling.generate(sharded, prompts, max_new_tokens=MAX_NEW, eos_token_id=None,
-                            mesh=mesh, **kw)
+      b = sampling.generate(
+        sharded, prompts, max_new_tokens=MAX_NEW, eos_token_id=None, mesh=mesh, **kw
+      )
     assert [[s.tokens for s in r] for r in a] == [[s.tokens for s in r] for r in b]
-    np.testing.assert_allclose([[s.logprobs for s in r] for r in a],
-                               [[s.logprobs for s in r] for r in b], atol=1e-4)
+    np.testing.assert_allclose(
+      [[s.logprobs for s in r] for r in a], [[s.logprobs for s in r] for r in b], atol=1e-4
+    )
 
 
 def test_buckets_reuse_compiled_programs(model):
   rng = np.random.default_rng(7)
   kw = dict(max_new_tokens=MAX_NEW, eos_token_id=None)
-  sizes = lambda: (sampling.prefill_program._cache_size(), sampling.start_program._cache_size(),
-                   sampling.decode_program._cache_size())
+  sizes = lambda: (
+    sampling.prefill_program._cache_size(),
+    sampling.start_program._cache_size(),
+    sampling.decode_program._cache_size(),
+  )
   before = sizes()
   # length bucket 16, 3-4 rows -> 4: 64 slots. The prefill also buckets how many prompt tokens
   # it computes (packing, counting a dummy row's one pad token) at 32, 48 or all 64 of them:
@@ -279,12 +304,16 @@ def test_buckets_reuse_compiled_programs(model):
 
 def test_prompt_too_long_is_a_clear_error(model):
   ctx = model.cfg.max_position_embeddings
-  with pytest.raises(sampling.PromptTooLongError, match=rf"prompt 1 has {ctx - 5} tokens.*"
-                     rf"max_new_tokens=10.*at most {ctx - 10} tokens"):
+  with pytest.raises(
+    sampling.PromptTooLongError,
+    match=rf"prompt 1 has {ctx - 5} tokens.*"
+    rf"max_new_tokens=10.*at most {ctx - 10} tokens",
+  ):
     sampling.generate(model, [[1, 2], [1] * (ctx - 5)], max_new_tokens=10)
   with pytest.raises(sampling.PromptTooLongError, match="draft 0 prefix 1"):
-    sampling.rollouts_from_prefixes(model, [1] * (ctx - 12), [5] * 8, [0, 7], num_rollouts=2,
-                                    max_new_tokens=10)
+    sampling.rollouts_from_prefixes(
+      model, [1] * (ctx - 12), [5] * 8, [0, 7], num_rollouts=2, max_new_tokens=10
+    )
   with pytest.raises(ValueError, match="empty"):
     sampling.generate(model, [[]], max_new_tokens=4)
   with pytest.raises(ValueError, match="outside the draft"):
@@ -294,6 +323,7 @@ def test_prompt_too_long_is_a_clear_error(model):
 def test_sampler_options_hold_the_defaults_and_reject_bad_options(model):
   import dataclasses
   import inspect
+
   # generate's keyword defaults are SamplerOptions' (one home for every default)
   signature = inspect.signature(sampling.generate).parameters
   for field in dataclasses.fields(sampling.SamplerOptions):
@@ -301,19 +331,29 @@ def test_sampler_options_hold_the_defaults_and_reject_bad_options(model):
       assert signature[field.name].default == field.default, field.name
   options = sampling.SamplerOptions(max_new_tokens=4, stop_token_ids=iter([7, 3]))
   assert options.stop_token_ids == (7, 3) and options.params == sampling.SamplingParams()
-  for bad, match in [(dict(max_new_tokens=0), "max_new_tokens=0"),
-                     (dict(max_new_tokens=4, batch_size=0), "batch_size=0"),
-                     (dict(max_new_tokens=4, temperature=-1.0), "temperature=-1.0")]:
+  for bad, match in [
+    (dict(max_new_tokens=0), "max_new_tokens=0"),
+    (dict(max_new_tokens=4, batch_size=0), "batch_size=0"),
+    (dict(max_new_tokens=4, temperature=-1.0), "temperature=-1.0"),
+  ]:
     with pytest.raises(ValueError, match=match):
       sampling.SamplerOptions(**bad)
-  with pytest.raises(TypeError, match=r"unexpected sampling options \['temprature'\].*'temperature'"):
-    sampling.rollouts_from_prefixes(model, [1, 2], [5, 6], [1], num_rollouts=2, max_new_tokens=4,
-                                    temprature=1.0)
+  with pytest.raises(
+    TypeError, match=r"unexpected sampling options \['temprature'\].*'temperature'"
+  ):
+    sampling.rollouts_from_prefixes(
+      model, [1, 2], [5, 6], [1], num_rollouts=2, max_new_tokens=4, temprature=1.0
+    )
 
 
 def test_decode_state_is_a_pytree_with_named_fields():
-  leaves = [np.zeros((2, 3), np.int32), np.zeros((2, 3), np.float32), np.zeros(2, np.int32),
-            np.ones(2, np.int32), np.int32(1)]
+  leaves = [
+    np.zeros((2, 3), np.int32),
+    np.zeros((2, 3), np.float32),
+    np.zeros(2, np.int32),
+    np.ones(2, np.int32),
+    np.int32(1),
+  ]
   state = sampling.DecodeState(*leaves)
   assert [x is y for x, y in zip(jax.tree.leaves(state), leaves, strict=True)] == [True] * 5
   doubled = jax.tree.map(lambda x: x * 2, state)

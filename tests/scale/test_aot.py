@@ -9,21 +9,40 @@ from glore_jax import aot
 from glore_jax.model.config import preset
 
 pytestmark = pytest.mark.skipif(
-    not aot.available(), reason="libtpu is not installed (extra `tpu-aot`; Linux x86-64 only): "
-    "no TPU compiler to compile for")
+  not aot.available(),
+  reason="libtpu is not installed (extra `tpu-aot`; Linux x86-64 only): "
+  "no TPU compiler to compile for",
+)
 
 
 def _tiny(**changes):
   """A small Llama with TPU-friendly widths (every sharded dimension a multiple of the (8, 128)
   tiles on 8 devices, so the per-device sizes are the shapes' own, not tile padding)."""
-  settings = dict(vocab_size=512, hidden_size=1024, intermediate_size=1024, num_heads=8,
-                  num_kv_heads=4, head_dim=128, dtype="bfloat16", param_dtype="float32", remat=True)
+  settings = dict(
+    vocab_size=512,
+    hidden_size=1024,
+    intermediate_size=1024,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=128,
+    dtype="bfloat16",
+    param_dtype="float32",
+    remat=True,
+  )
   return preset("tiny", **{**settings, **changes})
 
 
-@pytest.mark.parametrize("name, chips, kind, hosts", [
-    ("v4-8", 4, "TPU v4", 1), ("v4-32", 16, "TPU v4", 4), ("v5e-8", 8, "TPU v5 lite", 1),
-    ("v5e-256", 256, "TPU v5 lite", 64), ("v5p-64", 32, "TPU v5", 8), ("v6e-8", 8, "TPU v6 lite", 1)])
+@pytest.mark.parametrize(
+  "name, chips, kind, hosts",
+  [
+    ("v4-8", 4, "TPU v4", 1),
+    ("v4-32", 16, "TPU v4", 4),
+    ("v5e-8", 8, "TPU v5 lite", 1),
+    ("v5e-256", 256, "TPU v5 lite", 64),
+    ("v5p-64", 32, "TPU v5", 8),
+    ("v6e-8", 8, "TPU v6 lite", 1),
+  ],
+)
 def test_named_slices_have_their_chips_and_hosts(name, chips, kind, hosts):
   devices = aot.devices(name)
   assert len(devices) == chips == aot.get_slice(name).chips
@@ -94,18 +113,21 @@ def test_target_platform_picks_the_tpu_program():
   """Built for TPU, the model keeps separate projections (fusing them is an XLA:CPU speed-up)
   and the greedy decode head is not laid out vocabulary-major."""
   from glore_jax import sampling
+
   cfg = aot.for_tpu(_tiny())
   assert cfg.target_platform == "tpu" and not cfg.fused_projections
   assert not sampling.use_vocab_major(32, cfg.target_platform)
   assert sampling.use_vocab_major(32, "cpu")
 
 
-@pytest.mark.parametrize("pallas, seq, expected", [(None, 128, True), (False, 128, False),
-                                                   (None, 64, False)])
+@pytest.mark.parametrize(
+  "pallas, seq, expected", [(None, 128, True), (False, 128, False), (None, 64, False)]
+)
 def test_tpu_train_step_runs_flash_attention(pallas, seq, expected):
   """Built for TPU, the training forward pass calls the Pallas flash-attention kernel (a Mosaic
   custom call in the lowered program) when its 128-token tiles cover the sequence."""
   import jax
+
   mesh = aot.mesh("v5e-8", 1, 4, 2)
   fn, args = aot.train_args(aot.for_tpu(_tiny(pallas_attention=pallas)), mesh, batch=8, seq=seq)
   with jax.set_mesh(mesh):
@@ -117,12 +139,12 @@ def test_tpu_train_step_runs_flash_attention(pallas, seq, expected):
 def test_decode_loop_with_the_pallas_kernel_compiles_for_tpu():
   """The decode loop over a 512-slot cache on a (1, 4, 2) mesh of v5e chips: the ragged Pallas
   decode kernel (a Mosaic custom call) inside the while loop, compiled by the TPU compiler."""
-  import jax
   cfg = aot.for_tpu(_tiny(param_dtype="bfloat16", remat=False))
   mesh = aot.mesh("v5e-8", 1, 4, 2)
   decode = aot.compile_decode(cfg, mesh, rows=32, cache=512, max_new_tokens=64)
   _check(decode, mesh)
-  xla = aot.compile_decode(cfg.replace(pallas_attention=False), mesh, rows=32, cache=512,
-                           max_new_tokens=64)
+  xla = aot.compile_decode(
+    cfg.replace(pallas_attention=False), mesh, rows=32, cache=512, max_new_tokens=64
+  )
   # same cache and weights in HBM either way
   assert decode.argument == xla.argument

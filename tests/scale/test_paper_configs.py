@@ -32,8 +32,10 @@ def _module(name):
 
 def _record(name, slice_name):
   path = REPO / "configs" / "plans" / f"{name}.{slice_name}.json"
-  assert path.exists(), f"no TPU plan for {name} on {slice_name}: run python -m glore_jax.plan " \
-                        f"--config=configs/{name}.py --slice={slice_name} --layers=1,2 --json={path}"
+  assert path.exists(), (
+    f"no TPU plan for {name} on {slice_name}: run python -m glore_jax.plan "
+    f"--config=configs/{name}.py --slice={slice_name} --layers=1,2 --json={path}"
+  )
   return json.loads(path.read_text())
 
 
@@ -60,10 +62,12 @@ def test_every_stage_fits_its_slice_by_the_tpu_plan(name):
   for stage, program, _, shape, _ in stages:
     p = recorded.get((stage, program))
     assert p is not None, f"{stage}/{program} is not in the plan: re-plan {name}"
-    assert p["shape"] == shape, (f"{stage}/{program}: the config asks {shape}, the plan "
-                                 f"compiled {p['shape']}: re-plan {name}")
-    assert p["result"]["peak"] <= plan.HEADROOM * p["hbm"], \
-        f"{stage}/{program} needs {p['result']['peak'] / plan.GiB:.1f} GiB per device"
+    assert p["shape"] == shape, (
+      f"{stage}/{program}: the config asks {shape}, the plan compiled {p['shape']}: re-plan {name}"
+    )
+    assert p["result"]["peak"] <= plan.HEADROOM * p["hbm"], (
+      f"{stage}/{program} needs {p['result']['peak'] / plan.GiB:.1f} GiB per device"
+    )
 
 
 @pytest.mark.slow
@@ -79,7 +83,8 @@ def test_recorded_plan_is_the_tpu_compilers():
   record = _record(name, module.SLICE)
   p = next(x for x in record["programs"] if (x["stage"], x["program"]) == ("label", "decode"))
   cfg = aot.for_tpu(plan.config_model(config)).replace(remat=False)
-  host = aot.host_mesh(module.SLICE, aot.mesh(module.SLICE, config.mesh.data, config.mesh.fsdp,
-                                              config.mesh.tensor))
+  host = aot.host_mesh(
+    module.SLICE, aot.mesh(module.SLICE, config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  )
   result, _ = plan.tpu_program("decode", cfg, host, layers=[1, 2], **p["shape"])
   assert result.argument == pytest.approx(p["result"]["argument"], rel=1e-6)

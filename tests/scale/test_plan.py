@@ -19,9 +19,15 @@ GiB = plan.GiB
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("text, sizes", [
-    ("1,8,1", (1, 8, 1)), ("1,-1,2", (1, -1, 2)), ("data=2,fsdp=4", (2, 4, 1)),
-    ("data,fsdp,tensor=1,32,8", (1, 32, 8))])
+@pytest.mark.parametrize(
+  "text, sizes",
+  [
+    ("1,8,1", (1, 8, 1)),
+    ("1,-1,2", (1, -1, 2)),
+    ("data=2,fsdp=4", (2, 4, 1)),
+    ("data,fsdp,tensor=1,32,8", (1, 32, 8)),
+  ],
+)
 def test_parse_mesh(text, sizes):
   assert plan.parse_mesh(text) == sizes
 
@@ -33,8 +39,9 @@ def test_parse_mesh_rejects(bad):
 
 
 def test_recommend_picks_the_largest_batch_that_fits():
-  fit = plan.Fit(state=64 * GiB, param_phase=32 * GiB, grads=16 * GiB, per_row=1 * GiB,
-                 fixed=1 * GiB)
+  fit = plan.Fit(
+    state=64 * GiB, param_phase=32 * GiB, grads=16 * GiB, per_row=1 * GiB, fixed=1 * GiB
+  )
   # 8 devices of 16 GiB: 8 + 1 + max(4, 2 + r) <= 14.4  ->  r = 2 (r = 4 needs 15)
   r = plan.recommend(fit, hbm=16 * GiB, devices=8)
   assert r["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
@@ -48,9 +55,23 @@ def test_recommend_picks_the_largest_batch_that_fits():
 def test_tiny_plan_end_to_end(tmp_path):
   """SPMD compiles on a (1, 4, 2) mesh plus the one-device estimate, as the CLI runs them."""
   out = tmp_path / "plan.json"
-  assert plan.main(["--model=tiny", "--devices=8", "--mesh=1,4,2", "--batch=8", "--seq=32",
-                    "--decode-batch=16", "--cache=64", "--max-new-tokens=16", "--recommend",
-                    f"--json={out}"]) == 0
+  assert (
+    plan.main(
+      [
+        "--model=tiny",
+        "--devices=8",
+        "--mesh=1,4,2",
+        "--batch=8",
+        "--seq=32",
+        "--decode-batch=16",
+        "--cache=64",
+        "--max-new-tokens=16",
+        "--recommend",
+        f"--json={out}",
+      ]
+    )
+    == 0
+  )
   p = json.loads(out.read_text())
   assert p["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
   for kind in ("train", "decode"):
@@ -67,10 +88,25 @@ def test_cli_simulates_the_requested_device_count():
   """A fresh process: XLA_FLAGS is set before JAX starts, so 16 devices exist."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  out = subprocess.run([sys.executable, "-m", "glore_jax.plan", "--model=tiny", "--devices=16",
-                        "--mesh=2,8,1", "--steps=decode", "--decode-batch=32", "--cache=32",
-                        "--max-new-tokens=8"], capture_output=True, text=True, env=env,
-                       cwd=REPO, timeout=600)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "glore_jax.plan",
+      "--model=tiny",
+      "--devices=16",
+      "--mesh=2,8,1",
+      "--steps=decode",
+      "--decode-batch=32",
+      "--cache=32",
+      "--max-new-tokens=8",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "mesh data=2 fsdp=8 tensor=1 (16 simulated devices)" in out.stdout
   assert "| decode |" in out.stdout

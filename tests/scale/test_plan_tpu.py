@@ -12,16 +12,20 @@ from glore_jax import aot, plan
 
 GiB = plan.GiB
 REPO = Path(__file__).resolve().parents[2]
-needs_libtpu = pytest.mark.skipif(not aot.available(), reason="libtpu is not installed "
-                                  "(extra `tpu-aot`; Linux x86-64 only): no TPU compiler")
+needs_libtpu = pytest.mark.skipif(
+  not aot.available(),
+  reason="libtpu is not installed (extra `tpu-aot`; Linux x86-64 only): no TPU compiler",
+)
 
 
 def test_stage_shapes_follow_the_config():
   """The shapes the runtime builds from configs/micro.py: power-of-two rows and buckets, one
   prefill row per K samples, drafts carried in the label and evaluate prompts."""
   config = plan.load_config(str(REPO / "configs" / "micro.py"))
-  shapes = {(s, p): (host, shape, size)
-            for s, p, host, shape, size in plan.stage_shapes(config, prompt_tokens=100)}
+  shapes = {
+    (s, p): (host, shape, size)
+    for s, p, host, shape, size in plan.stage_shapes(config, prompt_tokens=100)
+  }
   host, shape, size = shapes[("policy", "train_lm")]
   assert not host and shape == {"batch": 16, "seq": 256, "grad_accum": 1} and size == 16
   assert shapes[("sample", "prefill")][1] == {"batch": 32, "seq": 128}  # 64 rows / 2 samples
@@ -46,9 +50,17 @@ def test_prefix_sharing_on_paper_at_7b():
   A label row of a 512-slot prefix and 256 new tokens holds 384 MiB, 256 of them the prefix's
   copy; 8 rollouts sharing one copy need 128 + 256 / 8 = 160 MiB a row."""
   cfg = plan.model_config("llama2-7b")
-  mib = 1024 ** 2
-  s = plan.prefix_sharing(cfg, prefix_slots=512, new_tokens=256, rollouts=8, peak=20 * GiB,
-                          rows=32, host_chips=4, hbm=32 * GiB)
+  mib = 1024**2
+  s = plan.prefix_sharing(
+    cfg,
+    prefix_slots=512,
+    new_tokens=256,
+    rollouts=8,
+    peak=20 * GiB,
+    rows=32,
+    host_chips=4,
+    hbm=32 * GiB,
+  )
   assert s["cache_bytes_per_row"] == 384 * mib
   assert s["prefix_bytes_per_row"] == 256 * mib
   assert s["shared_cache_bytes_per_row"] == 160 * mib
@@ -75,8 +87,10 @@ def test_config_plan_from_the_tpu_compiler(tmp_path):
   """`--config --slice`: the label stage of configs/micro.py compiled for v5e-8, per program
   fits / roofline / tokens per second, the prefix-sharing figures, exit status 0 (fits)."""
   out = tmp_path / "plan.json"
-  assert plan.main(["--config=configs/micro.py", "--slice=v5e-8", "--stages=label",
-                    f"--json={out}"]) == 0
+  assert (
+    plan.main(["--config=configs/micro.py", "--slice=v5e-8", "--stages=label", f"--json={out}"])
+    == 0
+  )
   p = json.loads(out.read_text())
   assert [x["program"] for x in p["programs"]] == ["prefill", "fanout", "decode"]
   assert all(x["fits"] and x["result"]["roofline_s"] > 0 for x in p["programs"])
@@ -87,11 +101,21 @@ def test_config_plan_from_the_tpu_compiler(tmp_path):
 
 
 def test_merge_plans_of_disjoint_stages():
-  base = {"slice": "v4-32", "model": 1, "num_layers": 2, "global_mesh": {}, "host_mesh": {},
-          "prompt_tokens": 256}
+  base = {
+    "slice": "v4-32",
+    "model": 1,
+    "num_layers": 2,
+    "global_mesh": {},
+    "host_mesh": {},
+    "prompt_tokens": 256,
+  }
   a = {**base, "programs": [{"stage": "policy"}], "compile_s": 1.0}
-  b = {**base, "programs": [{"stage": "label"}], "compile_s": 2.0,
-       "label_prefix_sharing": {"rollouts": 8}}
+  b = {
+    **base,
+    "programs": [{"stage": "label"}],
+    "compile_s": 2.0,
+    "label_prefix_sharing": {"rollouts": 8},
+  }
   merged = plan.merge_plans([a, b])
   assert [p["stage"] for p in merged["programs"]] == ["policy", "label"]
   assert merged["compile_s"] == 3.0 and merged["label_prefix_sharing"] == {"rollouts": 8}
@@ -108,9 +132,11 @@ def test_no_throughput_estimate_from_flops_below_the_models():
   shape = {"batch": 8, "seq": 512}
   low = aot.Program("train_lm", 0, 0, 0, 0, 0, flops=0.5 * model, bytes_accessed=1.0, compile_s=0)
   assert plan.throughput("train_lm", shape, low, cfg, 8, chip) == {
-      "roofline_s": low.roofline_s(chip), "compute_bound": True, "flops_below_model": True}
-  ok = aot.Program("train_lm", 0, 0, 0, 0, 0, flops=1.25 * model, bytes_accessed=1.0,
-                   compile_s=0)
+    "roofline_s": low.roofline_s(chip),
+    "compute_bound": True,
+    "flops_below_model": True,
+  }
+  ok = aot.Program("train_lm", 0, 0, 0, 0, 0, flops=1.25 * model, bytes_accessed=1.0, compile_s=0)
   out = plan.throughput("train_lm", shape, ok, cfg, 8, chip)
   assert out["mfu"] == pytest.approx(1 / 1.25)
   assert out["tokens_per_s_per_chip"] == pytest.approx(512 / ok.roofline_s(chip))

@@ -92,9 +92,10 @@ def test_value_loss_matches_numpy_on_known_step_ends(targets):
   model.value_head[...] = 0.2 * jax.random.normal(jax.random.key(0), model.value_head.shape)
   model.value_bias[...] = jnp.array([0.3])
   records = [
-      ValueExample([1, 10, 11, 12, 13, 14, 15, 16], step_ends=[2, 5, 7], labels=[1, 0, 0],
-                   soft=[0.75, 0.25, 0.0]),
-      ValueExample([1, 40, 41, 42, 43], step_ends=[1, 4], labels=[1, 1], soft=[1.0, 0.5]),
+    ValueExample(
+      [1, 10, 11, 12, 13, 14, 15, 16], step_ends=[2, 5, 7], labels=[1, 0, 0], soft=[0.75, 0.25, 0.0]
+    ),
+    ValueExample([1, 40, 41, 42, 43], step_ends=[1, 4], labels=[1, 1], soft=[1.0, 0.5]),
   ]
   batch = collate_value(records, targets=targets)
   assert batch["value_index"].tolist()[1][:3] == [1, 4, -1]
@@ -112,8 +113,9 @@ def test_value_loss_matches_numpy_on_known_step_ends(targets):
   np.testing.assert_allclose(float(total) / float(count), np.mean(want), rtol=1e-4)
   # the pure function too
   z = np.asarray(losses.gather_steps(jnp.asarray(values_bt), jnp.asarray(batch["value_index"])))
-  np.testing.assert_allclose(value_loss(z, batch["value_target"], batch["value_index"] >= 0),
-                             np.mean(want), rtol=1e-4)
+  np.testing.assert_allclose(
+    value_loss(z, batch["value_target"], batch["value_index"] >= 0), np.mean(want), rtol=1e-4
+  )
 
 
 def test_value_loss_ignores_padded_steps_and_is_stable():
@@ -143,12 +145,16 @@ def test_bucketing_and_make_batches():
   assert all(b["tokens"].shape[0] == 8 for b in batches)
   assert sum(int((b["attention_mask"].sum(1) > 0).sum()) for b in batches) == 300
   assert len({b["tokens"].shape[1] for b in batches}) <= 5  # few compiled programs
-  grouped, ungrouped = padding_fraction(batches), padding_fraction(
-      make_batches(records, batch_size=8, kind="lm", seed=0, group_window=0))
+  grouped, ungrouped = (
+    padding_fraction(batches),
+    padding_fraction(make_batches(records, batch_size=8, kind="lm", seed=0, group_window=0)),
+  )
   assert grouped < ungrouped
   # truncation keeps whole steps and their labels, drops what has nothing left
-  vals = [ValueExample(list(range(40)), [9, 19, 39], [1, 1, 0]), ValueExample(list(range(40)),
-                                                                              [35], [0])]
+  vals = [
+    ValueExample(list(range(40)), [9, 19, 39], [1, 1, 0]),
+    ValueExample(list(range(40)), [35], [0]),
+  ]
   vb = make_batches(vals, batch_size=2, kind="value", max_length=32, shuffle=False)
   assert len(vb) == 1 and vb[0]["tokens"].shape[1] == 32
   assert vb[0]["value_index"][0].tolist()[:3] == [9, 19, -1]

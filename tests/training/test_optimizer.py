@@ -10,14 +10,18 @@ import pytest
 
 from glore_jax.training.optimizer import FusedAdamW
 
-SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 3e-2, warmup_steps=2, decay_steps=10,
-                                              end_value=3e-3)
+SCHEDULE = optax.warmup_cosine_decay_schedule(
+  0.0, 3e-2, warmup_steps=2, decay_steps=10, end_value=3e-3
+)
 
 
 def _params(seed=0):
   k = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return {"w": jax.random.normal(k[0], (5, 7)), "b": jax.random.normal(k[1], (7,)),
-          "layer": {"kernel": jax.random.normal(k[2], (3, 4, 2))}}
+  return {
+    "w": jax.random.normal(k[0], (5, 7)),
+    "b": jax.random.normal(k[1], (7,)),
+    "layer": {"kernel": jax.random.normal(k[2], (3, 4, 2))},
+  }
 
 
 def _grads(step, scale):
@@ -31,11 +35,13 @@ def _decay_mask(params):
 
 @pytest.mark.parametrize("clip, grad_size", [(1.0, 5.0), (1.0, 0.01), (None, 3.0)])
 def test_matches_optax_chain_over_steps(clip, grad_size):
-  ref_tx = optax.chain(*([optax.clip_by_global_norm(clip)] if clip else []),
-                       optax.adamw(SCHEDULE, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
-                                   mask=_decay_mask))
-  ours = FusedAdamW(SCHEDULE, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, decay_mask=_decay_mask,
-                    clip_norm=clip)
+  ref_tx = optax.chain(
+    *([optax.clip_by_global_norm(clip)] if clip else []),
+    optax.adamw(SCHEDULE, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=_decay_mask),
+  )
+  ours = FusedAdamW(
+    SCHEDULE, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, decay_mask=_decay_mask, clip_norm=clip
+  )
   ref_p = _params()
   ref_s = ref_tx.init(ref_p)
   p, s = _params(), ours.init(_params())
@@ -58,8 +64,9 @@ def test_matches_optax_chain_over_steps(clip, grad_size):
 
 @pytest.mark.parametrize("bad", ["nan_grad", "inf_grad", "skip"])
 def test_refused_step_leaves_everything_bit_identical(bad):
-  ours = FusedAdamW(SCHEDULE, b1=0.9, b2=0.95, weight_decay=0.1, decay_mask=_decay_mask,
-                    clip_norm=1.0)
+  ours = FusedAdamW(
+    SCHEDULE, b1=0.9, b2=0.95, weight_decay=0.1, decay_mask=_decay_mask, clip_norm=1.0
+  )
   p, s = _params(), ours.init(_params())
   p, s, ok, _ = ours.update(_grads(0, 1.0), s, p)  # one good step: non-zero moments
   assert bool(ok)

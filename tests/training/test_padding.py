@@ -40,6 +40,7 @@ def test_llama2_tokenizer_pads_with_eos(llama_tok_or_skip):
 @pytest.fixture
 def llama_tok_or_skip(shared_data):
   from glore_jax.data.tokenizer import load_tokenizer
+
   path = shared_data / "tokenizers" / "llama2"
   if not (path / "tokenizer.json").exists():
     pytest.skip(f"no Llama-2 tokenizer at {path}")
@@ -67,28 +68,38 @@ def test_lm_loss_does_not_depend_on_the_padding_id():
     tokens = jnp.asarray(batch["tokens"])
     hidden, _ = model.forward(tokens, attention_mask_bt=jnp.asarray(batch["attention_mask"]))
     logits = model.logits(hidden)
-    results.append(float(losses.lm_loss(logits, losses.shift_targets(tokens),
-                                        jnp.asarray(batch["target_mask"]))))
+    results.append(
+      float(losses.lm_loss(logits, losses.shift_targets(tokens), jnp.asarray(batch["target_mask"])))
+    )
   assert results[0] == results[1] == results[2]
 
 
 def test_value_loss_and_step_scores_do_not_depend_on_the_padding_id():
   model = create_model(preset("tiny", vocab_size=100, value_head=True), seed=1)
-  records = [ValueExample([1, 7, 8, 9], [1, 3], [1.0, 0.0]),
-             ValueExample([1, 7, 8, 9, 10, 11, 12], [2, 6], [0.0, 1.0])]
+  records = [
+    ValueExample([1, 7, 8, 9], [1, 3], [1.0, 0.0]),
+    ValueExample([1, 7, 8, 9, 10, 11, 12], [2, 6], [0.0, 1.0]),
+  ]
   values = []
   for pad in (0, 2):
     batch = collate_value(records, pad_id=pad, batch_size=4)
-    hidden, _ = model.forward(jnp.asarray(batch["tokens"]),
-                              attention_mask_bt=jnp.asarray(batch["attention_mask"]))
+    hidden, _ = model.forward(
+      jnp.asarray(batch["tokens"]), attention_mask_bt=jnp.asarray(batch["attention_mask"])
+    )
     step_logits = losses.gather_steps(model.values(hidden), jnp.asarray(batch["value_index"]))
-    values.append(float(losses.value_loss(step_logits, jnp.asarray(batch["value_target"]),
-                                          jnp.asarray(batch["value_index"] >= 0))))
+    values.append(
+      float(
+        losses.value_loss(
+          step_logits, jnp.asarray(batch["value_target"]), jnp.asarray(batch["value_index"] >= 0)
+        )
+      )
+    )
   assert values[0] == values[1]
 
   tok = embedded_tokenizer()
   prompts, steps = ["Q: 1+1\nA:\n", "Q: a longer question here\nA:\n"], [["1+1=2", "#### 2"], ["x"]]
   with_pad = score_steps(model, tok, prompts, steps, max_length=64)
-  without = score_steps(model, _without(embedded_tokenizer(), "pad_token"), prompts, steps,
-                        max_length=64)
+  without = score_steps(
+    model, _without(embedded_tokenizer(), "pad_token"), prompts, steps, max_length=64
+  )
   assert with_pad == without and len(with_pad[0]) == 2

@@ -59,8 +59,14 @@ def test_training_metrics_reach_wandb(fake_wandb, tmp_path):
   rng = np.random.default_rng(0)
   examples = [SFTExample([1] + rng.integers(8, 64, size=11).tolist(), 3) for _ in range(8)]
   batches = make_batches(examples, batch_size=4, kind="lm", shuffle=False)
-  cfg = TrainConfig(total_steps=2, checkpoint_every=2, log_every=1, learning_rate=1e-3,
-                    shuffle=False, progress=False)
+  cfg = TrainConfig(
+    total_steps=2,
+    checkpoint_every=2,
+    log_every=1,
+    learning_rate=1e-3,
+    shuffle=False,
+    progress=False,
+  )
   model = create_model(preset("tiny"), seed=0)
   _, metrics = train(model, batches, cfg, tmp_path, metrics_hook=hook)
   assert module.inits[0]["project"] == "p" and module.inits[0]["group"] == "g"

@@ -46,8 +46,10 @@ def value_task(n, seed):
 
 
 def params_of(model):
-  return {jax.tree_util.keystr(p): np.asarray(x)
-          for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
+  return {
+    jax.tree_util.keystr(p): np.asarray(x)
+    for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+  }
 
 
 def quiet(**kw):
@@ -60,16 +62,25 @@ def test_tiny_llama_learns_the_synthetic_task(tmp_path):
   train_b = make_batches(progression_task(512, 0), batch_size=16, kind="lm")
   eval_b = make_batches(progression_task(64, 1), batch_size=32, kind="lm", shuffle=False)
   model = create_model(preset("tiny"), seed=0)
-  cfg = quiet(learning_rate=3e-3, warmup_steps=5, total_steps=80, eval_every=40,
-              checkpoint_every=40, export_hf=True)
+  cfg = quiet(
+    learning_rate=3e-3,
+    warmup_steps=5,
+    total_steps=80,
+    eval_every=40,
+    checkpoint_every=40,
+    export_hf=True,
+  )
   model, metrics = train(model, train_b, cfg, tmp_path, eval_batches=eval_b)
   losses_ = [h["train/loss"] for h in metrics["history"]]
   assert metrics["complete"] and metrics["step"] == 80
   assert losses_[-1] < 0.5 * losses_[0], losses_
   start = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
   assert start["step"] == 1
-  evals = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
-           if "eval/lm_accuracy" in l]
+  evals = [
+    json.loads(l)
+    for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    if "eval/lm_accuracy" in l
+  ]
   assert len(evals) == 2 and evals[-1]["eval/lm_accuracy"] > 0.8 > 0.1
   assert metrics["eval"]["eval/lm_accuracy"] > 0.8
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -104,15 +115,20 @@ class KilledAfter:
 
 def test_resume_equals_uninterrupted_training(tmp_path):
   batches = make_batches(progression_task(40, 2), batch_size=8, kind="lm")  # 5 batches: epochs wrap
-  cfg = quiet(learning_rate=1e-2, warmup_steps=2, total_steps=8, checkpoint_every=4, grad_accum=2,
-              weight_decay=0.1)
+  cfg = quiet(
+    learning_rate=1e-2,
+    warmup_steps=2,
+    total_steps=8,
+    checkpoint_every=4,
+    grad_accum=2,
+    weight_decay=0.1,
+  )
   straight, _ = train(create_model(preset("tiny"), seed=1), batches, cfg, tmp_path / "straight")
 
   with pytest.raises(KeyboardInterrupt):
     train(create_model(preset("tiny"), seed=1), KilledAfter(batches, 4), cfg, tmp_path / "resumed")
   assert Checkpoints(tmp_path / "resumed" / "checkpoints").latest_step() == 4
-  resumed, metrics = train(create_model(preset("tiny"), seed=1), batches, cfg,
-                           tmp_path / "resumed")
+  resumed, metrics = train(create_model(preset("tiny"), seed=1), batches, cfg, tmp_path / "resumed")
   assert metrics["step"] == 8
   a, b = params_of(straight), params_of(resumed)
   for k in a:
@@ -125,8 +141,9 @@ def test_sharded_training_equals_single_device(tmp_path):
   cfg = quiet(learning_rate=3e-3, total_steps=3, grad_accum=2)
   single, _ = train(create_model(preset("tiny"), seed=2), batches, cfg, tmp_path / "one")
   mesh = make_mesh(data=2, fsdp=2, tensor=2)
-  sharded, _ = train(create_model(preset("tiny"), seed=2, mesh=mesh), batches, cfg,
-                     tmp_path / "eight", mesh=mesh)
+  sharded, _ = train(
+    create_model(preset("tiny"), seed=2, mesh=mesh), batches, cfg, tmp_path / "eight", mesh=mesh
+  )
   q = sharded.layers[0].attn.q[...]
   assert len(q.sharding.device_set) == 8  # really sharded, not replicated
   a, b = params_of(single), params_of(sharded)
@@ -142,8 +159,14 @@ def test_value_head_training_frozen_backbone_and_metrics(tmp_path):
   before = params_of(model)
   batches = make_batches(value_task(256, 0), batch_size=32, kind="value", value_targets="soft")
   evals = make_batches(value_task(64, 1), batch_size=32, kind="value", shuffle=False)
-  cfg = quiet(loss="value", value_targets="soft", train_backbone=False, learning_rate=3e-2,
-              total_steps=30, checkpoint_every=15)
+  cfg = quiet(
+    loss="value",
+    value_targets="soft",
+    train_backbone=False,
+    learning_rate=3e-2,
+    total_steps=30,
+    checkpoint_every=15,
+  )
   model, metrics = train(model, batches, cfg, tmp_path, eval_batches=evals)
   after = params_of(model)
   changed = {k for k in before if not np.array_equal(before[k], after[k])}
@@ -189,8 +212,9 @@ def test_grad_accumulation_matches_one_big_batch_and_bf16_remat_run(tmp_path):
   runs = {}
   for accum in (1, 2):
     cfg = quiet(learning_rate=3e-3, total_steps=2, grad_accum=accum, shuffle=False)
-    runs[accum], _ = train(create_model(preset("tiny"), seed=6), batches, cfg,
-                           tmp_path / f"accum{accum}")
+    runs[accum], _ = train(
+      create_model(preset("tiny"), seed=6), batches, cfg, tmp_path / f"accum{accum}"
+    )
   a, b = params_of(runs[1]), params_of(runs[2])
   for k in a:
     np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=1e-4, err_msg=k)
