@@ -131,8 +131,10 @@ class Attention(nnx.Module):
     over the cache.
 
     Args:
-      x_btd: the normed inputs [B, T, D]; rope_bth: (cos, sin) [B, T, H].
+      x_btd: the normed inputs [B, T, D].
+      rope_bth: (cos, sin) [B, T, H] from `rope_tables`.
       mask_bts: [B, T, S], the cache slots each query may read.
+
       kv_layer: this layer's cache (keys [B, K, H, S], values [B, K, S, H]).
       write_slot_b: [B] int32, each row's first slot to write.
 

@@ -75,7 +75,9 @@ def flash_attention(
 
   Args:
     q_btkgh: queries [B, T, K, G, H] (K kv heads, G query heads per kv head).
-    k_bkhs: keys [B, K, H, T] and v_bksh: values [B, K, T, H], as the model lays them out.
+    k_bkhs: keys [B, K, H, T], as the model lays them out.
+    v_bksh: values [B, K, T, H], as the model lays them out.
+
     mask_bts: the model's mask [B, T, T]: causal and key padding. Its last query row is each
       row's key validity; tokens attend within their validity class (real tokens to real keys
       at or before them, exactly as the mask says; padding queries, whose outputs no loss reads,
@@ -236,7 +238,9 @@ def decode_attention(
 
   Args:
     q_b1kgh: the step's queries [B, 1, K, G, H].
-    k_bkhs: keys [B, K, H, S] and v_bksh: values [B, K, S, H], the cache as the model keeps it.
+    k_bkhs: the cache's keys [B, K, H, S], as the model keeps them.
+    v_bksh: the cache's values [B, K, S, H], as the model keeps them.
+
     mask_b1s: [B, 1, S], the model's mask: a contiguous run of valid slots per row (start ..
       the query's own slot).
 

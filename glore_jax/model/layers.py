@@ -20,7 +20,9 @@ def param(
 
   Args:
     rngs: the model's random streams (`rngs.params()` is drawn from).
-    shape: the parameter's shape; dtype: its storage dtype.
+    shape: the parameter's shape.
+    dtype: its storage dtype.
+
     spec: its sharding, from `glore_jax.model.sharding.RULES`.
     std: the standard deviation.
   """
@@ -43,7 +45,9 @@ def rope_tables(
 
   Args:
     positions_bt: each token's position [B, T].
-    head_dim: H; theta: the RoPE base (`LlamaConfig.rope_theta`).
+    head_dim: H.
+    theta: the RoPE base (`LlamaConfig.rope_theta`).
+
   """
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
@@ -83,8 +87,11 @@ def unpack_rows(x_1n: jax.Array, index_n: jax.Array, b: int, t: int) -> jax.Arra
   """The inverse of `pack_rows`: [1, N, ...] -> [B, T, ...], zeros where nothing was packed.
 
   Args:
-    x_1n: packed values [1, N, ...]; index_n: the [N] flat positions `pack_rows` read.
-    b, t: the rows' shape [B, T].
+    x_1n: packed values [1, N, ...].
+    index_n: the [N] int32 flat positions `pack_rows` read; fillers past B * T are dropped.
+    b: B, the number of rows.
+    t: T, the tokens per row.
+
   """
   flat = jnp.zeros((b * t, *x_1n.shape[2:]), x_1n.dtype).at[index_n].set(x_1n[0], mode="drop")
   return einops.rearrange(flat, "(b t) ... -> b t ...", b=b)

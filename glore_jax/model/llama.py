@@ -149,7 +149,9 @@ class Block(nnx.Module):
 
     Args:
       mode: the Attention method to run (`Attention.prefill`, `prefill_packed` or `decode`).
-      x_btd: the layer's input; cache_args: that method's arguments after its input.
+      x_btd: the layer's input ([B, T, D], or [1, N, D] for `prefill_packed`).
+      *cache_args: that method's arguments after its input (rope, mask, kv_layer, ...).
+
     """
     attn_out, kv = mode(self.attn, rms_norm(x_btd, self.attn_norm[...], self.eps), *cache_args)
     return self._mlp_residual(x_btd + attn_out), kv

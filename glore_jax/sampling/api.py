@@ -152,7 +152,9 @@ def prefill_token_counts(
   """Prefill token counts of rollouts from step prefixes of one draft.
 
   Args:
-    prompt_len, draft_len: token counts of the prompt and the draft.
+    prompt_len: the prompt's token count.
+    draft_len: the draft's token count.
+
     prefix_ends: the prefixes' last indices into the draft.
     num_rollouts: rollouts per prefix.
 
@@ -184,7 +186,9 @@ def rollouts_from_prefixes_batch(
 
   Args:
     model: the Llama to sample from.
-    prompt_ids, draft_ids: one prompt and one draft (token ids) per draft d.
+    prompt_ids: per draft d, its prompt (token ids).
+    draft_ids: per draft d, the draft (token ids).
+
     prefix_ends: per draft, the last index into the draft of each prefix to roll out from.
     num_rollouts: K, rollouts per prefix.
     max_new_tokens: tokens to generate per rollout at most.
@@ -259,7 +263,9 @@ def rollouts_from_prefixes(
 
   Args:
     model: the Llama to sample from.
-    prompt_ids, draft_ids: the prompt and the draft (token ids).
+    prompt_ids: the prompt (token ids).
+    draft_ids: the draft (token ids).
+
     prefix_ends: prefix j is prompt + draft[:prefix_ends[j] + 1] (indices into `draft_ids`,
       e.g. each step's terminating token).
     num_rollouts: K, rollouts per prefix.

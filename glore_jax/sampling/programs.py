@@ -71,8 +71,10 @@ def prefill_program(
   """Left-padded prompts into a fresh cache.
 
   Args:
-    graphdef, state: the model, split by `nnx.split`.
+    graphdef: the model's structure, from `nnx.split` (static).
+    state: the model's weights, from `nnx.split`.
     tokens_bt: [B, T] int32 prompts, left-padded.
+
     start_b: [B] int32, the first real slot of each row.
     packed_n: [N] int32 flat positions (b * T + t) of the prompt tokens to compute, fillers
       pointing past the end (the projections and MLP then skip the padding), or None.
@@ -108,11 +110,16 @@ def start_program(
   first token (with key fold_in(keys_r[r], 0)).
 
   Args:
-    graphdef, state: the model, split by `nnx.split`.
-    prefill_cache, hidden_btd: the outputs of `prefill_program` (B sequences, T slots).
-    src_r, last_slot_r: [R] int32 per decode row.
+    graphdef: the model's structure, from `nnx.split` (static).
+    state: the model's weights, from `nnx.split`.
+    prefill_cache: the T-slot cache of B sequences from `prefill_program`.
+    hidden_btd: the hidden states [B, T, D] from `prefill_program`.
+    src_r: [R] int32, the prefilled sequence each decode row continues.
+    last_slot_r: [R] int32, the slot of each row's last prompt token in that sequence.
     keys_r: [R, ...] raw key data (`rules.row_keys`).
-    eos_ids, stop_ids: [E], [S] int32 token ids that end a row (-1 matches nothing).
+    eos_ids: [E] int32 token ids that finish a row with EOS (-1 matches nothing).
+    stop_ids: [S] int32 token ids that finish a row with STOP (-1 matches nothing).
+
     params: the sampling rules.
     cache_size: slots of the decode cache (T + max_new_tokens).
     max_new_tokens: width of the output buffers.
@@ -184,9 +191,14 @@ def decode_program(
   `limit`; the t-th token of row r is drawn with key fold_in(keys_r[r], t).
 
   Args:
-    graphdef, state: the model, split by `nnx.split`.
-    cache, decode_state: from `start_program` or a previous call (both donated).
-    keys_r, eos_ids, stop_ids: as for `start_program`.
+    graphdef: the model's structure, from `nnx.split` (static).
+    state: the model's weights, from `nnx.split`.
+    cache: the decode cache from `start_program` or a previous call (donated).
+    decode_state: the `DecodeState` from `start_program` or a previous call (donated).
+    keys_r: [R, ...] raw key data, as for `start_program`.
+    eos_ids: [E] int32, as for `start_program`.
+    stop_ids: [S] int32, as for `start_program`.
+
     limit: [] int32, the step to stop at (at most max_new_tokens).
     params: the sampling rules.
 
