@@ -1,4 +1,4 @@
-"""Evaluation arithmetic at the stage level: `evaluate.answer_rows` on hand-made candidates and
+"""Evaluation arithmetic at the stage level: `evaluate_rows.answer_rows` on hand-made candidates and
 ORM scores, where every row's accuracy, its bootstrap interval and the fix counts are known."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from glore_jax.method import evaluation as ev
-from glore_jax.stages.evaluate import answer_rows, per_question_rows
+from glore_jax.stages.evaluate_rows import answer_rows, per_question_rows
 
 GOLD = ["12", "7", "1200", "5", "9", "30"]
 T, F = True, False
