@@ -40,8 +40,14 @@ def format_stage_plan(plan: dict[str, Any]) -> str:
       + (f"{r['tokens_per_s_per_chip']:,.0f}" if "tokens_per_s_per_chip" in r else "-")
       + " | "
       + (f"{r['mfu']:.0%}" if "mfu" in r else "-")
+      + (" (model FLOPs)" if r.get("flops_source") == "model" else "")
       + " |"
     )
+    if r.get("flops_source") == "model":
+      notes.add(
+        "model FLOPs: the compiler counted fewer FLOPs than the model has, so the roofline's "
+        "compute term uses the model's 6 N per token plus attention, x4/3 for remat"
+      )
     if p["note"]:
       notes.add(p["note"])
   lines += [""] + [f"({n})" for n in sorted(notes)]

@@ -38,21 +38,26 @@ def throughput(
     devices: the devices the program runs on.
     chip: the chip's published figures.
   """
-  seconds = result.roofline_s(chip)
-  out = {
-    "roofline_s": seconds,
-    "compute_bound": result.flops / chip.peak_bf16_flops
-    >= result.bytes_accessed / chip.hbm_bytes_per_s,
-  }
+  flops = result.flops
+  out: dict = {}
+  if program.startswith("train"):
+    model_flops = model_flops_per_token(cfg, shape["seq"]) * shape["batch"] * shape["seq"] / devices
+    if flops < model_flops:
+      # A step cannot do less work than the model has. The compiler's count is below it on
+      # multi-host slices (v5p-64 counts about half of what v5p-8 counts for the same per-chip
+      # work) and in bad depth extrapolations: the compute term then takes the model's FLOPs,
+      # plus the forward pass that remat recomputes (2 of every 6).
+      flops = model_flops * (4 / 3 if cfg.remat else 1.0)
+      out.update(flops_below_model=True, flops_source="model")
+  seconds = max(flops / chip.peak_bf16_flops, result.bytes_accessed / chip.hbm_bytes_per_s)
+  out.update(
+    roofline_s=seconds,
+    compute_bound=flops / chip.peak_bf16_flops >= result.bytes_accessed / chip.hbm_bytes_per_s,
+  )
   if seconds <= 0:
     return out
   if program.startswith("train"):
-    tokens = shape["batch"] * shape["seq"] / devices / seconds
-    model_flops = model_flops_per_token(cfg, shape["seq"]) * shape["batch"] * shape["seq"] / devices
-    if result.flops < model_flops:  # the compiled count cannot be below the model's own:
-      out["flops_below_model"] = True  # an extrapolation (--layers) gone wrong; no estimate
-      return out
-    out["tokens_per_s_per_chip"] = tokens
+    out["tokens_per_s_per_chip"] = shape["batch"] * shape["seq"] / devices / seconds
     out["mfu"] = model_flops / seconds / chip.peak_bf16_flops
   elif program == "decode":
     out["tokens_per_s_per_chip"] = shape["rows"] / devices / seconds

@@ -123,19 +123,27 @@ def test_merge_plans_of_disjoint_stages():
     plan.merge_plans([a, {**b, "slice": "v5e-8"}])
 
 
-def test_no_throughput_estimate_from_flops_below_the_models():
-  """A train step whose counted flops are below 6 N per token (e.g. a depth extrapolation gone
-  wrong) gets no tokens/s or MFU; one above gets MFU = model flops / roofline time / peak."""
+def test_throughput_from_the_models_flops_when_the_compiler_counts_fewer():
+  """A train step whose counted flops are below 6 N per token (multi-host slices, a depth
+  extrapolation gone wrong) is timed with the model's flops (x4/3 for remat) and flagged; one
+  above gets MFU = model flops / roofline time / peak from the compiler's count."""
   cfg = plan.model_config("llama2-7b")
   chip = aot.CHIPS["v5e"]
   model = plan.model_flops_per_token(cfg, 512) * 8 * 512 / 8
   shape = {"batch": 8, "seq": 512}
   low = aot.Program("train_lm", 0, 0, 0, 0, 0, flops=0.5 * model, bytes_accessed=1.0, compile_s=0)
-  assert plan.throughput("train_lm", shape, low, cfg, 8, chip) == {
-    "roofline_s": low.roofline_s(chip),
-    "compute_bound": True,
-    "flops_below_model": True,
-  }
+  out = plan.throughput("train_lm", shape, low, cfg, 8, chip)
+  remat = 4 / 3 if cfg.remat else 1.0
+  assert out["flops_below_model"] and out["flops_source"] == "model" and out["compute_bound"]
+  assert out["roofline_s"] == pytest.approx(remat * model / chip.peak_bf16_flops)
+  assert out["mfu"] == pytest.approx(1 / remat)
+  assert out["tokens_per_s_per_chip"] == pytest.approx(512 / out["roofline_s"])
+  memory_bound = aot.Program(
+    "train_lm", 0, 0, 0, 0, 0, flops=0.5 * model, bytes_accessed=1e15, compile_s=0
+  )
+  out = plan.throughput("train_lm", shape, memory_bound, cfg, 8, chip)
+  assert not out["compute_bound"]
+  assert out["roofline_s"] == pytest.approx(1e15 / chip.hbm_bytes_per_s)
   ok = aot.Program("train_lm", 0, 0, 0, 0, 0, flops=1.25 * model, bytes_accessed=1.0, compile_s=0)
   out = plan.throughput("train_lm", shape, ok, cfg, 8, chip)
   assert out["mfu"] == pytest.approx(1 / 1.25)
