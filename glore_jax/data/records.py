@@ -281,7 +281,7 @@ def _lines(f, path, max_line_bytes: int, on_error: OnError, skipped):
     if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
       while raw and not raw.endswith(b"\n"):  # skip the rest of the line, a block at a time
         raw = f.readline(1 << 20)
-      _handle(
+      handle_bad_record(
         DataError(
           path,
           lineno,
@@ -296,7 +296,7 @@ def _lines(f, path, max_line_bytes: int, on_error: OnError, skipped):
     try:
       yield lineno, raw.decode("utf-8")
     except UnicodeDecodeError as e:
-      _handle(
+      handle_bad_record(
         DataError(
           path, lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)"
         ),
@@ -329,7 +329,7 @@ def iter_jsonl_objects(
     DataError: with on_error="raise", a line that is too long, not UTF-8, not JSON, or not a
       JSON object.
   """
-  _check_on_error(on_error)
+  check_on_error(on_error)
   with epath.Path(path).open("rb") as f:
     for lineno, line in _lines(f, path, max_line_bytes, on_error, skipped):
       if not line.strip():
@@ -338,11 +338,11 @@ def iter_jsonl_objects(
         obj = json.loads(line)
       except json.JSONDecodeError as e:
         err = DataError(path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})")
-        _handle(err, on_error, skipped)
+        handle_bad_record(err, on_error, skipped)
         continue
       if not isinstance(obj, dict):
         err = DataError(path, lineno, None, f"expected a JSON object, got {_json_type(obj)}")
-        _handle(err, on_error, skipped)
+        handle_bad_record(err, on_error, skipped)
         continue
       yield lineno, obj
 
@@ -363,14 +363,14 @@ def read_jsonl(
   Raises:
     DataError: with on_error="raise", the first bad line.
   """
-  _check_on_error(on_error)
+  check_on_error(on_error)
   parse = getattr(cls, "from_json", cls)
   out = RecordList()
   for lineno, obj in iter_jsonl_objects(path, on_error=on_error, skipped=out.skipped):
     try:
       out.append(parse(obj))
     except FieldError as e:
-      _handle(DataError(path, lineno, e.field, e.message), on_error, out.skipped)
+      handle_bad_record(DataError(path, lineno, e.field, e.message), on_error, out.skipped)
   if out.skipped:
     log.warning(
       "%s: skipped %d malformed line(s); first: %s",
@@ -381,12 +381,24 @@ def read_jsonl(
   return out
 
 
-def _check_on_error(on_error: str) -> None:
+def check_on_error(on_error: str) -> None:
+  """A ValueError unless `on_error` is 'raise' or 'skip' (checked before any file is read).
+
+  Args:
+    on_error: the caller's choice for bad records.
+  """
   if on_error not in ("raise", "skip"):
     raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
-def _handle(err: DataError, on_error: OnError, skipped: list[DataError] | None) -> None:
+def handle_bad_record(err: DataError, on_error: OnError, skipped: list[DataError] | None) -> None:
+  """Raises `err` ('raise'), or records it in `skipped` and goes on ('skip').
+
+  Args:
+    err: the bad record's error (file, line, field, what was expected).
+    on_error: 'raise' or 'skip'.
+    skipped: where skipped records' errors are kept (None: not kept).
+  """
   if on_error == "raise":
     raise err
   if skipped is not None:

@@ -27,8 +27,8 @@ from glore_jax.data.records import (
   OnError,
   Problem,
   RecordList,
-  _check_on_error,
-  _handle,
+  check_on_error,
+  handle_bad_record,
   iter_jsonl_objects,
 )
 
@@ -123,7 +123,7 @@ def load_gsm8k_jsonl(
     DataError: an empty file, or with on_error="raise" the first malformed line or duplicate
       id (file, line, field).
   """
-  _check_on_error(on_error)
+  check_on_error(on_error)
   out = RecordList()
   stem = epath.Path(path).stem
   first_line: dict[str, int] = {}  # problem id -> the line it came from
@@ -143,7 +143,7 @@ def load_gsm8k_jsonl(
       first_line[problem.id] = lineno
       out.append(problem)
     except FieldError as e:
-      _handle(DataError(path, lineno, e.field, e.message), on_error, out.skipped)
+      handle_bad_record(DataError(path, lineno, e.field, e.message), on_error, out.skipped)
   if not out and not out.skipped:
     raise DataError(
       path,
@@ -180,7 +180,7 @@ def problems_from_gsm8k_records(
   Raises:
     DataError: with on_error="raise", the first malformed record.
   """
-  _check_on_error(on_error)
+  check_on_error(on_error)
   out = RecordList()
   for i, obj in enumerate(records):
     try:
@@ -195,7 +195,9 @@ def problems_from_gsm8k_records(
         )
       )
     except FieldError as e:
-      _handle(DataError(origin, i + 1, e.field, e.message, unit="record"), on_error, out.skipped)
+      handle_bad_record(
+        DataError(origin, i + 1, e.field, e.message, unit="record"), on_error, out.skipped
+      )
   _log_skips(origin, out)
   return out
 
@@ -261,7 +263,7 @@ def load_svamp(path: str | os.PathLike, *, on_error: OnError = "raise") -> Recor
   Raises:
     DataError: the file is not a JSON array, or (on_error="raise") a malformed record.
   """
-  _check_on_error(on_error)
+  check_on_error(on_error)
   try:
     with epath.Path(path).open("r", encoding="utf-8") as f:
       data = json.load(f)
@@ -274,7 +276,9 @@ def load_svamp(path: str | os.PathLike, *, on_error: OnError = "raise") -> Recor
     try:
       out.append(_svamp_problem(obj, i))
     except FieldError as e:
-      _handle(DataError(path, i + 1, e.field, e.message, unit="record"), on_error, out.skipped)
+      handle_bad_record(
+        DataError(path, i + 1, e.field, e.message, unit="record"), on_error, out.skipped
+      )
   _log_skips(path, out)
   return out
 

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from glore_jax.model.config import LlamaConfig
 from glore_jax.model.layers import pack_rows, param, rope, unpack_rows
 from glore_jax.model.sharding import RULES, constrain
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: config.py asks ops.select_ops
+  from glore_jax.model.config import LlamaConfig
   from glore_jax.model.ops import Ops
 
 # one layer's cache: keys [B, K, H, S], values [B, K, S, H]
