@@ -15,17 +15,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-STAGES = (
-  "policy",
-  "sample",
-  "label",
-  "train_orm",
-  "train_sorm",
-  "refine_data",
-  "train_global",
-  "train_local",
-  "evaluate",
-)
+from glore_jax.fingerprint import STAGES  # the pipeline's order, defined once
+
 # SVAMP (glore_jax.data.sources.load_svamp) is a test set only: every stage here also needs the
 # training split, so it is not a pipeline source.
 SOURCES = ("synthetic", "gsm8k", "gsm8k_tfds")

@@ -86,14 +86,6 @@ def _abstract_model(cfg):
   return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
 
 
-def _with_shardings(abstract_tree, shardings):
-  import jax
-
-  return jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings
-  )
-
-
 def train_args(
   cfg: LlamaConfig,
   mesh: jax.sharding.Mesh,
@@ -123,7 +115,7 @@ def train_args(
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  from glore_jax.model.sharding import BATCH, fit_spec, tree_shardings
+  from glore_jax.model.sharding import BATCH, fit_spec, tree_shardings, with_shardings
   from glore_jax.training import trainer
 
   if loss == "value" and not cfg.value_head:
@@ -140,11 +132,11 @@ def train_args(
   state_sh = trainer.TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
   state = trainer.TrainState(
     step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-    params=_with_shardings(params, param_sh),
-    opt_state=_with_shardings(opt_abstract, opt_sh),
+    params=with_shardings(params, param_sh),
+    opt_state=with_shardings(opt_abstract, opt_sh),
     rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
   )
-  frozen = _with_shardings(frozen, frozen_sh)
+  frozen = with_shardings(frozen, frozen_sh)
   shape = (grad_accum, batch // grad_accum, seq)
   rows = lambda s, dtype: jax.ShapeDtypeStruct(
     s, dtype, sharding=NamedSharding(mesh, fit_spec(P(None, BATCH), s, mesh))
@@ -197,10 +189,10 @@ def compile_train(
 def _sampling_state(cfg, mesh):
   from flax import nnx
 
-  from glore_jax.model.sharding import tree_shardings
+  from glore_jax.model.sharding import tree_shardings, with_shardings
 
   graphdef, state = nnx.split(_abstract_model(cfg))
-  return graphdef, _with_shardings(state, tree_shardings(state, mesh))
+  return graphdef, with_shardings(state, tree_shardings(state, mesh))
 
 
 def _cache(cfg, mesh, batch: int, size: int, *, length_spec=None):

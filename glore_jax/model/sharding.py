@@ -181,3 +181,15 @@ def single_device_mesh(device: jax.Device | None = None) -> Mesh:
     device: the device; None takes `jax.local_devices()[0]`, where unplaced arrays go.
   """
   return make_mesh(1, 1, 1, devices=[device if device is not None else jax.local_devices()[0]])
+
+
+def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+  """Abstract arrays (`jax.ShapeDtypeStruct`) carrying `shardings`, for ahead-of-time lowering.
+
+  Args:
+    abstract_tree: a pytree of arrays or ShapeDtypeStructs (shape and dtype are kept).
+    shardings: a pytree of the same structure of shardings.
+  """
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings
+  )

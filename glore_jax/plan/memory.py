@@ -139,14 +139,6 @@ def _abstract(cfg):
   return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
 
 
-def _with_shardings(abstract_tree, shardings):
-  import jax
-
-  return jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings
-  )
-
-
 # ---- the programs -------------------------------------------------------------------------
 
 
@@ -207,10 +199,10 @@ def decode_memory(
 
   from glore_jax import sampling
   from glore_jax.model.llama import KVCache
-  from glore_jax.model.sharding import BATCH, RULES, named, tree_shardings
+  from glore_jax.model.sharding import BATCH, RULES, named, tree_shardings, with_shardings
 
   graphdef, state = nnx.split(_abstract(cfg))
-  state = _with_shardings(state, tree_shardings(state, mesh))
+  state = with_shardings(state, tree_shardings(state, mesh))
   k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, cache)  # the model's KVCache layouts
   v_shape = (batch, cfg.num_kv_heads, cache, cfg.head_dim)
   k, v = (
