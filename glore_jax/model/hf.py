@@ -193,6 +193,23 @@ def load_hf(
   special tokens such as `[BAD]`; new rows start at the mean of the existing rows.
   With `value_head=True`, `value_head.safetensors` in the folder is loaded when present,
   otherwise the head starts from small random weights (seeded by `seed`).
+
+  Args:
+    path: the HF folder (config.json and model.safetensors or a sharded index).
+    mesh: place the weights sharded over this mesh by the model's table; None: one device.
+    dtype: the compute dtype (e.g. 'bfloat16'); None keeps float32.
+    param_dtype: the dtype the weights are held in; None keeps float32.
+    value_head: add the scalar value head (reward models).
+    vocab_size: grow the embedding and LM head to this many rows; None keeps the checkpoint's.
+    seed: seeds the new value head when the folder has none.
+    **config_overrides: further `LlamaConfig` fields to set (e.g. `remat=True`).
+
+  Returns:
+    The model, on `mesh` when given.
+
+  Raises:
+    CheckpointError: a missing, truncated or mismatched file or tensor (named in the message),
+      or a `vocab_size` below the checkpoint's.
   """
   folder = Path(path)
   cfg = LlamaConfig.from_hf(folder, value_head=value_head, **config_overrides)
@@ -294,7 +311,15 @@ def save_hf(model: Llama, path: str | Path) -> Path:
   """Writes an HF folder that `transformers.AutoModelForCausalLM.from_pretrained` loads; the
   value head (if any) goes into the same file as `score.weight` and `score.bias`, the names of
   `LlamaForTokenClassification`'s classifier, so `AutoModelForTokenClassification` loads it
-  (one label) and returns our value logits. Only process 0 writes."""
+  (one label) and returns our value logits. Only process 0 writes.
+
+  Args:
+    model: the model to write (its weights are gathered from every process).
+    path: the folder to write config.json and model.safetensors into (created if missing).
+
+  Returns:
+    The folder.
+  """
   folder = Path(path)
   cfg = model.cfg
   state = nnx.state(model)
