@@ -30,8 +30,8 @@ class LlamaConfig:
   * `param_dtype`: the storage dtype of the parameters (Flax's name). TPU training wants bf16
     compute over fp32 params; the parity tests want fp32 everywhere.
   * `fuse_projections`: a request (True, False, or None = the platform's default);
-    `fused_projections` is the answer for the platform, as `glore_jax.model.ops.select_ops`
-    resolves it when a model is built.
+    `Ops.fused_projections` (`glore_jax.model.ops.select_ops`, `model.ops`) is the answer for
+    the platform, resolved once when a model is built.
   * `platform`: the platform asked for (None: the default backend); `target_platform` is the
     resolved name.
 
@@ -94,14 +94,6 @@ class LlamaConfig:
   def compute_dtype(self) -> jnp.dtype:
     """`dtype` as a `jnp.dtype`."""
     return jnp.dtype(self.dtype)
-
-  @property
-  def fused_projections(self) -> bool:
-    """`fuse_projections` resolved for the platform: whether a model built from this config
-    fuses its projections (`glore_jax.model.ops.select_ops` decides)."""
-    from glore_jax.model.ops import select_ops  # ops builds on this module
-
-    return select_ops(self).fused_projections
 
   @property
   def target_platform(self) -> str:

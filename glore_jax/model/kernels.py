@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import einops
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from glore_jax.model.config import LlamaConfig
 from glore_jax.model.sharding import BATCH, current_mesh, fit_spec
-
-if TYPE_CHECKING:  # annotations only: config.py asks ops.select_ops
-  from glore_jax.model.config import LlamaConfig
 
 _BLOCK = 128  # the kernel's tile along queries and keys
 

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from glore_jax.model import cpu_paths
-from glore_jax.model.attention import Attention, KVLayer
+from glore_jax.model.attention import KVLayer
+from glore_jax.model.attention_layer import Attention
 from glore_jax.model.config import LlamaConfig
 from glore_jax.model.layers import (
   INIT_STD,

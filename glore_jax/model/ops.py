@@ -14,17 +14,14 @@ kernels). Three implementations are combined here:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 from glore_jax.model import attention, cpu_paths, kernels
 from glore_jax.model.attention import AttentionFn
+from glore_jax.model.config import LlamaConfig
 from glore_jax.model.layers import project_heads
-
-if TYPE_CHECKING:  # annotations only: config.py asks ops.select_ops
-  from glore_jax.model.config import LlamaConfig
 
 
 @dataclasses.dataclass(frozen=True)

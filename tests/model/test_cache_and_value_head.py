@@ -130,7 +130,7 @@ def test_fused_and_separate_projections_agree():
   fused = create_model(preset("tiny", num_kv_heads=2, fuse_projections=True), seed=3)
   graphdef_sep = nnx.graphdef(create_model(preset("tiny", num_kv_heads=2, fuse_projections=False)))
   separate = nnx.merge(graphdef_sep, nnx.state(fused))
-  assert fused.cfg.fused_projections and not separate.cfg.fused_projections
+  assert fused.ops.fused_projections and not separate.ops.fused_projections
   tokens = jnp.asarray(np.random.default_rng(1).integers(3, 128, size=(2, 11)), jnp.int32)
   np.testing.assert_allclose(fused(tokens), separate(tokens), atol=2e-5)
 

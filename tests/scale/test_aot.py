@@ -7,6 +7,7 @@ import pytest
 
 from glore_jax import aot
 from glore_jax.model.config import preset
+from glore_jax.model.ops import select_ops
 
 pytestmark = pytest.mark.skipif(
   not aot.available(),
@@ -115,7 +116,7 @@ def test_target_platform_picks_the_tpu_program():
   from glore_jax import sampling
 
   cfg = aot.for_tpu(_tiny())
-  assert cfg.target_platform == "tpu" and not cfg.fused_projections
+  assert cfg.target_platform == "tpu" and not select_ops(cfg).fused_projections
   assert not sampling.use_vocab_major(32, cfg.target_platform)
   assert sampling.use_vocab_major(32, "cpu")
 
