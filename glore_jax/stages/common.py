@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import jax
 from etils import epath
 
 from glore_jax.data.prompts import PromptFormat
@@ -19,8 +17,7 @@ from glore_jax.data.records import Problem
 from glore_jax.data.sources import load_problems
 from glore_jax.data.steps import PromptTooLongError, encode_steps
 from glore_jax.data.tokenizer import add_marker_token, load_tokenizer
-from glore_jax.stages import outputs
-from glore_jax.stages.layout import INPUT_KEYS, LAYOUT, MissingInputError
+from glore_jax.stages.layout import Context
 from glore_jax.stages.local_files import local_copy
 from glore_jax.workdir import read_json, write_json_atomic
 
@@ -31,55 +28,6 @@ if TYPE_CHECKING:
   from glore_jax.data.steps import EncodedSteps
 
 log = logging.getLogger("glore_jax.stages")
-
-
-@dataclasses.dataclass
-class Context:
-  """One run: the validated config, the work directory and the device mesh."""
-
-  config: Any
-  workdir: epath.Path
-  mesh: jax.sharding.Mesh
-
-  def path(self, output: str) -> epath.Path:
-    """Where `output` is: the folder given in config.inputs, else its place in the workdir."""
-    given = self.given(output)
-    return epath.Path(given) if given else self.workdir / LAYOUT[output]
-
-  def given(self, output: str) -> str:
-    """The folder config.inputs names for `output` ('' when the workdir's own is used)."""
-    inputs = getattr(self.config, "inputs", None) or {}
-    return inputs.get(INPUT_KEYS.get(output, ""), "") or ""
-
-  def require(self, output: str, stage: str) -> epath.Path:
-    """The folder of `output`; a clear error naming the stage to run when it is not finished,
-    or to recompute when it was computed under another configuration (`stages.outputs`). A
-    folder given in config.inputs is the user's: it must be an HF model folder, no more.
-
-    Args:
-      output: a LAYOUT key, e.g. 'policy' or 'orm'.
-      stage: the stage that needs it (named in the error).
-
-    Raises:
-      MissingInputError: `output` is missing, unfinished or stale.
-    """
-    if self.given(output):
-      path = self.path(output)
-      if not (path / "config.json").exists():
-        raise MissingInputError(
-          f"stage {stage!r}: config.inputs.{INPUT_KEYS[output]}={path} "
-          "has no config.json (expected an HF model folder)"
-        )
-      return path
-    return outputs.require(self, output, stage)
-
-  @property
-  def prompts(self) -> PromptFormat:
-    return PromptFormat.from_config(self.config.prompts)
-
-  @property
-  def is_leader(self) -> bool:
-    return jax.process_index() == 0
 
 
 def problems(config: ml_collections.ConfigDict, split: str) -> list[Problem]:

@@ -141,9 +141,9 @@ def candidates(ctx: Context, tests: Sequence[Problem]) -> tuple[list[dict], dict
     F1 and the ORM + likelihood selector).
   """
   section = ctx.config.evaluate
-  policy_dir = ctx.require("policy", "evaluate")
+  policy_dir = outputs.require(ctx, "policy", "evaluate")
   for kind in ("orm", "sorm", "global", "local"):
-    ctx.require(kind, "evaluate")
+    outputs.require(ctx, kind, "evaluate")
   tokenizer = tokenizer_for(ctx.config, policy_dir)
   prompts = ctx.prompts
   questions = [p.question for p in tests]

@@ -239,7 +239,7 @@ def run(ctx: Context) -> None:
   if outputs.start(ctx, "label"):
     print(f"[label] already done: {ctx.path('label')}", flush=True)
     return
-  policy_dir = ctx.require("policy", "label")
+  policy_dir = outputs.require(ctx, "policy", "label")
   samples = sharded.read(ctx, "sample", "label")
   train = problems(ctx.config, "train")
   gold = {p.id: p.answer for p in train}

@@ -16,18 +16,14 @@ an input the same way before the stage reads it.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from etils import epath
 
 from glore_jax import fingerprint as fp
 from glore_jax import workdir as wd
 from glore_jax.errors import StaleOutputError
-from glore_jax.stages.layout import LAYOUT, PRODUCER, MissingInputError
+from glore_jax.stages.layout import INPUT_KEYS, LAYOUT, PRODUCER, Context, MissingInputError
 from glore_jax.stages.sync import barrier
-
-if TYPE_CHECKING:  # only for annotations: common imports this module
-  from glore_jax.stages.common import Context
 
 log = logging.getLogger("glore_jax.stages")
 
@@ -231,7 +227,8 @@ def _repair_shards(ctx: Context, stage: str) -> bool:
 
 def require(ctx: Context, output: str, needed_by: str) -> epath.Path:
   """The folder of `output` (a LAYOUT key) once it is finished and current; else an error
-  naming the stage to run or recompute (exit 3).
+  naming the stage to run or recompute (exit 3). A folder given in config.inputs is taken as
+  it is, once it has a config.json.
 
   Args:
     ctx: the run's context.
@@ -241,8 +238,15 @@ def require(ctx: Context, output: str, needed_by: str) -> epath.Path:
   Raises:
     MissingInputError: `output` is missing, unfinished or stale.
   """
-  stage = PRODUCER[output]
   path = ctx.path(output)
+  if ctx.given(output):  # a folder given in config.inputs is the user's: an HF folder, no more
+    if not (path / "config.json").exists():
+      raise MissingInputError(
+        f"stage {needed_by!r}: config.inputs.{INPUT_KEYS[output]}={path} "
+        "has no config.json (expected an HF model folder)"
+      )
+    return path
+  stage = PRODUCER[output]
   if not finished(ctx, stage):
     raise MissingInputError(
       f"stage {needed_by!r} needs the output of stage {stage!r} ({path}), which is "

@@ -96,7 +96,7 @@ def run(ctx: Context) -> None:
   if outputs.start(ctx, "sample"):
     print(f"[sample] already done: {ctx.path('sample')}", flush=True)
     return
-  policy_dir = ctx.require("policy", "sample")
+  policy_dir = outputs.require(ctx, "policy", "sample")
   items = list(enumerate(problems(ctx.config, "train")[: section.num_questions]))
   with timed(ctx, "sample") as summary:
     tokenizer = tokenizer_for(ctx.config, policy_dir)

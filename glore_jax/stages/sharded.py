@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from glore_jax import fingerprint as fp
 from glore_jax import workdir as wd
+from glore_jax.stages import outputs
 from glore_jax.stages.common import Context
 from glore_jax.stages.sync import barrier
 
@@ -81,7 +82,7 @@ def read(ctx: Context, name: str, needed_by: str) -> list[dict]:
     name: the stage whose records to read.
     needed_by: the stage that reads them (named in the error).
   """
-  return wd.read_all(ctx.require(name, needed_by))
+  return wd.read_all(outputs.require(ctx, name, needed_by))
 
 
 def is_done(ctx: Context, name: str) -> bool:

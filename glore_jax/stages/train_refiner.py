@@ -61,7 +61,7 @@ def run(ctx: Context, kind: str) -> None:
   if outputs.start(ctx, stage):
     print(f"[{stage}] already trained: {folder}")
     return
-  policy_dir = ctx.require("policy", stage)
+  policy_dir = outputs.require(ctx, "policy", stage)
   rows = read_examples(ctx, kind, stage)
   with timed(ctx, stage) as summary:
     tokenizer = tokenizer_for(ctx.config, policy_dir, with_marker=(kind == "local"))

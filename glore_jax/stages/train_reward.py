@@ -167,7 +167,7 @@ def run(ctx: Context, kind: str) -> None:
   if outputs.start(ctx, stage):
     print(f"[{stage}] already trained: {folder}")
     return
-  policy_dir = ctx.require("policy", stage)
+  policy_dir = outputs.require(ctx, "policy", stage)
   with timed(ctx, stage) as summary:
     tokenizer = tokenizer_for(ctx.config, policy_dir)
     train, heldout = reward_examples(ctx, kind, tokenizer)

@@ -9,6 +9,7 @@ import pytest
 
 from glore_jax import provenance
 from glore_jax.config_check import ConfigError, validate
+from glore_jax.stages import outputs
 from glore_jax.stages.layout import MissingInputError
 
 from .conftest import make_ctx, micro_config
@@ -24,10 +25,10 @@ def test_given_folders_replace_the_workdir_outputs(tmp_path):
   orm = _model_folder(tmp_path / "elsewhere" / "my-orm")
   ctx = make_ctx(tmp_path / "run", micro_config(**{"inputs.orm": str(orm)}))
   assert ctx.path("orm") == orm
-  assert ctx.require("orm", "evaluate") == orm
+  assert outputs.require(ctx, "orm", "evaluate") == orm
   assert ctx.path("sorm") == ctx.workdir / "sorm" / "model"  # not given: the workdir's own
   with pytest.raises(MissingInputError, match="train_sorm"):
-    ctx.require("sorm", "evaluate")
+    outputs.require(ctx, "sorm", "evaluate")
 
 
 def test_given_folders_are_checked_before_compute(tmp_path):
