@@ -1,5 +1,6 @@
-"""The package's modules import one way: no import cycles (function-level imports included, so a
-cycle cannot hide behind a lazy import) and no private name taken from another module."""
+"""The package's modules import one way: no import cycles (function-level and annotation-only
+imports included, so a cycle cannot hide behind a lazy import) and no private name taken from
+another module."""
 
 from __future__ import annotations
 
@@ -18,24 +19,11 @@ def _modules() -> dict[str, Path]:
   return out
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-  """Nodes under `if TYPE_CHECKING:` (imports for annotations only never run)."""
-  return {
-    id(inner)
-    for node in ast.walk(tree)
-    if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-    for inner in ast.walk(node)
-  }
-
-
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
   """The package modules `name` imports anywhere in its body (module or function level)."""
   tree = ast.parse(path.read_text())
-  skip = _type_checking_nodes(tree)
   found = set()
   for node in ast.walk(tree):
-    if id(node) in skip:
-      continue
     if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("glore_jax"):
       subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
       found.update(subs if len(subs) == len(node.names) else [node.module, *subs])
@@ -76,7 +64,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
   return groups
 
 
-def test_no_import_cycles_even_through_function_level_imports():
+def test_no_import_cycles_even_through_lazy_or_annotation_imports():
   modules = _modules()
   graph = {name: _imports(name, path, modules) for name, path in modules.items()}
   assert _cycles(graph) == []
